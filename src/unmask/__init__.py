@@ -1,3 +1,64 @@
-"""unmask: masked diffusion language models for code."""
+"""unmask: masked diffusion language models for code.
+
+The small, stable Python API (HF-like)::
+
+    model, tokenizer = unmask.load("models/unmask-tiny", dtype="float32")
+    logits = model(input_ids, attention_mask)          # raw (B, T, V), Dream's shift convention
+    out = unmask.generate(model, input_ids, attention_mask, max_new_tokens=64, steps=64, seed=0)
+    out.sequences, out.generated, out.trace, out.stats
+"""
+
+from __future__ import annotations
+
+import os
 
 __version__ = "0.1.0"
+
+__all__ = ["load", "save", "generate", "denoise", "ModelConfig", "DecodeConfig", "__version__"]
+
+
+def load(path: str | os.PathLike, *, dtype=None, device="cpu"):
+    """Load (model, tokenizer) from a Hugging Face-format Dream directory.
+
+    The model carries the directory's generation_config.json as ``model.generation_defaults``, which
+    ``generate`` uses for parameters the caller does not pass.
+    """
+    from unmask.checkpoint import load_model, read_config, read_generation_config
+    from unmask.config import DecodeConfig
+    from unmask.tokenizer import load_tokenizer
+
+    model = load_model(path, dtype=dtype, device=device)
+    _, _, raw = read_config(path)
+    tokenizer = load_tokenizer(path, raw)
+    model.generation_defaults = DecodeConfig.from_dict(read_generation_config(path))
+    return model, tokenizer
+
+
+def save(model, path: str | os.PathLike, *, tokenizer=None, **kwargs):
+    """Save a model (and tokenizer) as a Hugging Face-format Dream directory, atomically."""
+    from unmask.checkpoint import save_model
+
+    kwargs.setdefault("generation", getattr(model, "generation_defaults", None))
+    return save_model(model, path, tokenizer=tokenizer, **kwargs)
+
+
+def generate(model, input_ids, attention_mask=None, **params):
+    """Reference sampler (Dream semantics); see ``unmask.decoding.reference.generate``."""
+    from unmask.decoding.reference import generate as _generate
+
+    return _generate(model, input_ids, attention_mask, **params)
+
+
+def denoise(model, canvas, attention_mask=None, **params):
+    """Fill every mask of a canvas (masks anywhere); see ``unmask.decoding.reference.denoise``."""
+    from unmask.decoding.reference import denoise as _denoise
+
+    return _denoise(model, canvas, attention_mask, **params)
+
+
+def __getattr__(name: str):
+    if name in ("ModelConfig", "DecodeConfig"):
+        from unmask import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'unmask' has no attribute {name!r}")

@@ -1,0 +1,271 @@
+"""The ``unmask`` command: one entry point, one verb per job.
+
+    unmask init DIR --preset tiny            create a randomly initialised model (+ BPE tokenizer) in HF format
+    unmask generate DIR "def f(x):"          denoise a completion with a live view of the canvas
+
+Sampler flags are generated from ``DecodeConfig`` (their help is the field docs). Errors a user can fix
+print one line (``error: …``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+
+from unmask.errors import UnmaskError
+
+EXIT_USAGE = 2
+
+
+class CLIError(UnmaskError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dataclass <-> argparse
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp):
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing))  # annotations are strings under `from __future__ import annotations`
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, group: str) -> None:
+    """One ``--flag`` per field; defaults are None so unset flags can fall back to file defaults."""
+    section = parser.add_argument_group(group)
+    for f in dataclasses.fields(cls):
+        tp = _base_type(f.type)
+        doc = f.metadata.get("doc", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kwargs = dict(default=None, help=f"{doc} (default: {default})")
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if tp is bool:
+            section.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            section.add_argument(_flag(f.name), type=tp, metavar=tp.__name__.upper(), **kwargs)
+
+
+def dataclass_overrides(cls, args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# init
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import torch
+
+    from unmask.checkpoint import save_model
+    from unmask.config import ModelConfig
+    from unmask.model import DreamModel
+    from unmask.tokenizer import train_bpe
+    from unmask.corpus import stdlib_texts
+
+    out = Path(args.directory)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise CLIError(f"{out} already exists and is not empty (use --force to overwrite)")
+    texts = stdlib_texts(max_bytes=args.tokenizer_bytes)
+    tokenizer = train_bpe(texts, args.vocab_size)
+    special = tokenizer.special
+    config = ModelConfig.from_name(args.preset, vocab_size=tokenizer.vocab_size, mask_token_id=special.mask,
+                                   pad_token_id=special.pad, eos_token_id=special.eos, bos_token_id=special.bos)
+    model = DreamModel(config)
+    model.init_weights(torch.Generator().manual_seed(args.seed))
+    save_model(model, out, tokenizer=tokenizer)
+    print(f"created {out}: preset {args.preset}, {config.num_parameters() / 1e6:.2f}M parameters, "
+          f"vocab {config.vocab_size} (random weights, seed {args.seed})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# generate
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt_file:
+        try:
+            return Path(args.prompt_file).read_text(encoding="utf-8")
+        except OSError as err:
+            raise CLIError(f"cannot read prompt file {args.prompt_file}: {err.strerror}") from None
+    if args.prompt is not None and args.prompt != "-":
+        return args.prompt
+    if args.prompt == "-" or not sys.stdin.isatty():
+        return sys.stdin.read()
+    raise CLIError("no prompt given: pass it as an argument, with --prompt-file, or on stdin")
+
+
+def _canvas_markup(texts: Sequence[str], masked: Sequence[bool], fresh: Sequence[bool], prompt_len: int):
+    from rich.text import Text
+
+    out = Text()
+    for i, (piece, is_mask, is_new) in enumerate(zip(texts, masked, fresh)):
+        if is_mask:
+            out.append("░", style="grey35")
+        elif i < prompt_len:
+            out.append(piece, style="bold")
+        else:
+            out.append(piece, style="black on green" if is_new else "green")
+    return out
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    import unmask
+    from unmask.config import DecodeConfig
+    from unmask.decoding.reference import DecodeStats, denoise_stream
+    from unmask.decoding.trace import DecodeTrace, StepRecord
+
+    prompt = _read_prompt(args)
+    model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
+    config = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
+    if args.chat:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        raise CLIError("the prompt is empty after tokenisation; a dLLM needs at least one real token at position 0")
+    mask_id = tokenizer.special.mask
+    canvas = torch.tensor([prompt_ids + [mask_id] * config.max_new_tokens], device=model.device)
+    generator = torch.Generator(device=model.device).manual_seed(args.seed)
+
+    live_view = args.live if args.live is not None else (sys.stdout.isatty() and not args.json)
+    trace = DecodeTrace(region_start=[len(prompt_ids)], steps=[[]]) if (args.trace or args.json) else None
+    stats = DecodeStats()
+    start = time.perf_counter()
+    final = canvas
+
+    live = console = None
+    if live_view:
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console()
+        live = Live(console=console, auto_refresh=False, transient=False)
+        live.start()
+    try:
+        for event in denoise_stream(model, canvas, config=config, mask_token_id=mask_id, generator=generator):
+            stats.forward_passes += 1
+            stats.tokens_committed += int(event.committed.sum())
+            if trace is not None:
+                cols = event.committed[0].nonzero(as_tuple=True)[0]
+                trace.steps[0].append(StepRecord(tuple(cols.tolist()), tuple(event.canvas[0, cols].tolist()),
+                                                 tuple(event.confidence[0, cols].tolist())))
+            if live is not None:
+                ids = event.canvas[0].tolist()
+                view = _canvas_markup(tokenizer.token_texts(ids), [i == mask_id for i in ids],
+                                      event.committed[0].tolist(), len(prompt_ids))
+                view.append(f"\n\nstep {event.step + 1}/{config.steps}", style="dim")
+                live.update(view, refresh=True)
+            final = event.canvas
+    finally:
+        if live is not None:
+            live.stop()
+    stats.seconds = time.perf_counter() - start
+
+    generated = final[0, len(prompt_ids):].tolist()
+    text = tokenizer.decode(generated)
+    useful = _useful_length(generated, tokenizer.special.stop_ids())
+    if args.trace:
+        trace.save(args.trace)
+    summary = {**stats.to_json(), "useful_tokens": useful,
+               "useful_tokens_per_second": round(useful / stats.seconds, 2) if stats.seconds else 0.0}
+    if args.json:
+        print(json.dumps({"prompt": prompt, "prompt_ids": prompt_ids, "generated_ids": generated, "text": text,
+                          "config": dataclasses.asdict(config), "seed": args.seed, "stats": summary,
+                          "trace": trace.to_json()}))
+    elif console is not None:
+        from rich.table import Table
+
+        console.rule("completion")
+        console.print(prompt + text, markup=False, highlight=False)
+        table = Table(show_header=False, box=None)
+        for key in ("forward_passes", "tokens_committed", "useful_tokens", "seconds", "tokens_per_second",
+                    "tokens_per_forward"):
+            table.add_row(key.replace("_", " "), str(summary[key]))
+        console.rule("statistics")
+        console.print(table)
+    else:
+        sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+        print(" ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)
+    return 0
+
+
+def _useful_length(ids: Sequence[int], stops: Sequence[int]) -> int:
+    """Tokens before the first eos/pad: what a user actually gets (SPEC §3.2, early EOS)."""
+    stop = set(stops)
+    for n, i in enumerate(ids):
+        if i in stop:
+            return n
+    return len(ids)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from unmask import __version__
+    from unmask.config import MODEL_PRESETS, DecodeConfig
+
+    parser = argparse.ArgumentParser(prog="unmask", description="Masked diffusion language models for code.")
+    parser.add_argument("--version", action="version", version=f"unmask {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = verbs.add_parser("init", help="create a randomly initialised model directory (HF format)")
+    p.add_argument("directory", help="output model directory")
+    p.add_argument("--preset", default="tiny", choices=sorted(MODEL_PRESETS), help="architecture preset")
+    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (trained on the stdlib)")
+    p.add_argument("--tokenizer-bytes", type=int, default=2_000_000, help="stdlib bytes to train the BPE on")
+    p.add_argument("--seed", type=int, default=0, help="weight-init seed")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
+    p.set_defaults(func=cmd_init)
+
+    p = verbs.add_parser("generate", help="denoise a completion for a prompt")
+    p.add_argument("model", help="model directory (Hugging Face Dream format)")
+    p.add_argument("prompt", nargs="?", help="prompt text, or - for stdin")
+    p.add_argument("--prompt-file", help="read the prompt from this file")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the ChatML template (Instruct models)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--trace", metavar="FILE", help="write the decode trace (JSON) here")
+    p.add_argument("--json", action="store_true", help="print one JSON object (ids, text, statistics, trace)")
+    p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                   help="live canvas view (default: on when stdout is a terminal)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UnmaskError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

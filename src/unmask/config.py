@@ -1,0 +1,151 @@
+"""Configuration: small frozen dataclasses, one per concern, with named presets.
+
+``ModelConfig`` mirrors the fields of a Dream ``config.json`` (Hugging Face names, so a config round-trips
+through the file unchanged); ``DecodeConfig`` holds the reference sampler's parameters (Dream's
+``diffusion_generate`` names). Each field has a default and a one-line doc in its metadata, which the CLI
+uses for ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from unmask.errors import ConfigError
+
+
+def _doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"doc": text, **extra}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a Dream-family model (a bidirectional Qwen2 decoder stack)."""
+
+    vocab_size: int = field(default=4096, metadata=_doc("rows of the embedding and of lm_head"))
+    hidden_size: int = field(default=256, metadata=_doc("residual stream width"))
+    intermediate_size: int = field(default=704, metadata=_doc("SwiGLU inner width"))
+    num_hidden_layers: int = field(default=4, metadata=_doc("transformer blocks"))
+    num_attention_heads: int = field(default=4, metadata=_doc("query heads"))
+    num_key_value_heads: int = field(default=2, metadata=_doc("key/value heads (grouped-query attention)"))
+    max_position_embeddings: int = field(default=2048, metadata=_doc("longest canvas the model is meant for"))
+    rope_theta: float = field(default=1_000_000.0, metadata=_doc("RoPE base frequency"))
+    rms_norm_eps: float = field(default=1e-6, metadata=_doc("RMSNorm epsilon"))
+    initializer_range: float = field(default=0.02, metadata=_doc("std of the normal weight init"))
+    tie_word_embeddings: bool = field(default=False, metadata=_doc("Dream unties lm_head; kept for loading"))
+    mask_token_id: int | None = field(default=None, metadata=_doc("id of <|mask|>; read from the checkpoint"))
+    pad_token_id: int | None = field(default=None, metadata=_doc("id of the pad token"))
+    bos_token_id: int | None = field(default=None, metadata=_doc("id of the bos token"))
+    eos_token_id: int | None = field(default=None, metadata=_doc("id of the eos token"))
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim ({self.head_dim}) must be even for RoPE")
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            raise ConfigError(f"rope_theta must be a positive number, got {self.rope_theta!r}")
+        if not (0 < self.rms_norm_eps < 1):
+            raise ConfigError(f"rms_norm_eps must be in (0, 1), got {self.rms_norm_eps!r}")
+        for name in ("mask_token_id", "pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value < self.vocab_size):
+                raise ConfigError(f"{name}={value} is outside the vocabulary (size {self.vocab_size})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def num_parameters(self) -> int:
+        """Parameter count implied by the sizes (embedding + blocks + final norm + lm_head)."""
+        h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
+        kv = self.num_key_value_heads * d
+        attn = h * h + h + 2 * (h * kv + kv) + h * h  # q (+bias), k/v (+bias), o
+        block = attn + 3 * h * i + 2 * h
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return self.vocab_size * h + self.num_hidden_layers * block + h + head
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in MODEL_PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+        return MODEL_PRESETS[name].replace(**overrides)
+
+
+# Named presets. `dream-7b` is the exact size of Dream-7B / DiffuCoder-7B (SPEC §1); the small ones share
+# the architecture and are for tests and CPU work. Token ids of small presets come from their tokenizer.
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "dream-7b": ModelConfig(
+        vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+        num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131072,
+        rope_theta=1_000_000.0, mask_token_id=151666, pad_token_id=151643, bos_token_id=151643,
+        eos_token_id=151643),
+    "test": ModelConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
+    "tiny": ModelConfig(vocab_size=4096, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+    "small": ModelConfig(vocab_size=4096, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
+    "base": ModelConfig(vocab_size=8192, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+                        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048),
+}
+
+ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Parameters of the reference sampler (Dream ``diffusion_generate`` semantics, SPEC §3.1)."""
+
+    max_new_tokens: int = field(default=256, metadata=_doc("masked positions appended to the prompt"))
+    steps: int = field(default=256, metadata=_doc("denoising steps = forward passes"))
+    temperature: float = field(default=0.0, metadata=_doc("0 = argmax"))
+    top_p: float | None = field(default=None, metadata=_doc("nucleus filter (None or 1 = off)"))
+    top_k: int | None = field(default=None, metadata=_doc("top-k filter (None = off)"))
+    alg: str = field(default="entropy", metadata=_doc("origin | maskgit_plus | topk_margin | entropy",
+                                                      choices=ALGS))
+    alg_temp: float = field(default=0.0, metadata=_doc("> 0 draws the commit order from softmax(conf/alg_temp)"))
+    eps: float = field(default=1e-3, metadata=_doc("last timestep of linspace(1, eps, steps + 1)"))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
+            raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not isinstance(self.steps, int) or self.steps <= 0:
+            raise ConfigError(f"steps must be a positive integer, got {self.steps!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if self.top_p is not None and not (0 < self.top_p <= 1):
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k <= 0):
+            raise ConfigError(f"top_k must be a positive integer, got {self.top_k!r}")
+        if self.alg not in ALGS:
+            raise ConfigError(f"alg must be one of {', '.join(ALGS)}; got {self.alg!r}")
+        if not (math.isfinite(self.alg_temp) and self.alg_temp >= 0):
+            raise ConfigError(f"alg_temp must be a finite number >= 0, got {self.alg_temp!r}")
+        if not (0 < self.eps < 1):
+            raise ConfigError(f"eps must be in (0, 1), got {self.eps!r}")
+
+    def replace(self, **changes: Any) -> DecodeConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DecodeConfig:
+        """Build from a mapping, ignoring unrelated keys (e.g. a whole generation_config.json)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})

@@ -1,0 +1,14 @@
+"""Samplers: ids in, ids out, streaming generators and decode traces. They know nothing about text."""
+
+from unmask.decoding.reference import (
+    DecodeResult,
+    DecodeStats,
+    DecodeStep,
+    denoise,
+    denoise_stream,
+    generate,
+)
+from unmask.decoding.trace import DecodeTrace, StepRecord
+
+__all__ = ["DecodeResult", "DecodeStats", "DecodeStep", "DecodeTrace", "StepRecord", "denoise",
+           "denoise_stream", "generate"]

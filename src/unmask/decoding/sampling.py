@@ -1,0 +1,76 @@
+"""Pure functions for per-position token sampling and confidence scores (Dream's ``sample_tokens``).
+
+Order of operations, as in Dream: divide by temperature (when > 0) -> top-p filter -> top-k filter ->
+softmax -> sample (temperature > 0) or argmax (temperature 0). Confidences are computed on the *filtered*
+distribution, so top-p/top-k change them even at temperature 0, exactly as in Dream.
+
+Everything runs in float32 whatever the model's dtype: in bf16, many confidences tie and the commit order
+would then depend on tie-breaking rather than on the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CONFIDENCES = ("maskgit_plus", "topk_margin", "entropy")
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches ``top_p`` (always >= 1 token).
+
+    logits: (N, V). Removed entries get the dtype's minimum (not -inf, so softmax never sees a row of -inf).
+    """
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    cumulative = sorted_logits.softmax(-1).cumsum(-1)
+    remove_sorted = cumulative > top_p
+    # Shift right: a token is removed only if the mass *before* it already exceeds top_p.
+    remove_sorted[..., 1:] = remove_sorted[..., :-1].clone()
+    remove_sorted[..., 0] = False
+    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, torch.finfo(logits.dtype).min)
+
+
+def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Keep tokens whose logit is at least the k-th largest (ties at the boundary are kept)."""
+    k = min(top_k, logits.shape[-1])
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None
+                   ) -> torch.Tensor:
+    """(N, V) logits -> (N, V) float32 probabilities after temperature, top-p and top-k."""
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = top_p_filter(logits, top_p)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    return logits.softmax(-1)
+
+
+def sample_tokens(logits: torch.Tensor, *, temperature: float, top_p: float | None = None,
+                  top_k: int | None = None, confidence: str = "maskgit_plus",
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row and score it. logits (N, V) -> (x0 (N,) long, confidence (N,) float32).
+
+    confidence: ``maskgit_plus`` p(x0); ``topk_margin`` p(top1) - p(top2); ``entropy`` sum p log p
+    (negative entropy: higher = more certain).
+    """
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
+    probs = filtered_probs(logits, temperature, top_p, top_k)  # (N, V)
+    if logits.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=logits.device), torch.zeros(0, device=logits.device)
+    if temperature > 0:
+        x0 = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        score = probs.gather(-1, x0[:, None]).squeeze(-1)
+    else:
+        score, x0 = probs.max(dim=-1)
+    if confidence == "topk_margin":
+        top2 = torch.topk(probs, 2, dim=-1).values
+        score = top2[:, 0] - top2[:, 1]
+    elif confidence == "entropy":
+        score = (probs * torch.log(probs + 1e-10)).sum(-1)
+    return x0, score
