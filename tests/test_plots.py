@@ -265,3 +265,15 @@ def test_failed_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch, mpl)
         plot_pass_vs_temperature({0.2: {"pass@1": 0.5}}, path)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["p.png"]
+
+
+def test_importing_the_package_does_not_import_matplotlib():
+    import subprocess
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = "import sys, unmask.analysis, unmask.analysis.plots; print('matplotlib' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={"PYTHONPATH": str(src)}, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
