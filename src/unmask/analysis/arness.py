@@ -108,8 +108,12 @@ def flatten_order(steps: Sequence[Sequence[int]]) -> list[int]:
     """Per-step commits -> one position per commit; several in one step are ordered by position.
 
     ``[[0], [3, 1], [2]] -> [0, 1, 3, 2]``. Steps that commit nothing are allowed (the ``origin``
-    sampler can commit zero positions in a step) and contribute nothing. See the module docstring
-    for how ``M_{t-1}`` is read on the flattened order.
+    sampler can commit zero positions in a step) and contribute nothing.
+
+    On the flattened order, ``M_{t-1}`` is the set of positions still masked just before commit
+    ``t``: it excludes the commits of the same step that precede ``t`` in the flattened order. So
+    ``[[2, 0]]`` reads as "0, then 2 with M = {1, 2}", and a block committed in one step counts as
+    left-to-right (the module docstring gives the reasons).
     """
     if isinstance(steps, (str, bytes)) or not isinstance(steps, Iterable):
         raise TypeError(f"steps must be a sequence of lists of positions, got {type(steps).__name__}")
