@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unmask.diffusion import (
+    adaptation_spans,
     annealed_attention_mask,
     attention_anneal_fraction,
     diffusion_loss,
@@ -282,3 +283,22 @@ def test_annealed_mask_window() -> None:
     assert torch.equal(m, expected)
     with pytest.raises(ValueError, match="fraction"):
         annealed_attention_mask(5, 1.5)
+
+
+# ---------------------------------------------------------------------------- stage-1 adaptation noise
+
+
+def test_adaptation_spans() -> None:
+    L = 10
+    prefix, keep = adaptation_spans(20000, L, generator=gen(0), prefix_prob=0.2, truncate_prob=0.1)
+    assert abs((prefix > 0).float().mean().item() - 0.2) < 0.02
+    assert abs((keep < L).float().mean().item() - 0.1) < 0.02
+    assert bool((prefix >= 0).all()) and bool((keep <= L).all()) and bool((keep >= 2).all())
+    assert bool((prefix < keep).all())  # at least one maskable position always remains
+    lengths = prefix[prefix > 0]
+    assert set(lengths.tolist()) == set(range(1, L))  # every clean-prefix length occurs
+    assert set(keep[keep < L].tolist()) == set(range(2, L))
+    p0, k0 = adaptation_spans(50, L, generator=gen(1), prefix_prob=0.0, truncate_prob=0.0)
+    assert bool((p0 == 0).all()) and bool((k0 == L).all())
+    with pytest.raises(ValueError, match="prefix_prob"):
+        adaptation_spans(2, L, generator=gen(0), prefix_prob=2.0)

@@ -27,6 +27,7 @@ __all__ = [
     "LOSS_NORMALIZERS",
     "LOSS_WEIGHTS",
     "T_METHODS",
+    "adaptation_spans",
     "annealed_attention_mask",
     "attention_anneal_fraction",
     "diffusion_loss",
@@ -105,7 +106,9 @@ def _check_t(t: object, batch: int) -> torch.Tensor:
     return t
 
 
-def uniform(shape: Sequence[int], generator: torch.Generator, device: torch.device | str | None = None):
+def uniform(
+    shape: Sequence[int], generator: torch.Generator, device: torch.device | str | None = None
+) -> torch.Tensor:
     """U[0, 1) draws of ``shape`` from ``generator``, made on the generator's device, moved to ``device``.
 
     Drawing on the generator's device keeps masks identical across devices for a given seed.
@@ -383,7 +386,7 @@ def attention_anneal_fraction(step: int, anneal_steps: int) -> float:
 def annealed_attention_mask(
     T: int, fraction: float, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """(T, T) bool mask, ``[query, key]`` True where the query may attend the key.
+    """(T, T) bool mask on CPU, ``[query, key]`` True where the query may attend the key.
 
     Every query always sees itself and the past (the causal part). Future keys open up with
     ``fraction`` in [0, 1]:
@@ -407,3 +410,38 @@ def annealed_attention_mask(
         return j <= i + window
     u = uniform((T, T), generator)  # (T, T) in [0, 1): u < 1 always, u < 0 never
     return causal | (u.cpu() < float(fraction))
+
+
+def adaptation_spans(
+    batch: int,
+    length: int,
+    *,
+    generator: torch.Generator,
+    prefix_prob: float = 0.01,
+    truncate_prob: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DiffuCoder stage-1 data noise: per row, an optional clean prefix and an optional truncation.
+
+    With probability ``prefix_prob`` a row gets an un-noised prefix of uniform length in [1, length - 1]
+    (those positions are excluded from masking); independently, with probability ``truncate_prob`` it is
+    cut to a uniform length in [2, length - 1] (a truncated row keeps at least one position after its
+    prefix). Returns ``(prefix_len (B,), keep_len (B,))`` long on CPU; untouched rows have 0 and
+    ``length``. The maskable region of row b is ``prefix_len[b] <= n < keep_len[b]``:
+    ``maskable = (pos >= prefix_len[:, None]) & (pos < keep_len[:, None])``; the trainer treats positions
+    from ``keep_len`` on as padding (attention mask off, no loss).
+    """
+    _check_generator(generator)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 3:
+        raise ValueError(f"length must be an int >= 3, got {length!r}")
+    for name, prob in (("prefix_prob", prefix_prob), ("truncate_prob", truncate_prob)):
+        if not isinstance(prob, (int, float)) or not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {prob!r}")
+    u = uniform((batch, 4), generator).cpu()  # (B, 4): [truncate?, keep len, prefix?, prefix len]
+    truncated = u[:, 0] < truncate_prob
+    keep = torch.where(truncated, 2 + (u[:, 1] * (length - 2)).long().clamp(max=length - 3), length)
+    with_prefix = u[:, 2] < prefix_prob
+    # Prefix length uniform in [1, keep - 1], so at least one position stays maskable.
+    prefix = torch.where(with_prefix, 1 + (u[:, 3] * (keep - 1).float()).long().clamp(max=keep - 2), 0)
+    return prefix, keep
