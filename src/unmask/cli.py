@@ -74,9 +74,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     from unmask.checkpoint import save_model
     from unmask.config import ModelConfig
+    from unmask.corpus import stdlib_texts
     from unmask.model import DreamModel
     from unmask.tokenizer import train_bpe
-    from unmask.corpus import stdlib_texts
 
     out = Path(args.directory)
     if out.exists() and any(out.iterdir()) and not args.force:
@@ -111,20 +111,6 @@ def _read_prompt(args: argparse.Namespace) -> str:
     raise CLIError("no prompt given: pass it as an argument, with --prompt-file, or on stdin")
 
 
-def _canvas_markup(texts: Sequence[str], masked: Sequence[bool], fresh: Sequence[bool], prompt_len: int):
-    from rich.text import Text
-
-    out = Text()
-    for i, (piece, is_mask, is_new) in enumerate(zip(texts, masked, fresh)):
-        if is_mask:
-            out.append("░", style="grey35")
-        elif i < prompt_len:
-            out.append(piece, style="bold")
-        else:
-            out.append(piece, style="black on green" if is_new else "green")
-    return out
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -156,6 +142,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from rich.console import Console
         from rich.live import Live
 
+        from unmask.analysis.terminal import render_canvas
+
         console = Console()
         live = Live(console=console, auto_refresh=False, transient=False)
         live.start()
@@ -169,8 +157,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                  tuple(event.confidence[0, cols].tolist())))
             if live is not None:
                 ids = event.canvas[0].tolist()
-                view = _canvas_markup(tokenizer.token_texts(ids), [i == mask_id for i in ids],
-                                      event.committed[0].tolist(), len(prompt_ids))
+                view = render_canvas(tokenizer.token_texts(ids), [i == mask_id for i in ids],
+                                     event.committed[0].tolist())
                 view.append(f"\n\nstep {event.step + 1}/{config.steps}", style="dim")
                 live.update(view, refresh=True)
             final = event.canvas
@@ -186,6 +174,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         trace.save(args.trace)
     summary = {**stats.to_json(), "useful_tokens": useful,
                "useful_tokens_per_second": round(useful / stats.seconds, 2) if stats.seconds else 0.0}
+    if trace is not None:
+        from unmask.analysis import arness_profile, flatten_order
+
+        profile = arness_profile(flatten_order(trace.order(0)), ks_local=(1, 2, 4), ks_global=(1, 2))
+        summary["local_arness@1"] = round(profile["local"][1], 4)
+        summary["global_arness@1"] = round(profile["global"][1], 4)
     if args.json:
         print(json.dumps({"prompt": prompt, "prompt_ids": prompt_ids, "generated_ids": generated, "text": text,
                           "config": dataclasses.asdict(config), "seed": args.seed, "stats": summary,
@@ -197,8 +191,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         console.print(prompt + text, markup=False, highlight=False)
         table = Table(show_header=False, box=None)
         for key in ("forward_passes", "tokens_committed", "useful_tokens", "seconds", "tokens_per_second",
-                    "tokens_per_forward"):
-            table.add_row(key.replace("_", " "), str(summary[key]))
+                    "tokens_per_forward", "local_arness@1", "global_arness@1"):
+            if key in summary:
+                table.add_row(key.replace("_", " "), str(summary[key]))
         console.rule("statistics")
         console.print(table)
     else:

@@ -161,8 +161,11 @@ def load_tokenizer(directory: str | os.PathLike, model_config: dict | None = Non
     else:
         raise TokenizerError(f"{directory}: no tokenizer.json (or vocab.json + merges.txt) found")
 
-    tok_config = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
-    added = _read_json(directory / "added_tokens.json") if (directory / "added_tokens.json").is_file() else {}
+    def optional_json(name: str) -> dict:
+        return _read_json(directory / name) if (directory / name).is_file() else {}
+
+    tok_config = optional_json("tokenizer_config.json")
+    added = optional_json("added_tokens.json")
     # Make sure tokens listed only in the side files are known to the backend as specials.
     extra = {int(i): v["content"] for i, v in tok_config.get("added_tokens_decoder", {}).items()}
     extra.update({int(i): t for t, i in added.items()})
@@ -190,9 +193,10 @@ def load_tokenizer(directory: str | os.PathLike, model_config: dict | None = Non
     if eos is None:
         raise TokenizerError(f"{directory}: no eos token ({ENDOFTEXT}) in the vocabulary or config.json")
     bos_name = named("bos_token")
+    has_bos = bos_name is not None or model_config.get("bos_token_id") is not None
     special = SpecialIds(
         mask=mask, eos=eos, pad=pad if pad is not None else eos,
-        bos=lookup(bos_name or ENDOFTEXT, "bos_token_id") if (bos_name or model_config.get("bos_token_id") is not None) else None,
+        bos=lookup(bos_name or ENDOFTEXT, "bos_token_id") if has_bos else None,
         im_start=backend.token_to_id(IM_START), im_end=backend.token_to_id(IM_END),
         dlm_pad=backend.token_to_id(DLM_PAD))
     return Tokenizer(backend, special, tok_config.get("chat_template"))

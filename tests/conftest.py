@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny seeded models and a small BPE tokenizer (CPU, fast)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unmask.config import ModelConfig
+from unmask.model import DreamModel
+
+MASK_ID = 127
+
+
+def make_model(seed: int = 0, *, sharpen: float = 1.0, **overrides) -> DreamModel:
+    """A random `test`-preset model; ``sharpen`` scales lm_head so predictions are peaked, not flat."""
+    ids = dict(mask_token_id=MASK_ID, pad_token_id=0, eos_token_id=0, bos_token_id=0)
+    if overrides.get("vocab_size", 128) <= MASK_ID:
+        ids["mask_token_id"] = overrides["vocab_size"] - 1
+    config = ModelConfig.from_name("test", **{**ids, **overrides})
+    model = DreamModel(config)
+    model.init_weights(torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
+    return model.eval()
+
+
+@pytest.fixture
+def model() -> DreamModel:
+    return make_model(0, sharpen=20.0)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from unmask.corpus import stdlib_texts
+    from unmask.tokenizer import train_bpe
+
+    return train_bpe(stdlib_texts(max_bytes=300_000), 600)
