@@ -154,8 +154,6 @@ def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int
         os.environ["HOME"] = tmp
         os.environ["TMPDIR"] = tmp
         tempfile.tempdir = None
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
         import io
         import random
         import types
@@ -176,13 +174,14 @@ def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int
         del req
     except BaseException as exc:  # could not enter the sandbox: never let the program run
         try:
-            os.write(3, f"{nonce} infra {type(exc).__name__}: {exc}\n".encode())
+            os.write(3, f"{nonce} {os.getpid()} infra {type(exc).__name__}: {exc}\n".encode())
         finally:
             os._exit(EXIT_SETUP_FAILED)
 
     def report(line: str) -> None:
         try:
-            os.write(3, f"{nonce} {line}\n".encode())
+            # the pid lets the host ignore markers from processes the program forked
+            os.write(3, f"{nonce} {os.getpid()} {line}\n".encode())
         except OSError:
             pass
 
@@ -344,6 +343,7 @@ def handle(req: dict, tmp_root: str) -> dict:
         elif os.WIFSIGNALED(status):
             signal_number = os.WTERMSIG(status)
     return {
+        "child_pid": pid,
         "exit_code": exit_code,
         "signal": signal_number,
         "timed_out": timed_out,

@@ -219,6 +219,7 @@ class Zygote:
                 return infra_error(f"sandbox zygote error: {resp['infra']}", time.monotonic() - start)
             return classify(
                 nonce=nonce,
+                child_pid=resp["child_pid"],
                 report=resp["report"],
                 exit_code=resp["exit_code"],
                 signal_number=resp["signal"],

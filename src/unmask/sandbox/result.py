@@ -68,6 +68,7 @@ def _exception_kind(name: str) -> str:
 def classify(
     *,
     nonce: str,
+    child_pid: int,
     report: str,
     exit_code: int | None,
     signal_number: int | None,
@@ -79,10 +80,12 @@ def classify(
 ) -> ExecutionResult:
     """Turn the raw facts of a run into a verdict.
 
-    Only report lines that start with the run's nonce count: the program never saw the host's copy of the
-    nonce in its output channels, so printing "ok" or a fake marker proves nothing.
+    Only report lines that start with the run's nonce and the pid of the process the zygote forked count:
+    the nonce never appears in the program's output channels, so printing "ok" or a fake marker proves
+    nothing, and a marker from a process the program forked does not count for the program.
     """
-    lines = [line[len(nonce) + 1 :] for line in report.splitlines() if line.startswith(nonce + " ")]
+    prefix = f"{nonce} {child_pid} "
+    lines = [line[len(prefix) :] for line in report.splitlines() if line.startswith(prefix)]
 
     def make(status: str, kind: str) -> ExecutionResult:
         return ExecutionResult(status, exit_code, stdout, stderr, truncated, duration, kind)
