@@ -32,8 +32,8 @@ CANARY_TEXT = "canary-" + os.urandom(8).hex()
 NEEDS_NS = "needs_ns"
 
 
-def _sandbox_processes() -> list[tuple[int, int, str]]:
-    """(pid, uid, cmdline) of every host process running as a sandbox uid or a leftover zygote."""
+def _sandbox_processes(zygotes: bool = True) -> list[tuple[int, int, str]]:
+    """(pid, uid, cmdline) of every host process running as a sandbox uid (or a zygote, if asked)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -45,7 +45,7 @@ def _sandbox_processes() -> list[tuple[int, int, str]]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, StopIteration):
             continue  # exited while we looked
-        if UID_BASE <= uid < UID_BASE + UID_SPAN or str(ZYGOTE_SCRIPT) in cmd:
+        if UID_BASE <= uid < UID_BASE + UID_SPAN or (zygotes and str(ZYGOTE_SCRIPT) in cmd):
             found.append((int(name), uid, cmd))
     return found
 
@@ -258,6 +258,21 @@ def test_no_state_leaks_between_programs():
     assert [r.status for r in results] == ["passed"] * 3, results
     if isolation().namespaces:  # the run directories of earlier programs are gone
         assert run("import os\nassert len(os.listdir('/tmp')) == 1\n", timeout=5.0).passed
+
+
+def test_leftovers_killed_while_zygote_lives():
+    """The per-run sweep, not the end of the namespace, kills daemons and fork-bomb children."""
+    from unmask.sandbox import Zygote
+
+    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+              "        time.sleep(60)\n    os._exit(0)\nos.wait()\n")
+    spawner = "import subprocess\nfor _ in range(5):\n    subprocess.Popen(['sleep', '60'])\n"
+    with Zygote() as z:
+        assert z.execute(daemon, timeout=5.0, memory_mb=MEMORY_MB).passed
+        assert _sandbox_processes(zygotes=False) == []
+        assert z.execute(spawner, timeout=5.0, memory_mb=MEMORY_MB).passed
+        assert _sandbox_processes(zygotes=False) == []
+        assert z.alive
 
 
 def test_pool_survives_hostile_neighbours():
