@@ -39,6 +39,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,10 @@ def _mbpp_prompt(description: str, first_test: str) -> str:
 
 
 def _mbpp_entry_point(code: str, test: str, task_id: Any) -> str:
-    defined = [n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)]
+    with warnings.catch_warnings():  # some MBPP reference code has invalid escapes in plain strings
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        defined = [n.name for n in ast.parse(code).body if isinstance(n, ast.FunctionDef)]
     for node in ast.walk(ast.parse(test)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:
             return node.func.id
