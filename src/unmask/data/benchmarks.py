@@ -1,6 +1,6 @@
 """Loaders for the code benchmarks shipped with the package, as HumanEval-shaped `Task`s.
 
-Data files live next to this module in ``benchmarks/<name>/`` (copied unmodified; each folder has a
+Data files live next to this module in ``files/<name>/`` (copied unmodified; each folder has a
 ``LICENSE-NOTE.md`` with source, version, license and sha256). Names ``load_benchmark`` accepts:
 
 - ``humaneval`` — 164 tasks. ``prompt`` = signature + docstring, ``test`` defines ``check(candidate)``.
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).resolve().parent / "benchmarks"
+DATA_DIR = Path(__file__).resolve().parent / "files"
 
 # Standard-library imports provided to every assembled program (stdlib only: the sandbox may lack numpy).
 HARNESS_IMPORTS = (
