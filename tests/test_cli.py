@@ -80,3 +80,15 @@ def test_argparse_errors_exit_2_from_the_console_script(model_dir):
     proc = subprocess.run([sys.executable, "-m", "unmask.cli", "generate", str(model_dir), "x", "--alg", "bogus"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice: 'bogus'" in proc.stderr
+
+
+def test_eval_verb_writes_results_and_refuses_a_mismatched_rerun(model_dir, capsys, tmp_path):
+    argv = ["eval", "--model", str(model_dir), "--benchmark", "synthetic", "--limit", "2", "--synthetic-tasks", "2",
+            "--max-new-tokens", "8", "--steps", "4", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["tasks"] == 2 and summary["samples"] == 2 and "pass@1" in summary["pass@k"]
+    assert len((tmp_path / "run" / "results.jsonl").read_text().splitlines()) == 2
+    capsys.readouterr()
+    assert main(argv[:-1] + ["--steps", "5", "--no-progress"]) == 2
+    assert "different settings" in capsys.readouterr().err

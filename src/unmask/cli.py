@@ -2,6 +2,7 @@
 
     unmask init DIR --preset tiny            create a randomly initialised model (+ BPE tokenizer) in HF format
     unmask generate DIR "def f(x):"          denoise a completion with a live view of the canvas
+    unmask eval --model DIR --benchmark humaneval --samples 10      pass@k with sandboxed tests
 
 Sampler flags are generated from ``DecodeConfig`` (their help is the field docs). Errors a user can fix
 print one line (``error: …``) and exit with status 2.
@@ -212,6 +213,50 @@ def _useful_length(ids: Sequence[int], stops: Sequence[int]) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from unmask.config import DecodeConfig
+    from unmask.data.benchmarks import read_evalplus_samples
+    from unmask.evaluate import EvalConfig, evaluate_model, evaluate_samples, export_evalplus, load_tasks, summary_table
+
+    config = EvalConfig(**dataclass_overrides(EvalConfig, args))
+    if args.model is None and args.import_samples is None:
+        raise CLIError("give --model DIR to generate samples, or --import-samples FILE to score existing ones")
+    name = Path(args.model).name if args.model else Path(args.import_samples).stem
+    out = Path(args.out) if args.out else Path("runs") / f"eval-{config.benchmark}-{name}"
+    if args.import_samples:
+        try:
+            samples = read_evalplus_samples(args.import_samples)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"cannot read samples {args.import_samples}: {err}") from None
+        summary = evaluate_samples(samples, config, out)
+    else:
+        import unmask
+
+        model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
+        decode = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
+        previous = out / "eval_config.json"
+        if previous.is_file():
+            import json as _json
+
+            old = _json.loads(previous.read_text())
+            new = {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode)}
+            if old != _json.loads(_json.dumps(new)):
+                raise CLIError(f"{out} holds a run with different settings; pass --out NEW_DIR (or delete it)")
+        summary = evaluate_model(model, tokenizer, config, decode, out, progress=not args.no_progress)
+        if args.export_evalplus:
+            count = export_evalplus(out, load_tasks(config), Path(args.export_evalplus), chat=config.chat)
+            print(f"wrote {count} EvalPlus samples to {args.export_evalplus}", file=sys.stderr)
+    Console().print(summary_table(summary))
+    print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.json'}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -246,6 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
     add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
     p.set_defaults(func=cmd_generate)
+
+    from unmask.evaluate import EvalConfig
+
+    p = verbs.add_parser("eval", help="pass@k of a model on a benchmark, programs run in the sandbox")
+    p.add_argument("--model", help="model directory (Hugging Face Dream format)")
+    p.add_argument("--out", help="run directory (default runs/eval-BENCHMARK-MODEL); reruns resume")
+    p.add_argument("--import-samples", metavar="FILE", help="score EvalPlus-format samples instead of generating")
+    p.add_argument("--export-evalplus", metavar="FILE", help="also write the samples in EvalPlus jsonl format")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    add_dataclass_arguments(p, EvalConfig, group="evaluation")
+    add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

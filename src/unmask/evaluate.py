@@ -1,0 +1,316 @@
+"""Evaluation harness: k samples per task -> sandbox -> pass@k -> results files and a table.
+
+    unmask eval --model DIR --benchmark humaneval --samples 10 --temperature 0.8
+
+A run directory holds ``results.jsonl`` (one line per sample: task_id, sample, completion, verdict,
+error_kind, duration), ``summary.json`` and ``eval_config.json``. Runs are resumable: samples are generated in
+fixed chunks whose seeds depend only on (seed, chunk index), and a chunk whose samples are all in
+``results.jsonl`` is skipped, so an interrupted run resumed later produces exactly the lines an uninterrupted
+run would. Lines are appended per chunk and fsync'ed; a torn last line (a kill mid-write) is ignored on load.
+
+Completions are text at this edge only: the sampler works on ids (``unmask.decoding``), the sandbox on
+programs (``unmask.sandbox``), and program assembly lives in ``unmask.programs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unmask.data.benchmarks import Task, load_benchmark
+from unmask.errors import ConfigError
+from unmask.passk import pass_at_k
+from unmask.programs import INSTRUCT_PREFILL, build_program, default_mode
+
+SYNTHETIC = ("synthetic", "synthetic-train")
+# A base model continues past the function it was asked for; these mark where the next top-level thing
+# starts (the usual HumanEval stop sequences).
+STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", '\n"""', "\n#")
+
+
+def _doc(text: str) -> dict:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how programs are run (sampler settings live in DecodeConfig)."""
+
+    benchmark: str = field(default="humaneval", metadata=_doc("humaneval, humaneval+, mbpp, mbpp+, synthetic, …"))
+    samples: int = field(default=1, metadata=_doc("completions per task (n of pass@k)"))
+    limit: int | None = field(default=None, metadata=_doc("evaluate only the first N tasks"))
+    batch_size: int = field(default=8, metadata=_doc("prompts decoded together"))
+    chat: bool = field(default=False, metadata=_doc("instruct prompts: ChatML + the code-fence prefill"))
+    timeout: float = field(default=5.0, metadata=_doc("seconds per test program"))
+    memory_mb: int = field(default=1024, metadata=_doc("address-space limit per test program"))
+    seed: int = field(default=0, metadata=_doc("base seed; each chunk's seed derives from it"))
+    synthetic_tasks: int = field(default=200, metadata=_doc("tasks drawn for the synthetic benchmark"))
+
+    def __post_init__(self) -> None:
+        if self.samples <= 0 or self.batch_size <= 0:
+            raise ConfigError("samples and batch_size must be positive integers")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"limit must be a positive integer, got {self.limit}")
+        if not self.timeout > 0 or self.memory_mb <= 0:
+            raise ConfigError("timeout and memory_mb must be positive")
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    task_id: str
+    sample: int
+    completion: str
+    verdict: str  # passed | failed | timeout | infra_error
+    error_kind: str
+    duration: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_tasks(config: EvalConfig) -> list[Task]:
+    if config.benchmark in SYNTHETIC:
+        from unmask.data.synthetic import synthetic_tasks
+
+        split = "heldout" if config.benchmark == "synthetic" else "train"
+        tasks = synthetic_tasks(split, config.synthetic_tasks, config.seed)
+    else:
+        try:
+            tasks = load_benchmark(config.benchmark)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    return tasks[: config.limit] if config.limit else tasks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prompts and completions (text edge)
+
+
+def prompt_text(task: Task, tokenizer, chat: bool) -> str:
+    if not chat:
+        return task.prompt
+    query = f"Complete the following python code:\n{task.prompt}"
+    return tokenizer.apply_chat_template([{"role": "user", "content": query}], assistant_prefix=INSTRUCT_PREFILL)
+
+
+def program_mode(task: Task, chat: bool) -> str:
+    return "instruct" if chat else default_mode(task)
+
+
+def clean_completion(text: str, mode: str) -> str:
+    """Cut a base model's continuation where the asked-for function ends (not needed for instruct)."""
+    if mode not in ("humaneval", "infilling"):
+        return text
+    cut = min((i for i in (text.find(s) for s in STOP_SEQUENCES) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def chunk_plan(tasks: Sequence[Task], samples: int, batch_size: int) -> list[list[tuple[int, int]]]:
+    """Fixed chunks of (task index, sample index): the same for a fresh and a resumed run."""
+    pairs = [(t, s) for t in range(len(tasks)) for s in range(samples)]
+    return [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]
+
+
+def chunk_seed(base: int, chunk: int) -> int:
+    return (base * 1_000_003 + chunk * 7_919 + 17) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# results files
+
+
+def read_results(path: Path) -> list[SampleResult]:
+    """Complete lines of results.jsonl; a torn final line (killed mid-write) is dropped."""
+    if not path.is_file():
+        return []
+    results = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines):
+        try:
+            results.append(SampleResult(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError):
+            if n == len(lines) - 1:
+                break
+            raise ConfigError(f"{path}: line {n + 1} is not a result record; remove the file to start over") from None
+    return results
+
+
+def append_results(path: Path, results: Sequence[SampleResult]) -> None:
+    # A torn last line from an earlier crash must not glue onto the new records.
+    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        text = path.read_text(encoding="utf-8")
+        _atomic_write(path, text[: text.rfind("\n") + 1])
+    with open(path, "a", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r.to_json()) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def summarize(results: Sequence[SampleResult], ks: Sequence[int] = (1, 10)) -> dict[str, Any]:
+    """pass@k (unbiased estimator, averaged over tasks) for every k <= the samples per task."""
+    per_task: dict[str, list[bool]] = {}
+    for r in results:
+        per_task.setdefault(r.task_id, []).append(r.verdict == "passed")
+    if not per_task:
+        return {"tasks": 0, "samples": 0, "pass@k": {}, "verdicts": {}, "error_kinds": {}}
+    n_min = min(len(v) for v in per_task.values())
+    passk = {f"pass@{k}": sum(pass_at_k(len(v), sum(v), k) for v in per_task.values()) / len(per_task)
+             for k in ks if k <= n_min}
+    return {
+        "tasks": len(per_task), "samples": len(results), "samples_per_task": n_min, "pass@k": passk,
+        "verdicts": dict(Counter(r.verdict for r in results)),
+        "error_kinds": dict(Counter(r.error_kind for r in results if r.verdict != "passed").most_common()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+
+def execute(tasks_by_id: dict[str, Task], pending: Sequence[tuple[str, int, str]], *, mode_of: Callable[[Task], str],
+            timeout: float, memory_mb: int) -> list[SampleResult]:
+    """Run (task_id, sample, completion) triples in the sandbox (both cores busy)."""
+    from unmask.sandbox import run_many
+
+    programs = [build_program(tasks_by_id[t], c, mode=mode_of(tasks_by_id[t])) for t, _, c in pending]
+    # HumanEval+/MBPP+ programs also run the reference solution on every input: give them twice the time.
+    scale = [2.0 if tasks_by_id[t].benchmark.endswith("+") else 1.0 for t, _, _ in pending]
+    timeout = timeout * max(scale, default=1.0)
+    outcomes = run_many(programs, timeout=timeout, memory_mb=memory_mb)
+    return [SampleResult(t, s, c, o.status, o.error_kind, round(o.duration, 4))
+            for (t, s, c), o in zip(pending, outcomes)]
+
+
+def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, *, progress: bool = True,
+                   stop_after_chunks: int | None = None) -> dict[str, Any]:
+    """Generate, execute and score; resumable from ``out_dir``. ``decode`` is a DecodeConfig.
+
+    ``stop_after_chunks`` ends the run early (used to test that resuming equals an uninterrupted run).
+    """
+    import torch
+
+    from unmask.decoding.reference import generate
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = load_tasks(config)
+    by_id = {t.task_id: t for t in tasks}
+    _atomic_write(out_dir / "eval_config.json", json.dumps(
+        {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode)}, indent=2) + "\n")
+    results_path = out_dir / "results.jsonl"
+    done = {(r.task_id, r.sample) for r in read_results(results_path)}
+    plan = chunk_plan(tasks, config.samples, config.batch_size)
+    pad = tokenizer.special.pad
+
+    chunks = range(len(plan))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(plan), desc=f"eval {config.benchmark}", unit="chunk")
+    for ci in chunks:
+        if stop_after_chunks is not None and ci >= stop_after_chunks:
+            break
+        chunk = plan[ci]
+        if all((tasks[t].task_id, s) in done for t, s in chunk):
+            if bar is not None:
+                bar.update(1)
+            continue
+        prompts = [tokenizer.encode(prompt_text(tasks[t], tokenizer, config.chat)) for t, _ in chunk]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+        generator = torch.Generator(device=model.device).manual_seed(chunk_seed(config.seed, ci))
+        out = generate(model, ids, mask, config=decode, generator=generator)
+        pending = []
+        for (t, s), row in zip(chunk, out.generated.tolist()):
+            task = tasks[t]
+            if (task.task_id, s) in done:
+                continue
+            mode = program_mode(task, config.chat)
+            pending.append((task.task_id, s, clean_completion(tokenizer.decode(row), mode)))
+        results = execute(by_id, pending, mode_of=lambda task: program_mode(task, config.chat),
+                          timeout=config.timeout, memory_mb=config.memory_mb)
+        append_results(results_path, results)
+        done.update((r.task_id, r.sample) for r in results)
+        if bar is not None:
+            bar.update(1)
+            passed = sum(1 for r in results if r.verdict == "passed")
+            bar.set_postfix(passed=f"{passed}/{len(results)}")
+    if bar is not None:
+        bar.close()
+    return finish(out_dir, config)
+
+
+def evaluate_samples(samples: Sequence[dict[str, Any]], config: EvalConfig, out_dir: Path) -> dict[str, Any]:
+    """Score externally produced samples (EvalPlus jsonl: task_id + solution or completion)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_id = {t.task_id: t for t in load_tasks(config)}
+    counts: Counter[str] = Counter()
+    pending = []
+    for row in samples:
+        if row["task_id"] not in by_id:
+            raise ConfigError(f"sample for unknown task {row['task_id']!r} (benchmark {config.benchmark})")
+        pending.append((row["task_id"], counts[row["task_id"]], row.get("completion", row.get("solution", ""))))
+        counts[row["task_id"]] += 1
+    solution_mode = any("solution" in row and "completion" not in row for row in samples)
+
+    def mode_of(task: Task) -> str:
+        # An EvalPlus "solution" is whole code: "mbpp" mode runs it as-is, then the task's tests (and for
+        # HumanEval-style tasks the check(entry_point) call build_program adds by benchmark).
+        return "mbpp" if solution_mode else default_mode(task)
+
+    results = execute(by_id, pending, mode_of=mode_of, timeout=config.timeout, memory_mb=config.memory_mb)
+    (out_dir / "results.jsonl").unlink(missing_ok=True)
+    append_results(out_dir / "results.jsonl", results)
+    return finish(out_dir, config)
+
+
+def finish(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
+    summary = {"benchmark": config.benchmark, **summarize(read_results(out_dir / "results.jsonl"))}
+    _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def export_evalplus(out_dir: Path, tasks: Sequence[Task], path: Path, *, chat: bool) -> int:
+    """Write results as EvalPlus samples (``solution`` = the full code a checker runs)."""
+    from unmask.data.benchmarks import write_evalplus_samples
+    from unmask.programs import extract_code
+
+    by_id = {t.task_id: t for t in tasks}
+    rows = []
+    for r in read_results(out_dir / "results.jsonl"):
+        task = by_id[r.task_id]
+        mode = program_mode(task, chat)
+        code = extract_code(r.completion, entry_point=task.entry_point) if mode == "instruct" else (
+            r.completion if mode == "mbpp" else task.prompt + r.completion)
+        rows.append({"task_id": r.task_id, "solution": code})
+    write_evalplus_samples(path, rows)
+    return len(rows)
+
+
+def summary_table(summary: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"{summary['benchmark']}: {summary['tasks']} tasks × {summary.get('samples_per_task', 0)}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary["pass@k"].items():
+        table.add_row(key, f"{100 * value:.2f}%")
+    for key, value in summary["verdicts"].items():
+        table.add_row(f"verdict {key}", str(value))
+    for key, value in list(summary["error_kinds"].items())[:8]:
+        table.add_row(f"error {key or '(none)'}", str(value))
+    return table
