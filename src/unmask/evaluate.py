@@ -25,6 +25,7 @@ from typing import Any
 
 from unmask.data.benchmarks import Task, load_benchmark
 from unmask.errors import ConfigError
+from unmask.fileio import atomic_write_text
 from unmask.passk import pass_at_k
 from unmask.programs import INSTRUCT_PREFILL, build_program, default_mode
 
@@ -145,18 +146,12 @@ def append_results(path: Path, results: Sequence[SampleResult]) -> None:
     # A torn last line from an earlier crash must not glue onto the new records.
     if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         text = path.read_text(encoding="utf-8")
-        _atomic_write(path, text[: text.rfind("\n") + 1])
+        atomic_write_text(path, text[: text.rfind("\n") + 1])
     with open(path, "a", encoding="utf-8") as f:
         for r in results:
             f.write(json.dumps(r.to_json()) + "\n")
         f.flush()
         os.fsync(f.fileno())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def summarize(results: Sequence[SampleResult], ks: Sequence[int] = (1, 10)) -> dict[str, Any]:
@@ -207,7 +202,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks(config)
     by_id = {t.task_id: t for t in tasks}
-    _atomic_write(out_dir / "eval_config.json", json.dumps(
+    atomic_write_text(out_dir / "eval_config.json", json.dumps(
         {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode)}, indent=2) + "\n")
     results_path = out_dir / "results.jsonl"
     done = {(r.task_id, r.sample) for r in read_results(results_path)}
@@ -280,7 +275,7 @@ def evaluate_samples(samples: Sequence[dict[str, Any]], config: EvalConfig, out_
 
 def finish(out_dir: Path, config: EvalConfig) -> dict[str, Any]:
     summary = {"benchmark": config.benchmark, **summarize(read_results(out_dir / "results.jsonl"))}
-    _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

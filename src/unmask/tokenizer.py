@@ -20,6 +20,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from unmask.errors import TokenizerError
+from unmask.fileio import atomic_write_text
 
 MASK, ENDOFTEXT, IM_START, IM_END, DLM_PAD = "<|mask|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|dlm_pad|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, MASK, DLM_PAD)
@@ -136,9 +137,7 @@ class Tokenizer:
 
 
 def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 def _read_json(path: Path) -> dict:

@@ -38,12 +38,13 @@ import gzip
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from unmask.fileio import atomic_write_text
 
 DATA_DIR = Path(__file__).resolve().parent / "files"
 
@@ -383,16 +384,7 @@ def write_evalplus_samples(path: str | os.PathLike[str], samples: Iterable[Mappi
     for i, sample in enumerate(samples):
         _validate_sample(sample, f"sample #{i}")
         lines.append(json.dumps(dict(sample), ensure_ascii=False))
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def read_evalplus_samples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from unmask.fileio import atomic_write_text
+
 
 @dataclass(frozen=True)
 class StepRecord:
@@ -58,10 +60,7 @@ class DecodeTrace:
             raise ValueError(f"not a decode trace: missing or malformed field ({err})") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json()) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_json()) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DecodeTrace:
