@@ -478,8 +478,13 @@ def _train(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
     if not cfg.resume and latest_checkpoint(run_dir) is not None:
         raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
                           "another --run-dir")
+    if cfg.resume and resume_from is None and rank == 0:
+        print(f"note: no checkpoint in {run_dir}; starting a fresh run", file=sys.stderr)
     if model is None or data is None:
-        model, tokenizer, data = prepare(cfg)
+        # A resumed run takes its model and tokenizer from the checkpoint (no BPE retraining).
+        source = cfg if resume_from is None else dataclasses.replace(cfg, init_from=str(resume_from),
+                                                                     tokenizer=None)
+        model, tokenizer, data = prepare(source)
     _check_model(cfg, model)
     if data.train.seq_len != cfg.seq_len:
         raise ConfigError(f"data rows have length {data.train.seq_len} but seq_len is {cfg.seq_len}")
