@@ -28,8 +28,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def tiny_model(seed: int = 0) -> DreamModel:
-    config = ModelConfig.from_name("test", vocab_size=V, mask_token_id=MASK, pad_token_id=0, eos_token_id=0,
-                                   bos_token_id=0)
+    config = ModelConfig.from_name(
+        "test", vocab_size=V, mask_token_id=MASK, pad_token_id=0, eos_token_id=0, bos_token_id=0
+    )
     model = DreamModel(config)
     model.init_weights(torch.Generator().manual_seed(seed))
     return model
@@ -43,8 +44,18 @@ def cyclic_rows(n: int = 16, length: int = 32) -> TokenRows:
 
 
 def config(tmp_path, name="run", **changes) -> TrainConfig:
-    values = dict(run_dir=str(tmp_path / name), seq_len=32, batch_size=8, max_steps=8, lr=3e-3, warmup_steps=2,
-                  eval_every=0, save_every=4, log_every=1, progress=False)
+    values = dict(
+        run_dir=str(tmp_path / name),
+        seq_len=32,
+        batch_size=8,
+        max_steps=8,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=0,
+        save_every=4,
+        log_every=1,
+        progress=False,
+    )
     return TrainConfig(**{**values, **changes})
 
 
@@ -79,17 +90,28 @@ def test_loss_falls_on_a_repetitive_corpus(tmp_path):
 def test_kill_and_resume_equals_uninterrupted(tmp_path):
     rows = cyclic_rows()
     # adaptation noise, grad accumulation and the t/mask draws all exercise RNG state that must be restored
-    common = dict(grad_accum=2, adapt_from_ar=True, anneal_steps=6, prefix_prob=0.5, truncate_prob=0.5,
-                  t_method="stratified", eval_every=4)
+    common = dict(
+        grad_accum=2,
+        adapt_from_ar=True,
+        anneal_steps=6,
+        prefix_prob=0.5,
+        truncate_prob=0.5,
+        t_method="stratified",
+        eval_every=4,
+    )
     straight_model = tiny_model()
     straight = train(config(tmp_path, "straight", **common), model=straight_model, data=TrainData(rows, rows))
 
-    first = train(config(tmp_path, "split", stop_after_steps=4, **common), model=tiny_model(),
-                  data=TrainData(rows, rows))
+    first = train(
+        config(tmp_path, "split", stop_after_steps=4, **common),
+        model=tiny_model(),
+        data=TrainData(rows, rows),
+    )
     assert first.step == 4 and (tmp_path / "split" / "latest").read_text().strip() == "checkpoint-0000004"
     resumed_model = tiny_model(seed=123)  # different weights: everything must come from the checkpoint
-    second = train(config(tmp_path, "split", resume=True, **common), model=resumed_model,
-                   data=TrainData(rows, rows))
+    second = train(
+        config(tmp_path, "split", resume=True, **common), model=resumed_model, data=TrainData(rows, rows)
+    )
     assert second.step == 8
     a, b = params(straight_model), params(resumed_model)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -106,9 +128,12 @@ def test_attention_anneals_from_causal_to_full_on_schedule(tmp_path):
     rows = cyclic_rows()
     seen: list[torch.Tensor | None] = []
     model = tiny_model()
-    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs.get("attention_mask")),
-                                    with_kwargs=True)
-    cfg = config(tmp_path, adapt_from_ar=True, anneal_steps=4, prefix_prob=0.0, truncate_prob=0.0, max_steps=6)
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    cfg = config(
+        tmp_path, adapt_from_ar=True, anneal_steps=4, prefix_prob=0.0, truncate_prob=0.0, max_steps=6
+    )
     result = train(cfg, model=model, data=TrainData(rows, rows))
     assert len(seen) == 6
     T = 32
@@ -123,32 +148,53 @@ def test_attention_anneals_from_causal_to_full_on_schedule(tmp_path):
 def test_adaptation_truncation_becomes_padding():
     cfg = TrainConfig(seq_len=16, adapt_from_ar=True, anneal_steps=0, prefix_prob=1.0, truncate_prob=1.0)
     rows = cyclic_rows(4, 16)
-    batch = make_batch(rows.ids, rows.prompt_lengths, step=0, cfg=cfg, mask_token_id=MASK,
-                       generator=torch.Generator().manual_seed(0))
+    batch = make_batch(
+        rows.ids,
+        rows.prompt_lengths,
+        step=0,
+        cfg=cfg,
+        mask_token_id=MASK,
+        generator=torch.Generator().manual_seed(0),
+    )
     for b in range(4):
         keep = int(batch.attention_mask[b, 0, 0].sum())  # query 0 sees exactly the kept keys
         assert keep < 16 and not batch.maskable[b, keep:].any() and not batch.masked[b, keep:].any()
-        assert not batch.attention_mask[b, 0, :, keep:].any(dim=1)[: keep].any()  # real queries skip pads
+        assert not batch.attention_mask[b, 0, :, keep:].any(dim=1)[:keep].any()  # real queries skip pads
         assert batch.attention_mask[b, 0, keep:, keep:].diagonal().all()  # pad queries see themselves
         assert not batch.maskable[b, 0]
 
 
 def write_sft(path: Path) -> None:
-    examples = [{"prompt": f"add {i} and {i + 1}", "response": f"def f():\n    return {2 * i + 1}\n"}
-                for i in range(12)]
+    examples = [
+        {"prompt": f"add {i} and {i + 1}", "response": f"def f():\n    return {2 * i + 1}\n"}
+        for i in range(12)
+    ]
     path.write_text("".join(json.dumps(e) + "\n" for e in examples))
 
 
 def test_sft_never_masks_the_prompt_and_scores_only_the_response(tmp_path):
     data_file = tmp_path / "sft.jsonl"
     write_sft(data_file)
-    cfg = TrainConfig(run_dir=str(tmp_path / "sft"), stage="sft", data=str(data_file), preset="test",
-                      vocab_size=300, seq_len=64, batch_size=4, max_steps=3, eval_every=0, progress=False,
-                      val_fraction=0.2)
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "sft"),
+        stage="sft",
+        data=str(data_file),
+        preset="test",
+        vocab_size=300,
+        seq_len=64,
+        batch_size=4,
+        max_steps=3,
+        eval_every=0,
+        progress=False,
+        val_fraction=0.2,
+    )
     model, tokenizer, data = prepare(cfg)
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "add 0 and 1"}])
     prompts = [f"add {i} and {i + 1}" for i in range(12)]
-    lengths = {len(tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}]))) for q in prompts}
+    lengths = {
+        len(tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}])))
+        for q in prompts
+    }
     assert set(data.train.prompt_lengths.tolist()) <= lengths and len(tokenizer.encode(chat)) in lengths
     seen = []
     model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0].clone()), with_kwargs=True)
@@ -158,8 +204,11 @@ def test_sft_never_masks_the_prompt_and_scores_only_the_response(tmp_path):
     masked_response = 0
     for noisy in seen:  # every noisy row is a training row with its prompt intact
         for row in noisy:
-            match = [(clean, p) for clean, p in rows.items()
-                     if all(a == b or a == tokenizer.special.mask for a, b in zip(row.tolist(), clean))]
+            match = [
+                (clean, p)
+                for clean, p in rows.items()
+                if all(a == b or a == tokenizer.special.mask for a, b in zip(row.tolist(), clean))
+            ]
             assert match
             clean, p = match[0]
             assert row[:p].tolist() == list(clean[:p])
@@ -167,12 +216,20 @@ def test_sft_never_masks_the_prompt_and_scores_only_the_response(tmp_path):
     assert masked_response > 0
 
     # the loss covers response tokens only: a naive per-token sum over masked response positions
-    batch = make_batch(data.train.ids[:4], data.train.prompt_lengths[:4], step=0, cfg=cfg,
-                       mask_token_id=tokenizer.special.mask, generator=torch.Generator().manual_seed(1))
+    batch = make_batch(
+        data.train.ids[:4],
+        data.train.prompt_lengths[:4],
+        step=0,
+        cfg=cfg,
+        mask_token_id=tokenizer.special.mask,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert not (batch.maskable & (torch.arange(64)[None] < data.train.prompt_lengths[:4, None])).any()
     logits = torch.randn(4, 64, model.config.vocab_size, generator=torch.Generator().manual_seed(2))
     lp = token_logprobs(shift_logits(logits), batch.targets)
-    naive = sum(-lp[b, n] / mask_probability(batch.t[b]) for b in range(4) for n in range(64) if batch.masked[b, n])
+    naive = sum(
+        -lp[b, n] / mask_probability(batch.t[b]) for b in range(4) for n in range(64) if batch.masked[b, n]
+    )
     assert float(_loss_sum(logits, batch, cfg)) == pytest.approx(float(naive), rel=1e-5)
     perturbed = logits.clone()
     for b in range(4):  # outputs that predict prompt positions (shift: output j-1 predicts j) do not matter
@@ -184,14 +241,51 @@ def test_torchrun_two_processes_match_one(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     docs = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(60)]
     corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    args = ["train", "--preset", "test", "--vocab-size", "300", "--data", str(corpus), "--seq-len", "32",
-            "--batch-size", "4", "--grad-accum", "2", "--max-steps", "3", "--save-every", "3", "--no-progress",
-            "--eval-every", "0", "--lr", "1e-3"]
+    args = [
+        "train",
+        "--preset",
+        "test",
+        "--vocab-size",
+        "300",
+        "--data",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "3",
+        "--save-every",
+        "3",
+        "--no-progress",
+        "--eval-every",
+        "0",
+        "--lr",
+        "1e-3",
+    ]
     assert main([*args, "--run-dir", str(tmp_path / "one")]) == 0
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "unmask.cli", *args, "--run-dir", str(tmp_path / "two")],
-                          env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "unmask.cli",
+            *args,
+            "--run-dir",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = load_file(str(tmp_path / "one" / "checkpoint-0000003" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "checkpoint-0000003" / "model.safetensors"))

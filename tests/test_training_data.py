@@ -33,8 +33,11 @@ def test_dedup_keeps_first_occurrences_in_order():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.text(min_size=1, max_size=8), min_size=2, max_size=30, unique=True),
-       st.floats(0.05, 0.5), st.randoms(use_true_random=False))
+@given(
+    st.lists(st.text(min_size=1, max_size=8), min_size=2, max_size=30, unique=True),
+    st.floats(0.05, 0.5),
+    st.randoms(use_true_random=False),
+)
 def test_split_is_disjoint_complete_and_independent_of_order(items, fraction, rnd):
     train, val = split_by_hash(items, fraction)
     assert sorted(train + val) == sorted(items) and not set(train) & set(val)

@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     from unmask.train import TrainConfig
 
     p = verbs.add_parser("train", help="masked-diffusion training: pretrain, AR adaptation or SFT")
-    p.add_argument("--config", metavar="FILE", help="JSON (or YAML) file of TrainConfig fields; flags override")
+    p.add_argument("--config", metavar="FILE", help="JSON/YAML file of TrainConfig fields; flags override")
     add_dataclass_arguments(p, TrainConfig, group="training (TrainConfig)")
     p.set_defaults(func=cmd_train)
     return parser

@@ -73,8 +73,12 @@ class TrainConfig:
     stage: str = field(default="pretrain", metadata=_doc("pretrain | sft", choices=STAGES))
     preset: str = field(default="tiny", metadata=_doc("model preset for a fresh model"))
     init_from: str | None = field(default=None, metadata=_doc("continue from this HF model directory"))
-    tokenizer: str | None = field(default=None, metadata=_doc("tokenizer directory (default: BPE on the corpus)"))
-    vocab_size: int | None = field(default=None, metadata=_doc("BPE size when one is trained (default: preset's)"))
+    tokenizer: str | None = field(
+        default=None, metadata=_doc("tokenizer directory (default: BPE on the corpus)")
+    )
+    vocab_size: int | None = field(
+        default=None, metadata=_doc("BPE size when one is trained (default: preset's)")
+    )
     chat: bool = field(default=True, metadata=_doc("SFT: wrap prompts in the ChatML template"))
     seq_len: int = field(default=256, metadata=_doc("tokens per row"))
     batch_size: int = field(default=8, metadata=_doc("rows per micro-batch, summed over all ranks"))
@@ -111,11 +115,20 @@ class TrainConfig:
         def positive(name: str, allow_zero: bool = False) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
-                raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, "
-                                  f"got {value!r}")
+                raise ConfigError(
+                    f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}"
+                )
 
-        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_batches", "save_every",
-                     "keep_checkpoints", "log_every"):
+        for name in (
+            "seq_len",
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_batches",
+            "save_every",
+            "keep_checkpoints",
+            "log_every",
+        ):
             positive(name)
         for name in ("warmup_steps", "anneal_steps", "eval_every"):
             positive(name, allow_zero=True)
@@ -127,12 +140,21 @@ class TrainConfig:
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
         if self.loss_normalizer not in NORMALIZERS:
-            raise ConfigError(f"loss_normalizer must be one of {', '.join(NORMALIZERS)}; got {self.loss_normalizer!r}")
+            raise ConfigError(
+                f"loss_normalizer must be one of {', '.join(NORMALIZERS)}; got {self.loss_normalizer!r}"
+            )
         if self.t_method not in T_METHODS:
             raise ConfigError(f"t_method must be one of {', '.join(T_METHODS)}; got {self.t_method!r}")
-        for name, low, high in (("lr", 0.0, 1.0), ("min_lr_ratio", 0.0, 1.0), ("beta1", 0.0, 1.0),
-                                ("beta2", 0.0, 1.0), ("mask_eps", 0.0, 1.0), ("prefix_prob", 0.0, 1.0),
-                                ("truncate_prob", 0.0, 1.0), ("val_fraction", 0.0, 1.0)):
+        for name, low, high in (
+            ("lr", 0.0, 1.0),
+            ("min_lr_ratio", 0.0, 1.0),
+            ("beta1", 0.0, 1.0),
+            ("beta2", 0.0, 1.0),
+            ("mask_eps", 0.0, 1.0),
+            ("prefix_prob", 0.0, 1.0),
+            ("truncate_prob", 0.0, 1.0),
+            ("val_fraction", 0.0, 1.0),
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
                 raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
@@ -193,7 +215,7 @@ def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: flo
 
 @dataclass(frozen=True)
 class Batch:
-    """One noised micro-batch. ``attention_mask`` is None (full attention, no padding) or (B, 1, T, T) bool."""
+    """A noised micro-batch; ``attention_mask`` is None (full attention, no padding) or (B, 1, T, T) bool."""
 
     input_ids: torch.Tensor  # (B, T) noisy x_t
     targets: torch.Tensor  # (B, T) clean x_0
@@ -205,17 +227,38 @@ class Batch:
 
     def rows(self, start: int, stop: int) -> Batch:
         mask = None if self.attention_mask is None else self.attention_mask[start:stop]
-        return Batch(self.input_ids[start:stop], self.targets[start:stop], self.masked[start:stop],
-                     self.maskable[start:stop], self.t[start:stop], mask, self.anneal_fraction)
+        return Batch(
+            self.input_ids[start:stop],
+            self.targets[start:stop],
+            self.masked[start:stop],
+            self.maskable[start:stop],
+            self.t[start:stop],
+            mask,
+            self.anneal_fraction,
+        )
 
     def to(self, device: torch.device) -> Batch:
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
-        return Batch(self.input_ids.to(device), self.targets.to(device), self.masked.to(device),
-                     self.maskable.to(device), self.t.to(device), mask, self.anneal_fraction)
+        return Batch(
+            self.input_ids.to(device),
+            self.targets.to(device),
+            self.masked.to(device),
+            self.maskable.to(device),
+            self.t.to(device),
+            mask,
+            self.anneal_fraction,
+        )
 
 
-def make_batch(clean: torch.Tensor, prompt_lengths: torch.Tensor, *, step: int, cfg: TrainConfig,
-               mask_token_id: int, generator: torch.Generator) -> Batch:
+def make_batch(
+    clean: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    *,
+    step: int,
+    cfg: TrainConfig,
+    mask_token_id: int,
+    generator: torch.Generator,
+) -> Batch:
     """Noise clean rows (B, T) for optimiser step ``step``; all draws come from ``generator``.
 
     Maskable = from the row's prompt length on (pretraining: from position 1; SFT: the response and its
@@ -228,15 +271,17 @@ def make_batch(clean: torch.Tensor, prompt_lengths: torch.Tensor, *, step: int, 
     key_valid = torch.ones(B, T, dtype=torch.bool)  # (B, T)
     fraction = 1.0
     if cfg.adapt_from_ar:
-        prefix, keep = adaptation_spans(B, T, generator=generator, prefix_prob=cfg.prefix_prob,
-                                        truncate_prob=cfg.truncate_prob)
+        prefix, keep = adaptation_spans(
+            B, T, generator=generator, prefix_prob=cfg.prefix_prob, truncate_prob=cfg.truncate_prob
+        )
         start = torch.maximum(start, prefix[:, None])
         key_valid = pos < keep[:, None]
         fraction = attention_anneal_fraction(step, cfg.anneal_steps)
     maskable = (pos >= start) & key_valid  # (B, T)
     t = sample_t(B, generator=generator, eps=cfg.mask_eps, method=cfg.t_method)
-    noisy, masked = forward_mask(clean, t, maskable=maskable, generator=generator, mask_token_id=mask_token_id,
-                                 eps=cfg.mask_eps)
+    noisy, masked = forward_mask(
+        clean, t, maskable=maskable, generator=generator, mask_token_id=mask_token_id, eps=cfg.mask_eps
+    )
     attention = None
     if fraction < 1.0 or not bool(key_valid.all()):
         base = annealed_attention_mask(T, fraction)  # (T, T) [query, key]
@@ -249,11 +294,25 @@ def _loss_sum(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Ten
     """Sum over rows of the per-row ELBO terms (numerator of the global normaliser); 0-d float32."""
     B, T = batch.targets.shape
     if cfg.loss_normalizer == "tokens":
-        loss, _ = diffusion_loss(logits, batch.targets, batch.masked, batch.t, maskable=batch.maskable,
-                                 normalizer="batch", eps=cfg.mask_eps)
+        loss, _ = diffusion_loss(
+            logits,
+            batch.targets,
+            batch.masked,
+            batch.t,
+            maskable=batch.maskable,
+            normalizer="batch",
+            eps=cfg.mask_eps,
+        )
         return loss * (B * T)  # = sum_b S_b
-    loss, _ = diffusion_loss(logits, batch.targets, batch.masked, batch.t, maskable=batch.maskable,
-                             normalizer="sequence", eps=cfg.mask_eps)
+    loss, _ = diffusion_loss(
+        logits,
+        batch.targets,
+        batch.masked,
+        batch.t,
+        maskable=batch.maskable,
+        normalizer="sequence",
+        eps=cfg.mask_eps,
+    )
     return loss * B  # = sum_b S_b / n_b
 
 
@@ -278,7 +337,14 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
     from unmask.checkpoint import load_model, read_config
     from unmask.config import ModelConfig
     from unmask.tokenizer import load_tokenizer, train_bpe
-    from unmask.training_data import dedup_texts, pack_rows, read_sft_pairs, read_texts, sft_rows, split_by_hash
+    from unmask.training_data import (
+        dedup_texts,
+        pack_rows,
+        read_sft_pairs,
+        read_texts,
+        sft_rows,
+        split_by_hash,
+    )
 
     if cfg.stage == "sft":
         items: list = read_sft_pairs(cfg.data)
@@ -301,29 +367,43 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
         else:
             tokenizer = train_bpe(tok_texts, cfg.vocab_size or preset.vocab_size)
         s = tokenizer.special
-        config = preset.replace(vocab_size=tokenizer.vocab_size, mask_token_id=s.mask, pad_token_id=s.pad,
-                                eos_token_id=s.eos, bos_token_id=s.bos)
+        config = preset.replace(
+            vocab_size=tokenizer.vocab_size,
+            mask_token_id=s.mask,
+            pad_token_id=s.pad,
+            eos_token_id=s.eos,
+            bos_token_id=s.bos,
+        )
         model = DreamModel(config)
         model.init_weights(torch.Generator().manual_seed(cfg.seed))
     _check_model(cfg, model)
 
     special = tokenizer.special
     if cfg.stage == "sft":
+
         def encode(pairs: list[tuple[str, str]]) -> TokenRows:
             encoded = []
             end = special.im_end if (cfg.chat and special.im_end is not None) else special.eos
             for prompt, response in pairs:
-                text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if cfg.chat else prompt
+                text = (
+                    tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+                    if cfg.chat
+                    else prompt
+                )
                 encoded.append((tokenizer.encode(text), tokenizer.encode(response) + [end]))
             return sft_rows(encoded, cfg.seq_len, pad_id=special.pad)
 
         data = TrainData(encode(train_items), encode(val_items))
     else:
-        data = TrainData(pack_rows((tokenizer.encode(t) for t in train_items), cfg.seq_len, eos_id=special.eos),
-                         pack_rows((tokenizer.encode(t) for t in val_items), cfg.seq_len, eos_id=special.eos))
+        data = TrainData(
+            pack_rows((tokenizer.encode(t) for t in train_items), cfg.seq_len, eos_id=special.eos),
+            pack_rows((tokenizer.encode(t) for t in val_items), cfg.seq_len, eos_id=special.eos),
+        )
     if len(data.train) == 0:
-        raise ConfigError(f"the corpus {cfg.data} yields no training rows of seq_len {cfg.seq_len} "
-                          "(too little text, or every prompt is longer than seq_len)")
+        raise ConfigError(
+            f"the corpus {cfg.data} yields no training rows of seq_len {cfg.seq_len} "
+            "(too little text, or every prompt is longer than seq_len)"
+        )
     return model, tokenizer, data
 
 
@@ -368,8 +448,9 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return path if (path / "trainer_state.pt").is_file() else None
 
 
-def save_checkpoint(run_dir: Path, model: DreamModel, tokenizer: Any, trainer_state: dict[str, Any],
-                    keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, model: DreamModel, tokenizer: Any, trainer_state: dict[str, Any], keep: int
+) -> Path:
     """Write ``checkpoint-{step}`` atomically (staging directory, then ``os.replace``), update ``latest``
     and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to."""
     from unmask.checkpoint import save_model
@@ -398,8 +479,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop metric lines written after the checkpoint (they will be produced again)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
     _atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -425,8 +509,15 @@ def _param_groups(model: DreamModel, weight_decay: float) -> list[dict[str, Any]
 
 
 @torch.no_grad()
-def evaluate(model: DreamModel, data: TokenRows, cfg: TrainConfig, *, step: int, mask_token_id: int,
-             device: torch.device) -> float | None:
+def evaluate(
+    model: DreamModel,
+    data: TokenRows,
+    cfg: TrainConfig,
+    *,
+    step: int,
+    mask_token_id: int,
+    device: torch.device,
+) -> float | None:
     """Validation ELBO on the first ``eval_batches`` micro-batches with a fixed noise seed, so values at
     different steps are comparable and evaluation consumes none of the training randomness."""
     if len(data) == 0:
@@ -438,8 +529,14 @@ def evaluate(model: DreamModel, data: TokenRows, cfg: TrainConfig, *, step: int,
     total = torch.zeros((), dtype=torch.float64)
     for rows in val_batches(len(data), cfg.batch_size, cfg.eval_batches):
         idx = torch.tensor(list(rows))
-        batch = make_batch(data.ids[idx], data.prompt_lengths[idx], step=step, cfg=cfg,
-                           mask_token_id=mask_token_id, generator=generator)
+        batch = make_batch(
+            data.ids[idx],
+            data.prompt_lengths[idx],
+            step=step,
+            cfg=cfg,
+            mask_token_id=mask_token_id,
+            generator=generator,
+        )
         batches.append(batch)
         b = batch.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -449,9 +546,14 @@ def evaluate(model: DreamModel, data: TokenRows, cfg: TrainConfig, *, step: int,
     return float(total / _denominator(batches, cfg))
 
 
-def train(cfg: TrainConfig, *, model: DreamModel | None = None, tokenizer: Any = None,
-          data: TrainData | None = None, on_step: Callable[[int, dict[str, Any]], None] | None = None
-          ) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    model: DreamModel | None = None,
+    tokenizer: Any = None,
+    data: TrainData | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Train per ``cfg``; ``model``/``tokenizer``/``data`` default to ``prepare(cfg)``.
 
     Joins the process group when launched by torchrun (``WORLD_SIZE`` > 1; gloo on CPU, nccl on GPU).
@@ -468,22 +570,33 @@ def train(cfg: TrainConfig, *, model: DreamModel | None = None, tokenizer: Any =
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: TrainData | None,
-           on_step: Callable[[int, dict[str, Any]], None] | None) -> TrainResult:
+def _train(
+    cfg: TrainConfig,
+    model: DreamModel | None,
+    tokenizer: Any,
+    data: TrainData | None,
+    on_step: Callable[[int, dict[str, Any]], None] | None,
+) -> TrainResult:
     rank, world = _distributed()
     if cfg.batch_size % world:
-        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})")
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})"
+        )
     run_dir = Path(cfg.run_dir)
     resume_from = latest_checkpoint(run_dir) if cfg.resume else None
     if not cfg.resume and latest_checkpoint(run_dir) is not None:
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose "
-                          "another --run-dir")
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --run-dir"
+        )
     if cfg.resume and resume_from is None and rank == 0:
         print(f"note: no checkpoint in {run_dir}; starting a fresh run", file=sys.stderr)
     if model is None or data is None:
         # A resumed run takes its model and tokenizer from the checkpoint (no BPE retraining).
-        source = cfg if resume_from is None else dataclasses.replace(cfg, init_from=str(resume_from),
-                                                                     tokenizer=None)
+        source = (
+            cfg
+            if resume_from is None
+            else dataclasses.replace(cfg, init_from=str(resume_from), tokenizer=None)
+        )
         model, tokenizer, data = prepare(source)
     _check_model(cfg, model)
     if data.train.seq_len != cfg.seq_len:
@@ -494,11 +607,19 @@ def _train(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
 
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), fused=False, foreach=False)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=False,
+        foreach=False,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                                       min_lr_ratio=cfg.min_lr_ratio))
+        optimizer,
+        lambda s: lr_factor(
+            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio
+        ),
+    )
     sampler = EpochSampler(len(data.train), cfg.seed + 1)
     noise = torch.Generator().manual_seed(cfg.seed + 2)
     random.seed(cfg.seed)
@@ -536,8 +657,9 @@ def _train(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
     if rank == 0 and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                   file=sys.stderr)
+        bar = tqdm(
+            total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
+        )
     local = cfg.batch_size // world
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     history: list[dict[str, Any]] = []
@@ -547,8 +669,16 @@ def _train(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
         batches = []
         for _ in range(cfg.grad_accum):
             idx = sampler.next(cfg.batch_size)
-            batches.append(make_batch(data.train.ids[idx], data.train.prompt_lengths[idx], step=step, cfg=cfg,
-                                      mask_token_id=mask_id, generator=noise))
+            batches.append(
+                make_batch(
+                    data.train.ids[idx],
+                    data.train.prompt_lengths[idx],
+                    step=step,
+                    cfg=cfg,
+                    mask_token_id=mask_id,
+                    generator=noise,
+                )
+            )
         denominator = _denominator(batches, cfg)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for micro, batch in enumerate(batches):
@@ -563,8 +693,11 @@ def _train(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
             step_loss += loss_sum.detach().double()
         if world > 1:
             dist.all_reduce(step_loss)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
-                     else torch.zeros(()))
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip > 0
+            else torch.zeros(())
+        )
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -572,11 +705,19 @@ def _train(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
         step += 1
         window_steps += 1
 
-        record: dict[str, Any] = {"step": step, "loss": float(step_loss) / denominator, "lr": lr,
-                                  "grad_norm": float(grad_norm), "epoch": round(sampler.epochs_done, 4),
-                                  "tokens": step * tokens_per_step, "anneal_fraction": batches[0].anneal_fraction}
+        record: dict[str, Any] = {
+            "step": step,
+            "loss": float(step_loss) / denominator,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "epoch": round(sampler.epochs_done, 4),
+            "tokens": step * tokens_per_step,
+            "anneal_fraction": batches[0].anneal_fraction,
+        }
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and rank == 0:
-            record["val_loss"] = evaluate(model, data.val, cfg, step=step, mask_token_id=mask_id, device=device)
+            record["val_loss"] = evaluate(
+                model, data.val, cfg, step=step, mask_token_id=mask_id, device=device
+            )
         if step % cfg.log_every == 0 or "val_loss" in record or step == end:
             elapsed = time.perf_counter() - window_start
             record["tokens_per_s"] = round(window_steps * tokens_per_step / max(elapsed, 1e-9), 1)
@@ -593,14 +734,18 @@ def _train(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
             on_step(step, record)
         if step % cfg.save_every == 0 or step == end:
             if rank == 0:
-                trainer_state = {"step": step, "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(),
-                                 "noise_generator": noise.get_state(), "rng": _rng_state(),
-                                 "config": cfg.to_dict()}
+                trainer_state = {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "noise_generator": noise.get_state(),
+                    "rng": _rng_state(),
+                    "config": cfg.to_dict(),
+                }
                 save_checkpoint(run_dir, model, tokenizer, trainer_state, cfg.keep_checkpoints)
             if world > 1:
                 dist.barrier()
     if bar is not None:
         bar.close()
     return TrainResult(step=step, history=history, run_dir=run_dir)
-

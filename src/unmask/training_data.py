@@ -45,7 +45,9 @@ class TokenRows:
 
     def __post_init__(self) -> None:
         if self.ids.dim() != 2 or self.ids.dtype != torch.long:
-            raise ValueError(f"ids must be a (N, T) long tensor, got {tuple(self.ids.shape)} {self.ids.dtype}")
+            raise ValueError(
+                f"ids must be a (N, T) long tensor, got {tuple(self.ids.shape)} {self.ids.dtype}"
+            )
         if self.prompt_lengths.shape != (self.ids.shape[0],):
             raise ValueError(f"prompt_lengths must have shape ({self.ids.shape[0]},)")
         if len(self) and bool(((self.prompt_lengths < 1) | (self.prompt_lengths >= self.ids.shape[1])).any()):
@@ -100,8 +102,9 @@ def read_texts(source: str | Path, *, max_bytes: int | None = None) -> list[str]
     else:
         path = Path(source)
         if not path.exists():
-            raise ConfigError(f"data path {path} does not exist (use a directory of .py files, a .jsonl, "
-                              "or 'stdlib')")
+            raise ConfigError(
+                f"data path {path} does not exist (use a directory of .py files, a .jsonl, or 'stdlib')"
+            )
         if path.is_dir():
             files = sorted(p for p in path.rglob("*.py") if p.is_file())
             texts = []
@@ -151,7 +154,9 @@ def dedup_texts(texts: Iterable[str]) -> list[str]:
     return out
 
 
-def split_by_hash(items: Sequence, val_fraction: float, key: Callable[[object], str] = str) -> tuple[list, list]:
+def split_by_hash(
+    items: Sequence, val_fraction: float, key: Callable[[object], str] = str
+) -> tuple[list, list]:
     """Split into (train, val) by ranking items on their content hash: the ``round(n * val_fraction)``
     smallest hashes (at least one when ``val_fraction > 0`` and ``n >= 2``) go to val. Deterministic and
     independent of input order; each part keeps the input order."""
@@ -194,8 +199,9 @@ def sft_rows(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], seq_len: int,
     kept = [(list(p), list(r)) for p, r in pairs if 1 <= len(p) < seq_len]
     if not kept:
         return TokenRows(torch.zeros(0, seq_len, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-    ids, _, prompt_lengths = sft_collate([p for p, _ in kept], [r for _, r in kept], total_length=seq_len,
-                                         pad_id=pad_id, truncate=True)
+    ids, _, prompt_lengths = sft_collate(
+        [p for p, _ in kept], [r for _, r in kept], total_length=seq_len, pad_id=pad_id, truncate=True
+    )
     return TokenRows(ids, prompt_lengths)
 
 
@@ -236,13 +242,20 @@ class EpochSampler:
         return self.epoch + self.cursor / self.n
 
     def state_dict(self) -> dict:
-        return {"n": self.n, "generator": self.generator.get_state(), "epoch": self.epoch,
-                "cursor": self.cursor, "order": self.order.clone()}
+        return {
+            "n": self.n,
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "order": self.order.clone(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state["n"] != self.n:
-            raise ConfigError(f"the checkpoint's sampler covered {state['n']} rows but the data now has {self.n};"
-                              " resume with the same data and seq_len")
+            raise ConfigError(
+                f"the checkpoint's sampler covered {state['n']} rows but the data now has {self.n};"
+                " resume with the same data and seq_len"
+            )
         self.generator.set_state(state["generator"])
         self.epoch, self.cursor, self.order = state["epoch"], state["cursor"], state["order"].clone()
 
@@ -250,4 +263,6 @@ class EpochSampler:
 def val_batches(n: int, batch: int, max_batches: int) -> list[range]:
     """Consecutive index ranges covering the first ``min(n, batch * max_batches)`` validation rows."""
     total = min(n, batch * max_batches)
-    return [range(s, min(s + batch, total)) for s in range(0, total, batch)][: max(0, math.ceil(total / batch))]
+    return [range(s, min(s + batch, total)) for s in range(0, total, batch)][
+        : max(0, math.ceil(total / batch))
+    ]
