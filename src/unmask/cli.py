@@ -3,6 +3,7 @@
     unmask init DIR --preset tiny            create a randomly initialised model (+ BPE tokenizer) in HF format
     unmask generate DIR "def f(x):"          denoise a completion with a live view of the canvas
     unmask eval --model DIR --benchmark humaneval --samples 10      pass@k with sandboxed tests
+    unmask train --data src/ --run-dir R     masked-diffusion training (pretrain / SFT / AR adaptation)
 
 Sampler flags are generated from ``DecodeConfig`` (their help is the field docs). Errors a user can fix
 print one line (``error: …``) and exit with status 2.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import types
@@ -253,6 +255,54 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"wrote {count} EvalPlus samples to {args.export_evalplus}", file=sys.stderr)
     Console().print(summary_table(summary))
     print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.json'}", file=sys.stderr)
+
+# train
+
+
+def _train_settings(args: argparse.Namespace) -> dict:
+    """Config values in order of precedence: flags > --config FILE > the run's run_config.json (--resume)."""
+    from unmask.train import TrainConfig
+
+    values: dict = {}
+    flags = dataclass_overrides(TrainConfig, args)
+    run_dir = flags.get("run_dir")
+    if args.config:
+        path = Path(args.config)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise CLIError(f"cannot read config file {path}: {err.strerror}") from None
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise CLIError("YAML configs need pyyaml (pip install pyyaml); or use JSON") from None
+            loaded = yaml.safe_load(text)
+        else:
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise CLIError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(loaded, dict):
+            raise CLIError(f"{path}: the config must be a mapping of field names to values")
+        values.update(loaded)
+        run_dir = run_dir or loaded.get("run_dir")
+    if flags.get("resume") and run_dir and (Path(run_dir) / "run_config.json").is_file():
+        saved = json.loads((Path(run_dir) / "run_config.json").read_text(encoding="utf-8"))
+        values = {**saved, **values}
+    values.update(flags)
+    return values
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from unmask.train import TrainConfig, train
+
+    config = TrainConfig.from_dict(_train_settings(args))
+    result = train(config)
+    last = result.history[-1] if result.history else {}
+    summary = {k: last[k] for k in ("step", "loss", "val_loss", "tokens_per_s") if k in last}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), **summary}))
     return 0
 
 
@@ -305,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, EvalConfig, group="evaluation")
     add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
     p.set_defaults(func=cmd_eval)
+
+    from unmask.train import TrainConfig
+
+    p = verbs.add_parser("train", help="masked-diffusion training: pretrain, AR adaptation or SFT")
+    p.add_argument("--config", metavar="FILE", help="JSON/YAML file of TrainConfig fields; flags override")
+    add_dataclass_arguments(p, TrainConfig, group="training (TrainConfig)")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

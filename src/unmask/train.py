@@ -1,0 +1,751 @@
+"""The masked-diffusion training loop: pretraining, AR→diffusion adaptation and SFT (SPEC §2).
+
+One plain loop (``train``): for each optimiser step, ``grad_accum`` micro-batches are drawn, noised
+(``make_batch``: t per row, forward masking outside the clean prompt, optional causal→full attention
+annealing and adaptation spans), and trained with the ELBO loss on shifted logits; then gradient
+clipping, AdamW, a linear-warm-up + cosine LR schedule, logging to ``metrics.jsonl``, validation and
+atomic checkpoints.
+
+Distributed data parallel: run the same command under ``torchrun --nproc_per_node N``. Every rank draws
+the *whole* global micro-batch (indices, t, masks) from identically seeded generators and trains on its
+contiguous slice of rows, and each rank's loss is ``sum of its per-row ELBO terms / (maskable tokens of
+the global step) * world_size``; DDP's gradient mean then equals the single-process gradient, so N
+processes reproduce one process (to float tolerance) for the same ``batch_size``. Only rank 0 writes.
+
+Run directory (``run_dir``): ``run_config.json`` (the resolved ``TrainConfig``), ``metrics.jsonl``,
+``checkpoint-{step:07d}/`` (an HF model directory plus ``trainer_state.pt``: optimiser, scheduler, step,
+sampler position and every RNG state) and ``latest`` (the name of the newest complete checkpoint).
+
+    unmask train --preset tiny --data stdlib --run-dir runs/tiny --max-steps 2000
+    torchrun --nproc_per_node 2 -m unmask.cli train --preset small --data src/ --run-dir runs/small
+    unmask train --run-dir runs/tiny --resume
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from unmask.diffusion import (
+    adaptation_spans,
+    annealed_attention_mask,
+    attention_anneal_fraction,
+    diffusion_loss,
+    forward_mask,
+    sample_t,
+)
+from unmask.errors import ConfigError
+from unmask.model import DreamModel
+from unmask.training_data import EpochSampler, TokenRows, val_batches
+
+__all__ = ["Batch", "TrainConfig", "TrainData", "TrainResult", "lr_factor", "make_batch", "prepare", "train"]
+
+STAGES = ("pretrain", "sft")
+NORMALIZERS = ("tokens", "sequence")
+T_METHODS = ("antithetic", "stratified", "uniform")
+
+
+def _doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"doc": text, **extra}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved as ``run_config.json`` in the run directory."""
+
+    run_dir: str = field(default="runs/default", metadata=_doc("run directory (checkpoints, metrics)"))
+    data: str = field(default="stdlib", metadata=_doc("a directory of .py files, a .jsonl, or 'stdlib'"))
+    data_max_bytes: int | None = field(default=2_000_000, metadata=_doc("read at most this much text"))
+    stage: str = field(default="pretrain", metadata=_doc("pretrain | sft", choices=STAGES))
+    preset: str = field(default="tiny", metadata=_doc("model preset for a fresh model"))
+    init_from: str | None = field(default=None, metadata=_doc("continue from this HF model directory"))
+    tokenizer: str | None = field(
+        default=None, metadata=_doc("tokenizer directory (default: BPE on the corpus)")
+    )
+    vocab_size: int | None = field(
+        default=None, metadata=_doc("BPE size when one is trained (default: preset's)")
+    )
+    chat: bool = field(default=True, metadata=_doc("SFT: wrap prompts in the ChatML template"))
+    seq_len: int = field(default=256, metadata=_doc("tokens per row"))
+    batch_size: int = field(default=8, metadata=_doc("rows per micro-batch, summed over all ranks"))
+    grad_accum: int = field(default=1, metadata=_doc("micro-batches per optimiser step"))
+    max_steps: int = field(default=1000, metadata=_doc("optimiser steps of the whole run"))
+    stop_after_steps: int | None = field(default=None, metadata=_doc("stop this invocation after N steps"))
+    lr: float = field(default=3e-4, metadata=_doc("peak learning rate"))
+    min_lr_ratio: float = field(default=0.1, metadata=_doc("final LR as a fraction of the peak"))
+    warmup_steps: int = field(default=50, metadata=_doc("linear warm-up steps"))
+    weight_decay: float = field(default=0.1, metadata=_doc("AdamW decoupled weight decay (matrices only)"))
+    beta1: float = field(default=0.9, metadata=_doc("AdamW beta1"))
+    beta2: float = field(default=0.95, metadata=_doc("AdamW beta2"))
+    grad_clip: float = field(default=1.0, metadata=_doc("clip the global grad norm (0 = off)"))
+    t_method: str = field(default="antithetic", metadata=_doc("t sampling", choices=T_METHODS))
+    mask_eps: float = field(default=1e-3, metadata=_doc("p(t) = (1 - eps) t + eps"))
+    loss_normalizer: str = field(default="tokens", metadata=_doc("tokens | sequence", choices=NORMALIZERS))
+    adapt_from_ar: bool = field(default=False, metadata=_doc("anneal causal→full attention (AR adaptation)"))
+    anneal_steps: int = field(default=0, metadata=_doc("steps of causal→full annealing"))
+    prefix_prob: float = field(default=0.01, metadata=_doc("adaptation: P(clean random prefix)"))
+    truncate_prob: float = field(default=0.01, metadata=_doc("adaptation: P(random truncation)"))
+    val_fraction: float = field(default=0.05, metadata=_doc("documents held out for validation"))
+    eval_every: int = field(default=100, metadata=_doc("validation loss every N steps (0 = off)"))
+    eval_batches: int = field(default=4, metadata=_doc("validation micro-batches"))
+    save_every: int = field(default=500, metadata=_doc("checkpoint every N steps (and at the end)"))
+    keep_checkpoints: int = field(default=2, metadata=_doc("newest checkpoints kept"))
+    log_every: int = field(default=10, metadata=_doc("metrics.jsonl line every N steps"))
+    seed: int = field(default=0, metadata=_doc("seed of init, data order and noise"))
+    device: str = field(default="auto", metadata=_doc("auto | cpu | cuda"))
+    gradient_checkpointing: bool = field(default=False, metadata=_doc("recompute activations in backward"))
+    resume: bool = field(default=False, metadata=_doc("continue from the run's latest checkpoint"))
+    progress: bool = field(default=True, metadata=_doc("tqdm progress bar on rank 0"))
+
+    def __post_init__(self) -> None:
+        def positive(name: str, allow_zero: bool = False) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+                raise ConfigError(
+                    f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}"
+                )
+
+        for name in (
+            "seq_len",
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_batches",
+            "save_every",
+            "keep_checkpoints",
+            "log_every",
+        ):
+            positive(name)
+        for name in ("warmup_steps", "anneal_steps", "eval_every"):
+            positive(name, allow_zero=True)
+        if self.seq_len < 3:
+            raise ConfigError(f"seq_len must be at least 3, got {self.seq_len}")
+        for name in ("stop_after_steps", "vocab_size", "data_max_bytes"):
+            if getattr(self, name) is not None:
+                positive(name)
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
+        if self.loss_normalizer not in NORMALIZERS:
+            raise ConfigError(
+                f"loss_normalizer must be one of {', '.join(NORMALIZERS)}; got {self.loss_normalizer!r}"
+            )
+        if self.t_method not in T_METHODS:
+            raise ConfigError(f"t_method must be one of {', '.join(T_METHODS)}; got {self.t_method!r}")
+        for name, low, high in (
+            ("lr", 0.0, 1.0),
+            ("min_lr_ratio", 0.0, 1.0),
+            ("beta1", 0.0, 1.0),
+            ("beta2", 0.0, 1.0),
+            ("mask_eps", 0.0, 1.0),
+            ("prefix_prob", 0.0, 1.0),
+            ("truncate_prob", 0.0, 1.0),
+            ("val_fraction", 0.0, 1.0),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+        if self.lr <= 0 or self.val_fraction >= 1:
+            raise ConfigError("lr must be > 0 and val_fraction < 1")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        if self.init_from is not None and self.tokenizer is not None:
+            raise ConfigError("pass either init_from (which brings its tokenizer) or tokenizer, not both")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping (a JSON file, CLI flags); an unknown key is a ``ConfigError`` naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown training config field(s): {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ConfigError(f"bad training config: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    train: TokenRows
+    val: TokenRows
+
+
+@dataclass
+class TrainResult:
+    step: int
+    history: list[dict[str, Any]]
+    run_dir: Path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure pieces: LR schedule, batch construction
+
+
+def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak LR for optimiser step ``step`` (0-based): linear warm-up from
+    ``1/warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine decay to ``min_lr_ratio`` at
+    ``max_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A noised micro-batch; ``attention_mask`` is None (full attention, no padding) or (B, 1, T, T) bool."""
+
+    input_ids: torch.Tensor  # (B, T) noisy x_t
+    targets: torch.Tensor  # (B, T) clean x_0
+    masked: torch.Tensor  # (B, T) bool, positions replaced by MASK
+    maskable: torch.Tensor  # (B, T) bool
+    t: torch.Tensor  # (B,)
+    attention_mask: torch.Tensor | None
+    anneal_fraction: float
+
+    def rows(self, start: int, stop: int) -> Batch:
+        mask = None if self.attention_mask is None else self.attention_mask[start:stop]
+        return Batch(
+            self.input_ids[start:stop],
+            self.targets[start:stop],
+            self.masked[start:stop],
+            self.maskable[start:stop],
+            self.t[start:stop],
+            mask,
+            self.anneal_fraction,
+        )
+
+    def to(self, device: torch.device) -> Batch:
+        mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        return Batch(
+            self.input_ids.to(device),
+            self.targets.to(device),
+            self.masked.to(device),
+            self.maskable.to(device),
+            self.t.to(device),
+            mask,
+            self.anneal_fraction,
+        )
+
+
+def make_batch(
+    clean: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    *,
+    step: int,
+    cfg: TrainConfig,
+    mask_token_id: int,
+    generator: torch.Generator,
+) -> Batch:
+    """Noise clean rows (B, T) for optimiser step ``step``; all draws come from ``generator``.
+
+    Maskable = from the row's prompt length on (pretraining: from position 1; SFT: the response and its
+    pads). With ``adapt_from_ar``: adaptation spans (a clean prefix, a truncation whose tail becomes
+    padding) and attention annealed from causal to full over ``anneal_steps``.
+    """
+    B, T = clean.shape
+    pos = torch.arange(T)[None, :]  # (1, T)
+    start = prompt_lengths[:, None]  # (B, 1)
+    key_valid = torch.ones(B, T, dtype=torch.bool)  # (B, T)
+    fraction = 1.0
+    if cfg.adapt_from_ar:
+        prefix, keep = adaptation_spans(
+            B, T, generator=generator, prefix_prob=cfg.prefix_prob, truncate_prob=cfg.truncate_prob
+        )
+        start = torch.maximum(start, prefix[:, None])
+        key_valid = pos < keep[:, None]
+        fraction = attention_anneal_fraction(step, cfg.anneal_steps)
+    maskable = (pos >= start) & key_valid  # (B, T)
+    t = sample_t(B, generator=generator, eps=cfg.mask_eps, method=cfg.t_method)
+    noisy, masked = forward_mask(
+        clean, t, maskable=maskable, generator=generator, mask_token_id=mask_token_id, eps=cfg.mask_eps
+    )
+    attention = None
+    if fraction < 1.0 or not bool(key_valid.all()):
+        base = annealed_attention_mask(T, fraction)  # (T, T) [query, key]
+        attention = base[None, None] & key_valid[:, None, None, :]  # (B, 1, T, T)
+        attention = attention | torch.eye(T, dtype=torch.bool)[None, None]  # pad queries see themselves
+    return Batch(noisy, clean, masked, maskable, t, attention, fraction)
+
+
+def _loss_sum(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
+    """Sum over rows of the per-row ELBO terms (numerator of the global normaliser); 0-d float32."""
+    B, T = batch.targets.shape
+    if cfg.loss_normalizer == "tokens":
+        loss, _ = diffusion_loss(
+            logits,
+            batch.targets,
+            batch.masked,
+            batch.t,
+            maskable=batch.maskable,
+            normalizer="batch",
+            eps=cfg.mask_eps,
+        )
+        return loss * (B * T)  # = sum_b S_b
+    loss, _ = diffusion_loss(
+        logits,
+        batch.targets,
+        batch.masked,
+        batch.t,
+        maskable=batch.maskable,
+        normalizer="sequence",
+        eps=cfg.mask_eps,
+    )
+    return loss * B  # = sum_b S_b / n_b
+
+
+def _denominator(batches: list[Batch], cfg: TrainConfig) -> float:
+    if cfg.loss_normalizer == "tokens":
+        return float(max(1, sum(int(b.maskable.sum()) for b in batches)))
+    return float(sum(b.targets.shape[0] for b in batches))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Set-up: model, tokenizer, data
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
+    """Resolve the config into (model, tokenizer, data); every bad input is a ``ConfigError`` here."""
+    from unmask.checkpoint import load_model, read_config
+    from unmask.config import ModelConfig
+    from unmask.tokenizer import load_tokenizer, train_bpe
+    from unmask.training_data import (
+        dedup_texts,
+        pack_rows,
+        read_sft_pairs,
+        read_texts,
+        sft_rows,
+        split_by_hash,
+    )
+
+    if cfg.stage == "sft":
+        items: list = read_sft_pairs(cfg.data)
+        items = list({(p, r): None for p, r in items})  # dedup exact pairs, keep order
+        train_items, val_items = split_by_hash(items, cfg.val_fraction, key=lambda pr: pr[0] + "\x00" + pr[1])
+        tok_texts = [p + r for p, r in train_items]
+    else:
+        items = dedup_texts(read_texts(cfg.data, max_bytes=cfg.data_max_bytes))
+        train_items, val_items = split_by_hash(items, cfg.val_fraction)
+        tok_texts = train_items
+
+    if cfg.init_from is not None:
+        model = load_model(cfg.init_from, dtype="float32")
+        _, _, raw = read_config(cfg.init_from)
+        tokenizer = load_tokenizer(cfg.init_from, raw)
+    else:
+        preset = ModelConfig.from_name(cfg.preset)
+        if cfg.tokenizer is not None:
+            tokenizer = load_tokenizer(cfg.tokenizer)
+        else:
+            tokenizer = train_bpe(tok_texts, cfg.vocab_size or preset.vocab_size)
+        s = tokenizer.special
+        config = preset.replace(
+            vocab_size=tokenizer.vocab_size,
+            mask_token_id=s.mask,
+            pad_token_id=s.pad,
+            eos_token_id=s.eos,
+            bos_token_id=s.bos,
+        )
+        model = DreamModel(config)
+        model.init_weights(torch.Generator().manual_seed(cfg.seed))
+    _check_model(cfg, model)
+
+    special = tokenizer.special
+    if cfg.stage == "sft":
+
+        def encode(pairs: list[tuple[str, str]]) -> TokenRows:
+            encoded = []
+            end = special.im_end if (cfg.chat and special.im_end is not None) else special.eos
+            for prompt, response in pairs:
+                text = (
+                    tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+                    if cfg.chat
+                    else prompt
+                )
+                encoded.append((tokenizer.encode(text), tokenizer.encode(response) + [end]))
+            return sft_rows(encoded, cfg.seq_len, pad_id=special.pad)
+
+        data = TrainData(encode(train_items), encode(val_items))
+    else:
+        data = TrainData(
+            pack_rows((tokenizer.encode(t) for t in train_items), cfg.seq_len, eos_id=special.eos),
+            pack_rows((tokenizer.encode(t) for t in val_items), cfg.seq_len, eos_id=special.eos),
+        )
+    if len(data.train) == 0:
+        raise ConfigError(
+            f"the corpus {cfg.data} yields no training rows of seq_len {cfg.seq_len} "
+            "(too little text, or every prompt is longer than seq_len)"
+        )
+    return model, tokenizer, data
+
+
+def _check_model(cfg: TrainConfig, model: DreamModel) -> None:
+    limit = model.config.max_position_embeddings
+    if cfg.seq_len > limit:
+        raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's max_position_embeddings ({limit})")
+    if model.config.mask_token_id is None:
+        raise ConfigError("the model config has no mask_token_id; a diffusion model needs one")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run (from the ``latest`` pointer), or None."""
+    pointer = Path(run_dir) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(run_dir) / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / "trainer_state.pt").is_file() else None
+
+
+def save_checkpoint(
+    run_dir: Path, model: DreamModel, tokenizer: Any, trainer_state: dict[str, Any], keep: int
+) -> Path:
+    """Write ``checkpoint-{step}`` atomically (staging directory, then ``os.replace``), update ``latest``
+    and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to."""
+    from unmask.checkpoint import save_model
+
+    name = f"checkpoint-{trainer_state['step']:07d}"
+    final = run_dir / name
+    staging = run_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save_model(model, staging, tokenizer=tokenizer)
+        torch.save(trainer_state, staging / "trainer_state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _atomic_write_text(run_dir / "latest", name + "\n")
+    old = sorted(p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p != final)
+    for path in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric lines written after the checkpoint (they will be produced again)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    _atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _resolve_device(cfg: TrainConfig, rank: int) -> torch.device:
+    if cfg.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but no CUDA device is available")
+    return torch.device(cfg.device)
+
+
+def _param_groups(model: DreamModel, weight_decay: float) -> list[dict[str, Any]]:
+    # Decay matrices only (not norms or biases), the usual AdamW practice.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def evaluate(
+    model: DreamModel,
+    data: TokenRows,
+    cfg: TrainConfig,
+    *,
+    step: int,
+    mask_token_id: int,
+    device: torch.device,
+) -> float | None:
+    """Validation ELBO on the first ``eval_batches`` micro-batches with a fixed noise seed, so values at
+    different steps are comparable and evaluation consumes none of the training randomness."""
+    if len(data) == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(cfg.seed + 7919)
+    batches = []
+    total = torch.zeros((), dtype=torch.float64)
+    for rows in val_batches(len(data), cfg.batch_size, cfg.eval_batches):
+        idx = torch.tensor(list(rows))
+        batch = make_batch(
+            data.ids[idx],
+            data.prompt_lengths[idx],
+            step=step,
+            cfg=cfg,
+            mask_token_id=mask_token_id,
+            generator=generator,
+        )
+        batches.append(batch)
+        b = batch.to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(b.input_ids, attention_mask=b.attention_mask)
+        total += _loss_sum(logits, b, cfg).double().cpu()
+    model.train(was_training)
+    return float(total / _denominator(batches, cfg))
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    model: DreamModel | None = None,
+    tokenizer: Any = None,
+    data: TrainData | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train per ``cfg``; ``model``/``tokenizer``/``data`` default to ``prepare(cfg)``.
+
+    Joins the process group when launched by torchrun (``WORLD_SIZE`` > 1; gloo on CPU, nccl on GPU).
+    ``on_step(step, record)`` is called on every rank after each optimiser step (for tests and tools).
+    """
+    started_group = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        started_group = True
+    try:
+        return _train(cfg, model, tokenizer, data, on_step)
+    finally:
+        if started_group:
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig,
+    model: DreamModel | None,
+    tokenizer: Any,
+    data: TrainData | None,
+    on_step: Callable[[int, dict[str, Any]], None] | None,
+) -> TrainResult:
+    rank, world = _distributed()
+    if cfg.batch_size % world:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})"
+        )
+    run_dir = Path(cfg.run_dir)
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume and latest_checkpoint(run_dir) is not None:
+        raise ConfigError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --run-dir"
+        )
+    if cfg.resume and resume_from is None and rank == 0:
+        print(f"note: no checkpoint in {run_dir}; starting a fresh run", file=sys.stderr)
+    if model is None or data is None:
+        # A resumed run takes its model and tokenizer from the checkpoint (no BPE retraining).
+        source = (
+            cfg
+            if resume_from is None
+            else dataclasses.replace(cfg, init_from=str(resume_from), tokenizer=None)
+        )
+        model, tokenizer, data = prepare(source)
+    _check_model(cfg, model)
+    if data.train.seq_len != cfg.seq_len:
+        raise ConfigError(f"data rows have length {data.train.seq_len} but seq_len is {cfg.seq_len}")
+    mask_id = int(model.config.mask_token_id)
+    device = _resolve_device(cfg, rank)
+    model = model.to(device=device, dtype=torch.float32)
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    model.train()
+
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=False,
+        foreach=False,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_factor(
+            s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio
+        ),
+    )
+    sampler = EpochSampler(len(data.train), cfg.seed + 1)
+    noise = torch.Generator().manual_seed(cfg.seed + 2)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    step = 0
+    if resume_from is not None:
+        from unmask.checkpoint import load_model
+
+        with torch.no_grad():
+            loaded = load_model(resume_from, dtype="float32")
+            model.load_state_dict(loaded.state_dict())
+        state = torch.load(resume_from / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        noise.set_state(state["noise_generator"])
+        _set_rng_state(state["rng"])
+        step = int(state["step"])
+
+    wrapped: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(run_dir / "run_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if resume_from is not None:
+            _truncate_metrics(metrics_path, step)
+
+    end = cfg.max_steps if cfg.stop_after_steps is None else min(cfg.max_steps, step + cfg.stop_after_steps)
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
+        )
+    local = cfg.batch_size // world
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    history: list[dict[str, Any]] = []
+    window_start, window_steps, last_rate = time.perf_counter(), 0, 0.0
+    while step < end:
+        # Draw the whole global step first: every rank makes identical draws and keeps its rows.
+        batches = []
+        for _ in range(cfg.grad_accum):
+            idx = sampler.next(cfg.batch_size)
+            batches.append(
+                make_batch(
+                    data.train.ids[idx],
+                    data.train.prompt_lengths[idx],
+                    step=step,
+                    cfg=cfg,
+                    mask_token_id=mask_id,
+                    generator=noise,
+                )
+            )
+        denominator = _denominator(batches, cfg)
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for micro, batch in enumerate(batches):
+            mine = batch.rows(rank * local, (rank + 1) * local).to(device)
+            sync = micro == len(batches) - 1
+            context = wrapped.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            with context:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = wrapped(mine.input_ids, attention_mask=mine.attention_mask)  # (b, T, V)
+                loss_sum = _loss_sum(logits, mine, cfg)
+                (loss_sum * (world / denominator)).backward()
+            step_loss += loss_sum.detach().double()
+        if world > 1:
+            dist.all_reduce(step_loss)
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip > 0
+            else torch.zeros(())
+        )
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_steps += 1
+
+        record: dict[str, Any] = {
+            "step": step,
+            "loss": float(step_loss) / denominator,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "epoch": round(sampler.epochs_done, 4),
+            "tokens": step * tokens_per_step,
+            "anneal_fraction": batches[0].anneal_fraction,
+        }
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and rank == 0:
+            record["val_loss"] = evaluate(
+                model, data.val, cfg, step=step, mask_token_id=mask_id, device=device
+            )
+        if step % cfg.log_every == 0 or "val_loss" in record or step == end:
+            elapsed = time.perf_counter() - window_start
+            record["tokens_per_s"] = round(window_steps * tokens_per_step / max(elapsed, 1e-9), 1)
+            window_start, window_steps = time.perf_counter(), 0
+            if rank == 0:
+                with metrics_path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+        history.append(record)
+        if bar is not None:
+            bar.update(1)
+            last_rate = record.get("tokens_per_s", last_rate)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{last_rate:,.0f}")
+        if on_step is not None:
+            on_step(step, record)
+        if step % cfg.save_every == 0 or step == end:
+            if rank == 0:
+                trainer_state = {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "noise_generator": noise.get_state(),
+                    "rng": _rng_state(),
+                    "config": cfg.to_dict(),
+                }
+                save_checkpoint(run_dir, model, tokenizer, trainer_state, cfg.keep_checkpoints)
+            if world > 1:
+                dist.barrier()
+    if bar is not None:
+        bar.close()
+    return TrainResult(step=step, history=history, run_dir=run_dir)

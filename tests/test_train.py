@@ -1,0 +1,318 @@
+"""The training loop: loss falls, resume equals uninterrupted, torchrun matches one process, attention
+annealing on schedule, SFT keeps the prompt clean, and bad input fails early with a ConfigError."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unmask.cli import main
+from unmask.config import ModelConfig
+from unmask.diffusion import annealed_attention_mask, mask_probability, shift_logits, token_logprobs
+from unmask.errors import ConfigError
+from unmask.model import DreamModel
+from unmask.train import TrainConfig, TrainData, _loss_sum, lr_factor, make_batch, prepare, train
+from unmask.training_data import TokenRows
+
+V = 32
+MASK = V - 1
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def tiny_model(seed: int = 0) -> DreamModel:
+    config = ModelConfig.from_name(
+        "test", vocab_size=V, mask_token_id=MASK, pad_token_id=0, eos_token_id=0, bos_token_id=0
+    )
+    model = DreamModel(config)
+    model.init_weights(torch.Generator().manual_seed(seed))
+    return model
+
+
+def cyclic_rows(n: int = 16, length: int = 32) -> TokenRows:
+    """A repetitive toy corpus: rotations of 1, 2, ..., 16, 1, 2, ... (each token fixes its neighbours)."""
+    base = torch.arange(1, 17).repeat(length // 16 + 1)[:length]
+    ids = torch.stack([torch.roll(base, -k) for k in range(n)])  # (n, length)
+    return TokenRows(ids, torch.ones(n, dtype=torch.long))
+
+
+def config(tmp_path, name="run", **changes) -> TrainConfig:
+    values = dict(
+        run_dir=str(tmp_path / name),
+        seq_len=32,
+        batch_size=8,
+        max_steps=8,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=0,
+        save_every=4,
+        log_every=1,
+        progress=False,
+    )
+    return TrainConfig(**{**values, **changes})
+
+
+def params(model: DreamModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_lr_schedule_hand_values():
+    kw = dict(warmup_steps=4, max_steps=14, min_lr_ratio=0.1)
+    assert [lr_factor(s, **kw) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, **kw) == pytest.approx(1.0)
+    assert lr_factor(9, **kw) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert lr_factor(14, **kw) == pytest.approx(0.1) and lr_factor(20, **kw) == pytest.approx(0.1)
+
+
+def test_loss_falls_on_a_repetitive_corpus(tmp_path):
+    rows = cyclic_rows()
+    cfg = config(tmp_path, max_steps=80, eval_every=80, save_every=80, warmup_steps=5)
+    result = train(cfg, model=tiny_model(), data=TrainData(rows, rows))
+    first = sum(r["loss"] for r in result.history[:5]) / 5
+    last = sum(r["loss"] for r in result.history[-10:]) / 10
+    assert first > 0.9 * math.log(V)  # starts near uniform over the vocabulary
+    # the ELBO has a floor (a fully masked row of this corpus is only known up to its rotation), so bound
+    # relative to uniform guessing, log V
+    assert last < 0.65 * first and result.history[-1]["val_loss"] < 0.65 * math.log(V)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 81)) and "val_loss" in lines[-1]
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert TrainConfig.from_dict(saved) == cfg
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    rows = cyclic_rows()
+    # adaptation noise, grad accumulation and the t/mask draws all exercise RNG state that must be restored
+    common = dict(
+        grad_accum=2,
+        adapt_from_ar=True,
+        anneal_steps=6,
+        prefix_prob=0.5,
+        truncate_prob=0.5,
+        t_method="stratified",
+        eval_every=4,
+    )
+    straight_model = tiny_model()
+    straight = train(config(tmp_path, "straight", **common), model=straight_model, data=TrainData(rows, rows))
+
+    first = train(
+        config(tmp_path, "split", stop_after_steps=4, **common),
+        model=tiny_model(),
+        data=TrainData(rows, rows),
+    )
+    assert first.step == 4 and (tmp_path / "split" / "latest").read_text().strip() == "checkpoint-0000004"
+    resumed_model = tiny_model(seed=123)  # different weights: everything must come from the checkpoint
+    second = train(
+        config(tmp_path, "split", resume=True, **common), model=resumed_model, data=TrainData(rows, rows)
+    )
+    assert second.step == 8
+    a, b = params(straight_model), params(resumed_model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["loss"] for r in straight.history[4:]] == [r["loss"] for r in second.history]
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert losses == [r["loss"] for r in straight.history]
+    saved = load_file(str(tmp_path / "split" / "checkpoint-0000008" / "model.safetensors"))
+    assert all(torch.equal(saved[k], b[k]) for k in b)
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(config(tmp_path, "split", **common), model=tiny_model(), data=TrainData(rows, rows))
+
+
+def test_attention_anneals_from_causal_to_full_on_schedule(tmp_path):
+    rows = cyclic_rows()
+    seen: list[torch.Tensor | None] = []
+    model = tiny_model()
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    cfg = config(
+        tmp_path, adapt_from_ar=True, anneal_steps=4, prefix_prob=0.0, truncate_prob=0.0, max_steps=6
+    )
+    result = train(cfg, model=model, data=TrainData(rows, rows))
+    assert len(seen) == 6
+    T = 32
+    for k in range(4):  # step k (0-based) trains with fraction k / 4: causal at 0, widening band after
+        expected = annealed_attention_mask(T, k / 4)
+        assert seen[k].shape == (8, 1, T, T) and all(torch.equal(seen[k][b, 0], expected) for b in range(8))
+    assert torch.equal(seen[0][0, 0], torch.ones(T, T, dtype=torch.bool).tril())  # exactly causal first
+    assert seen[4] is None and seen[5] is None  # full attention from step anneal_steps on
+    assert [r["anneal_fraction"] for r in result.history] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_adaptation_truncation_becomes_padding():
+    cfg = TrainConfig(seq_len=16, adapt_from_ar=True, anneal_steps=0, prefix_prob=1.0, truncate_prob=1.0)
+    rows = cyclic_rows(4, 16)
+    batch = make_batch(
+        rows.ids,
+        rows.prompt_lengths,
+        step=0,
+        cfg=cfg,
+        mask_token_id=MASK,
+        generator=torch.Generator().manual_seed(0),
+    )
+    for b in range(4):
+        keep = int(batch.attention_mask[b, 0, 0].sum())  # query 0 sees exactly the kept keys
+        assert keep < 16 and not batch.maskable[b, keep:].any() and not batch.masked[b, keep:].any()
+        assert not batch.attention_mask[b, 0, :, keep:].any(dim=1)[:keep].any()  # real queries skip pads
+        assert batch.attention_mask[b, 0, keep:, keep:].diagonal().all()  # pad queries see themselves
+        assert not batch.maskable[b, 0]
+
+
+def write_sft(path: Path) -> None:
+    examples = [
+        {"prompt": f"add {i} and {i + 1}", "response": f"def f():\n    return {2 * i + 1}\n"}
+        for i in range(12)
+    ]
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+
+
+def test_sft_never_masks_the_prompt_and_scores_only_the_response(tmp_path):
+    data_file = tmp_path / "sft.jsonl"
+    write_sft(data_file)
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "sft"),
+        stage="sft",
+        data=str(data_file),
+        preset="test",
+        vocab_size=300,
+        seq_len=64,
+        batch_size=4,
+        max_steps=3,
+        eval_every=0,
+        progress=False,
+        val_fraction=0.2,
+    )
+    model, tokenizer, data = prepare(cfg)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "add 0 and 1"}])
+    prompts = [f"add {i} and {i + 1}" for i in range(12)]
+    lengths = {
+        len(tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": q}])))
+        for q in prompts
+    }
+    assert set(data.train.prompt_lengths.tolist()) <= lengths and len(tokenizer.encode(chat)) in lengths
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0].clone()), with_kwargs=True)
+    train(cfg, model=model, tokenizer=tokenizer, data=data)
+    assert len(seen) == 3
+    rows = {tuple(r.tolist()): int(p) for r, p in zip(data.train.ids, data.train.prompt_lengths)}
+    masked_response = 0
+    for noisy in seen:  # every noisy row is a training row with its prompt intact
+        for row in noisy:
+            match = [
+                (clean, p)
+                for clean, p in rows.items()
+                if all(a == b or a == tokenizer.special.mask for a, b in zip(row.tolist(), clean))
+            ]
+            assert match
+            clean, p = match[0]
+            assert row[:p].tolist() == list(clean[:p])
+            masked_response += int((row[p:] == tokenizer.special.mask).sum())
+    assert masked_response > 0
+
+    # the loss covers response tokens only: a naive per-token sum over masked response positions
+    batch = make_batch(
+        data.train.ids[:4],
+        data.train.prompt_lengths[:4],
+        step=0,
+        cfg=cfg,
+        mask_token_id=tokenizer.special.mask,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert not (batch.maskable & (torch.arange(64)[None] < data.train.prompt_lengths[:4, None])).any()
+    logits = torch.randn(4, 64, model.config.vocab_size, generator=torch.Generator().manual_seed(2))
+    lp = token_logprobs(shift_logits(logits), batch.targets)
+    naive = sum(
+        -lp[b, n] / mask_probability(batch.t[b]) for b in range(4) for n in range(64) if batch.masked[b, n]
+    )
+    assert float(_loss_sum(logits, batch, cfg)) == pytest.approx(float(naive), rel=1e-5)
+    perturbed = logits.clone()
+    for b in range(4):  # outputs that predict prompt positions (shift: output j-1 predicts j) do not matter
+        perturbed[b, : int(data.train.prompt_lengths[b]) - 1] += 5.0 * torch.randn(1)
+    assert float(_loss_sum(perturbed, batch, cfg)) == pytest.approx(float(naive), rel=1e-5)
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(60)]
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    args = [
+        "train",
+        "--preset",
+        "test",
+        "--vocab-size",
+        "300",
+        "--data",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "3",
+        "--save-every",
+        "3",
+        "--no-progress",
+        "--eval-every",
+        "0",
+        "--lr",
+        "1e-3",
+    ]
+    assert main([*args, "--run-dir", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "unmask.cli",
+            *args,
+            "--run-dir",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / "checkpoint-0000003" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "checkpoint-0000003" / "model.safetensors"))
+    init = DreamModel(ModelConfig.from_name("test", vocab_size=one["lm_head.weight"].shape[0]))
+    init.init_weights(torch.Generator().manual_seed(0))
+    assert any(not torch.equal(one[k], init.state_dict()[k]) for k in one)  # training moved the weights
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5)
+    loss_one = [json.loads(x)["loss"] for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    loss_two = [json.loads(x)["loss"] for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert loss_two == pytest.approx(loss_one, rel=1e-5)
+
+
+def test_bad_input_is_a_clear_config_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="is empty"):
+        prepare(TrainConfig(data=str(tmp_path / "empty"), preset="test"))
+    with pytest.raises(ConfigError, match="unknown training config field.*: learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        TrainConfig(batch_size=0)
+    rows = cyclic_rows()
+    with pytest.raises(ConfigError, match=r"seq_len 300 exceeds the model's max_position_embeddings \(256\)"):
+        train(config(tmp_path, seq_len=300), model=tiny_model(), data=TrainData(rows, rows))
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps({"preset": "test", "stepz": 3}))
+    assert main(["train", "--config", str(config_file)]) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown training config field(s): stepz"
+    assert main(["train", "--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
