@@ -243,11 +243,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         decode = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
         previous = out / "eval_config.json"
         if previous.is_file():
-            import json as _json
-
-            old = _json.loads(previous.read_text())
+            old = json.loads(previous.read_text())
             new = {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode)}
-            if old != _json.loads(_json.dumps(new)):
+            if old != json.loads(json.dumps(new)):
                 raise CLIError(f"{out} holds a run with different settings; pass --out NEW_DIR (or delete it)")
         summary = evaluate_model(model, tokenizer, config, decode, out, progress=not args.no_progress)
         if args.export_evalplus:
@@ -255,7 +253,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"wrote {count} EvalPlus samples to {args.export_evalplus}", file=sys.stderr)
     Console().print(summary_table(summary))
     print(f"results: {out / 'results.jsonl'}  summary: {out / 'summary.json'}", file=sys.stderr)
+    return 0
 
+
+# ----------------------------------------------------------------------------------------------------------
 # train
 
 
