@@ -72,9 +72,23 @@ class Isolation:
 
 
 def _python_dirs() -> list[str]:
-    """Directories the interpreter needs, which may sit under a hidden home directory."""
+    """Directories the zygote needs (interpreter, venv, its own script), which may sit under a hidden mount."""
     dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(sys.executable))}
+    dirs.add(str(ZYGOTE_SCRIPT.parent))
     return sorted(dirs)
+
+
+def _reexpose(hidden: str) -> list[str]:
+    """Re-expose read-only what the zygote needs below a mount point hidden by a tmpfs (/tmp is the programs'
+    private scratch space, /root is root's home): e.g. a checkout or venv that lives under /tmp."""
+    cmd: list[str] = []
+    for d in _python_dirs():
+        if d.startswith(hidden + "/"):
+            parts = Path(d).relative_to(hidden).parts
+            for k in range(1, len(parts)):  # traversable parents (bwrap would make them 0700)
+                cmd += ["--perms", "0755", "--dir", str(Path(hidden, *parts[:k]))]
+            cmd += ["--ro-bind", d, d]
+    return cmd
 
 
 def bwrap_command(limits: Limits) -> list[str]:
@@ -87,6 +101,7 @@ def bwrap_command(limits: Limits) -> list[str]:
         "--proc", "/proc",
         "--dev", "/dev",
         "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp",
+        *_reexpose("/tmp"),
     ]
     if os.geteuid() == 0:
         # Keep only what the zygote needs to make run directories and drop to the run's uid.
@@ -94,13 +109,7 @@ def bwrap_command(limits: Limits) -> list[str]:
     else:
         cmd += ["--unshare-user"]
     if os.path.isdir("/root"):
-        cmd += ["--tmpfs", "/root"]  # hide root's home; re-expose only the interpreter if it lives there
-        for d in _python_dirs():
-            if d.startswith("/root/"):
-                parts = Path(d).relative_to("/root").parts
-                for k in range(1, len(parts)):  # traversable parents (bwrap would make them 0700)
-                    cmd += ["--perms", "0755", "--dir", str(Path("/root", *parts[:k]))]
-                cmd += ["--ro-bind", d, d]
+        cmd += ["--tmpfs", "/root", *_reexpose("/root")]  # hide root's home; re-expose what the zygote needs
     cmd += ["--clearenv", "--setenv", "PATH", SAFE_PATH, "--setenv", "LANG", "C.UTF-8", "--chdir", "/tmp"]
     return cmd
 
