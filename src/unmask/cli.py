@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 import types
 import typing
 from collections.abc import Sequence
@@ -119,8 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import unmask
     from unmask.config import DecodeConfig
-    from unmask.decoding.reference import DecodeStats, denoise_stream
-    from unmask.decoding.trace import DecodeTrace, StepRecord
+    from unmask.decoding.reference import denoise
 
     prompt = _read_prompt(args)
     model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
@@ -135,12 +133,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
 
     live_view = args.live if args.live is not None else (sys.stdout.isatty() and not args.json)
-    trace = DecodeTrace(region_start=[len(prompt_ids)], steps=[[]]) if (args.trace or args.json) else None
-    stats = DecodeStats()
-    start = time.perf_counter()
-    final = canvas
-
-    live = console = None
+    live = console = show = None
     if live_view:
         from rich.console import Console
         from rich.live import Live
@@ -149,28 +142,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         console = Console()
         live = Live(console=console, auto_refresh=False, transient=False)
+
+        def show(event) -> None:
+            ids = event.canvas[0].tolist()
+            view = render_canvas(tokenizer.token_texts(ids), [i == mask_id for i in ids], event.committed[0].tolist())
+            view.append(f"\n\nstep {event.step + 1}/{config.steps}", style="dim")
+            live.update(view, refresh=True)
+
         live.start()
     try:
-        for event in denoise_stream(model, canvas, config=config, mask_token_id=mask_id, generator=generator):
-            stats.forward_passes += 1
-            stats.tokens_committed += int(event.committed.sum())
-            if trace is not None:
-                cols = event.committed[0].nonzero(as_tuple=True)[0]
-                trace.steps[0].append(StepRecord(tuple(cols.tolist()), tuple(event.canvas[0, cols].tolist()),
-                                                 tuple(event.confidence[0, cols].tolist())))
-            if live is not None:
-                ids = event.canvas[0].tolist()
-                view = render_canvas(tokenizer.token_texts(ids), [i == mask_id for i in ids],
-                                     event.committed[0].tolist())
-                view.append(f"\n\nstep {event.step + 1}/{config.steps}", style="dim")
-                live.update(view, refresh=True)
-            final = event.canvas
+        result = denoise(model, canvas, config=config, mask_token_id=mask_id, generator=generator,
+                         trace=bool(args.trace or args.json), region_start=len(prompt_ids), on_step=show)
     finally:
         if live is not None:
             live.stop()
-    stats.seconds = time.perf_counter() - start
+    stats, trace = result.stats, result.trace
 
-    generated = final[0, len(prompt_ids):].tolist()
+    generated = result.generated[0].tolist()
     text = tokenizer.decode(generated)
     useful = _useful_length(generated, tokenizer.special.stop_ids())
     if args.trace:

@@ -1,10 +1,13 @@
-"""Atomic file writes: a crash or kill mid-write leaves the old file or the new one, never a torn one."""
+"""File helpers: atomic writes (a crash mid-write leaves the old file or the new one) and JSONL parsing."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -20,3 +23,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def parse_jsonl(lines: Iterable[str], source: str | os.PathLike, *, error: type[Exception] = ValueError
+                ) -> Iterator[tuple[int, Any]]:
+    """(1-based line number, parsed value) for each non-blank line; bad JSON raises ``error`` naming the line."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise error(f"{source}:{number}: not valid JSON ({err.msg})") from None

@@ -293,27 +293,11 @@ def make_batch(
 def _loss_sum(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
     """Sum over rows of the per-row ELBO terms (numerator of the global normaliser); 0-d float32."""
     B, T = batch.targets.shape
-    if cfg.loss_normalizer == "tokens":
-        loss, _ = diffusion_loss(
-            logits,
-            batch.targets,
-            batch.masked,
-            batch.t,
-            maskable=batch.maskable,
-            normalizer="batch",
-            eps=cfg.mask_eps,
-        )
-        return loss * (B * T)  # = sum_b S_b
-    loss, _ = diffusion_loss(
-        logits,
-        batch.targets,
-        batch.masked,
-        batch.t,
-        maskable=batch.maskable,
-        normalizer="sequence",
-        eps=cfg.mask_eps,
-    )
-    return loss * B  # = sum_b S_b / n_b
+    # "tokens": the batch-mean times B*T is sum_b S_b; "sequence": the per-row mean times B is sum_b S_b / n_b.
+    normalizer, scale = ("batch", B * T) if cfg.loss_normalizer == "tokens" else ("sequence", B)
+    loss, _ = diffusion_loss(logits, batch.targets, batch.masked, batch.t, maskable=batch.maskable,
+                             normalizer=normalizer, eps=cfg.mask_eps)
+    return loss * scale
 
 
 def _denominator(batches: list[Batch], cfg: TrainConfig) -> float:

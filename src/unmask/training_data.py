@@ -14,7 +14,6 @@ out row indices epoch by epoch from an explicit generator whose state is checkpo
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from unmask.errors import ConfigError
+from unmask.fileio import parse_jsonl
 
 __all__ = [
     "EpochSampler",
@@ -75,13 +75,7 @@ def _read_jsonl(path: Path, fields: Sequence[str]) -> list[dict[str, str]]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read {path}: {err}") from None
     rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for number, row in parse_jsonl(lines, path, error=ConfigError):
         if not isinstance(row, dict):
             raise ConfigError(f"{path}:{number}: each line must be a JSON object")
         for name in fields:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unmask.fileio import atomic_write_text
+from unmask.fileio import atomic_write_text, parse_jsonl
 
 DATA_DIR = Path(__file__).resolve().parent / "files"
 
@@ -391,13 +391,7 @@ def read_evalplus_samples(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read an EvalPlus samples jsonl (blank lines skipped); each line is validated."""
     out = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        for lineno, sample in parse_jsonl(f, path):
             _validate_sample(sample, f"{path}:{lineno}")
             out.append(sample)
     return out

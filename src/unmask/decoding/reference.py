@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -205,8 +205,9 @@ def denoise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | N
 
 def denoise(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *, config: DecodeConfig,
             mask_token_id: int, generator: torch.Generator | None = None, trace: bool = False,
-            region_start: int = 0) -> DecodeResult:
-    """Run ``denoise_stream`` to the end; optionally record a decode trace."""
+            region_start: int = 0, on_step: Callable[[DecodeStep], None] | None = None) -> DecodeResult:
+    """Run ``denoise_stream`` to the end; optionally record a decode trace and call ``on_step`` after each
+    step (e.g. a live view; its time counts in the stats)."""
     stats = DecodeStats()
     record = DecodeTrace(region_start=[region_start] * canvas.shape[0],
                          steps=[[] for _ in range(canvas.shape[0])]) if trace else None
@@ -221,6 +222,8 @@ def denoise(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = N
                 cols = event.committed[row].nonzero(as_tuple=True)[0]
                 record.steps[row].append(StepRecord(tuple(cols.tolist()), tuple(event.canvas[row, cols].tolist()),
                                                     tuple(event.confidence[row, cols].tolist())))
+        if on_step is not None:
+            on_step(event)
         final = event.canvas
     stats.seconds = time.perf_counter() - start
     return DecodeResult(final.clone(), region_start, stats, record)
