@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--alg", default="entropy")
+    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--top-p", type=float, default=0.95, help="1.0 turns the nucleus filter (a vocab sort) off")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
@@ -49,7 +51,8 @@ def main() -> None:
     model.eval()
     prompt = torch.randint(1, config.vocab_size - 1, (args.batch, args.prompt_len),
                            generator=torch.Generator().manual_seed(0)).to(args.device)
-    params = dict(max_new_tokens=args.max_new_tokens, steps=args.steps, alg=args.alg, temperature=0.2, top_p=0.95)
+    params = dict(max_new_tokens=args.max_new_tokens, steps=args.steps, alg=args.alg, temperature=args.temperature,
+                  top_p=args.top_p)
 
     unmask.generate(model, prompt, **{**params, "steps": 2, "max_new_tokens": 8})  # warm-up
     timings = []
@@ -67,7 +70,8 @@ def main() -> None:
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "cpu_threads": torch.get_num_threads(), "dtype": args.dtype, "batch": args.batch,
         "prompt_len": args.prompt_len, "max_new_tokens": args.max_new_tokens, "steps": args.steps,
-        "alg": args.alg, "seconds_best": round(best, 3), "seconds_all": [round(t, 3) for t in timings],
+        "alg": args.alg, "temperature": args.temperature, "top_p": args.top_p,
+        "seconds_best": round(best, 3), "seconds_all": [round(t, 3) for t in timings],
         "forward_passes_per_s": round(out.stats.forward_passes / best, 2),
         "committed_tokens_per_s": round(args.batch * args.max_new_tokens / best, 2),
         "seconds_per_sample": round(best / args.batch, 3),
