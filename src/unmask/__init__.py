@@ -17,8 +17,11 @@ __version__ = "0.1.0"
 __all__ = ["load", "save", "generate", "denoise", "ModelConfig", "DecodeConfig", "__version__"]
 
 
-def load(path: str | os.PathLike, *, dtype=None, device="cpu"):
+def load(path: str | os.PathLike, *, dtype="auto", device="cpu"):
     """Load (model, tokenizer) from a Hugging Face-format Dream directory.
+
+    ``dtype="auto"`` computes in float32 on CPU (bf16 matmuls there are slow and coarse) and keeps the
+    stored dtype on accelerators; ``None`` always keeps the stored dtype; or name one ("bfloat16", ...).
 
     The model carries the directory's generation_config.json as ``model.generation_defaults``, which
     ``generate`` uses for parameters the caller does not pass.
@@ -27,6 +30,8 @@ def load(path: str | os.PathLike, *, dtype=None, device="cpu"):
     from unmask.config import DecodeConfig
     from unmask.tokenizer import load_tokenizer
 
+    if dtype == "auto":
+        dtype = "float32" if str(device).startswith("cpu") else None
     model = load_model(path, dtype=dtype, device=device)
     _, _, raw = read_config(path)
     tokenizer = load_tokenizer(path, raw)

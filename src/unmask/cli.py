@@ -245,6 +245,61 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# tasks, convert
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from unmask.evaluate import EvalConfig, load_tasks
+    from unmask.fileio import atomic_write_text
+
+    config = EvalConfig(benchmark=args.benchmark, synthetic_tasks=args.n, seed=args.seed, limit=args.limit)
+    tasks = load_tasks(config)
+    if args.format == "sft":
+        # Base-model SFT pairs: the prompt is the signature + docstring, the response the body it must write.
+        rows = [{"prompt": t.prompt, "response": t.canonical_solution} for t in tasks]
+    else:
+        rows = [{"task_id": t.task_id, "prompt": t.prompt, "entry_point": t.entry_point,
+                 "canonical_solution": t.canonical_solution, "test": t.test, "benchmark": t.benchmark}
+                for t in tasks]
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(args.out), text)
+        print(f"wrote {len(rows)} {args.format} rows of {args.benchmark} to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import unmask
+
+    src, dst = Path(args.source), Path(args.destination)
+    if dst.exists() and any(dst.iterdir()) and not args.force:
+        raise CLIError(f"{dst} already exists and is not empty (use --force to overwrite)")
+    from unmask.config import DecodeConfig
+
+    if args.max_shard_mb <= 0:
+        raise CLIError(f"--max-shard-mb must be positive, got {args.max_shard_mb}")
+    model, tokenizer = unmask.load(src, dtype=None)
+    generation = dataclasses.asdict(model.generation_defaults)
+    for item in args.generation:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in generation:
+            raise CLIError(f"--generation {item!r}: expected KEY=VALUE with KEY one of {', '.join(generation)}")
+        try:
+            generation[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            generation[key] = raw  # a bare string such as alg=entropy
+    unmask.save(model, dst, tokenizer=tokenizer, generation=DecodeConfig(**generation), dtype=args.dtype,
+                max_shard_bytes=args.max_shard_mb * 2**20)
+    size = sum(f.stat().st_size for f in dst.iterdir() if f.is_file())
+    print(f"wrote {dst}: {model.config.num_parameters() / 1e6:.2f}M parameters as "
+          f"{args.dtype or next(model.parameters()).dtype}, {size / 1e6:.1f} MB")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
 # train
 
 
@@ -326,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (ids, text, statistics, trace)")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="live canvas view (default: on when stdout is a terminal)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
     add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
     p.set_defaults(func=cmd_generate)
@@ -339,13 +395,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import-samples", metavar="FILE", help="score EvalPlus-format samples instead of generating")
     p.add_argument("--export-evalplus", metavar="FILE", help="also write the samples in EvalPlus jsonl format")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
     add_dataclass_arguments(p, EvalConfig, group="evaluation")
     add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
     p.set_defaults(func=cmd_eval)
 
     from unmask.train import TrainConfig
+
+    p = verbs.add_parser("tasks", help="write a benchmark's tasks (or SFT prompt/response pairs) as JSONL")
+    p.add_argument("benchmark", help="benchmark name (synthetic, synthetic-train, humaneval, mbpp, ...)")
+    p.add_argument("--format", choices=("tasks", "sft"), default="tasks",
+                   help="tasks: HumanEval-shaped rows; sft: {prompt, response} pairs for unmask train --stage sft")
+    p.add_argument("--n", type=int, default=200, help="tasks to draw (procedural benchmarks)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the procedural draw")
+    p.add_argument("--limit", type=int, default=None, help="keep only the first N tasks")
+    p.add_argument("--out", default=None, help="output .jsonl (default: stdout)")
+    p.set_defaults(func=cmd_tasks)
+
+    p = verbs.add_parser("convert", help="re-save a model directory (e.g. as bfloat16, or re-sharded)")
+    p.add_argument("source", help="model directory (Dream or Qwen2 HF format)")
+    p.add_argument("destination", help="output model directory")
+    p.add_argument("--dtype", default=None, help="cast to float32 | bfloat16 | float16 (default: as stored)")
+    p.add_argument("--max-shard-mb", type=int, default=5000, help="largest safetensors shard in MiB")
+    p.add_argument("--generation", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a generation_config.json default (repeatable), e.g. steps=64 alg=entropy")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
+    p.set_defaults(func=cmd_convert)
 
     p = verbs.add_parser("train", help="masked-diffusion training: pretrain, AR adaptation or SFT")
     p.add_argument("--config", metavar="FILE", help="JSON/YAML file of TrainConfig fields; flags override")

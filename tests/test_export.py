@@ -1,0 +1,81 @@
+"""`unmask tasks` (benchmark → JSONL), `unmask convert` (dtype/shards/generation defaults) and model cards."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import unmask
+from unmask.cli import main
+from unmask.data.synthetic import synthetic_tasks
+from unmask.modelcard import render_model_card, run_summary
+from unmask.training_data import read_sft_pairs
+
+
+def test_tasks_sft_pairs_are_the_tasks_prompts_and_solutions(tmp_path, capsys):
+    out = tmp_path / "sft.jsonl"
+    assert main(["tasks", "synthetic-train", "--n", "7", "--seed", "3", "--format", "sft", "--out", str(out)]) == 0
+    expected = synthetic_tasks("train", 7, 3)
+    assert read_sft_pairs(out) == [(t.prompt, t.canonical_solution) for t in expected]
+    # The task format round-trips every field a harness needs, on stdout.
+    assert main(["tasks", "humaneval", "--limit", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["task_id"] for r in rows] == ["HumanEval/0", "HumanEval/1"]
+    assert all(r["entry_point"] in r["prompt"] and "def check" in r["test"] for r in rows)
+
+
+def test_tasks_unknown_benchmark_is_a_clear_error(capsys):
+    assert main(["tasks", "no-such-bench"]) == 2
+    assert "unknown benchmark 'no-such-bench'" in capsys.readouterr().err
+
+
+def test_convert_to_bfloat16_round_trips_weights_and_sets_generation_defaults(tmp_path, capsys):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    assert main(["init", str(src), "--preset", "test", "--vocab-size", "300", "--tokenizer-bytes", "100000"]) == 0
+    assert main(["convert", str(src), str(dst), "--dtype", "bfloat16", "--generation", "steps=12",
+                 "--generation", "alg=topk_margin", "--max-shard-mb", "1"]) == 0
+    original, tok = unmask.load(src, dtype=None)
+    converted, tok2 = unmask.load(dst, dtype=None)
+    assert next(converted.parameters()).dtype == torch.bfloat16
+    for (name, a), (_, b) in zip(original.state_dict().items(), converted.state_dict().items()):
+        assert torch.equal(a.to(torch.bfloat16), b), name
+    assert converted.generation_defaults.steps == 12 and converted.generation_defaults.alg == "topk_margin"
+    assert tok2.encode("def f(x):") == tok.encode("def f(x):")
+    # dtype="auto" computes in float32 on CPU whatever is stored.
+    auto, _ = unmask.load(dst)
+    assert next(auto.parameters()).dtype == torch.float32
+    capsys.readouterr()
+    assert main(["convert", str(src), str(dst)]) == 2  # refuses to overwrite without --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "x"), "--generation", "nope=1"]) == 2
+
+
+def _write_run(path, rows, config):
+    path.mkdir()
+    (path / "run_config.json").write_text(json.dumps(config))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
+
+
+def test_run_summary_sums_compute_time_and_ignores_a_torn_line(tmp_path):
+    rows = [{"step": 10, "loss": 5.0, "tokens": 1000, "tokens_per_s": 100.0, "epoch": 0.1},
+            {"step": 20, "loss": 4.0, "tokens": 3000, "tokens_per_s": 200.0, "epoch": 0.2, "val_loss": 4.5}]
+    _write_run(tmp_path / "run", rows, {"data": "stdlib", "preset": "tiny"})
+    s = run_summary(tmp_path / "run")
+    assert s["seconds"] == 1000 / 100 + 2000 / 200  # hand value: 20 s
+    assert (s["steps"], s["loss"], s["first_loss"], s["val_loss"]) == (20, 4.0, 5.0, 4.5)
+
+
+def test_model_card_reports_the_runs_and_evals(tmp_path, capsys):
+    model = tmp_path / "m"
+    assert main(["init", str(model), "--preset", "test", "--vocab-size", "300", "--tokenizer-bytes", "100000"]) == 0
+    _write_run(tmp_path / "pre", [{"step": 5, "loss": 7.25, "tokens": 640, "tokens_per_s": 64.0}],
+               {"data": "stdlib", "preset": "test", "lr": 0.001})
+    ev = {"summary": {"benchmark": "synthetic", "tasks": 200, "samples_per_task": 1, "pass@k": {"pass@1": 0.125}},
+          "eval": {"seed": 0}, "decode": {"max_new_tokens": 64, "steps": 64, "alg": "entropy", "temperature": 0.0}}
+    card = render_model_card(model, pretrain=run_summary(tmp_path / "pre"), sft=None, evals=[ev], command="make x")
+    assert card.startswith("---\nlibrary_name: unmask")
+    assert "| pretrain | stdlib | 5 | 640 |" in card and "7.250" in card and "0.2 min" in card
+    assert "| synthetic (seed 0) | 200 | 1 | 0.125 | 64 tokens, 64 steps, alg entropy" in card
+    params = unmask.load(model)[0].config.num_parameters()
+    assert f"{params / 1e6:.2f}M-parameter" in card
