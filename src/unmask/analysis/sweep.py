@@ -214,8 +214,7 @@ def run_sweep(model, tokenizer, config: SweepConfig, eval_config, decode, out_di
     import torch
 
     from unmask.decoding.reference import generate
-    from unmask.evaluate import chunk_plan, chunk_seed, clean_completion, execute, load_tasks, program_mode, \
-        prompt_text
+    from unmask.evaluate import chunk_plan, chunk_seed, clean_completion, execute, load_tasks, program_mode, prompt_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
