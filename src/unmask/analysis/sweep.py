@@ -438,3 +438,44 @@ def summary_markdown(report: dict[str, Any]) -> str:
         lines.append("Plots: " + ", ".join(f"[{p}]({p})" for p in report["plots"]) + ".")
     lines.append("Per-sample orders, AR-ness and verdicts: `T<temperature>/results.jsonl`; all numbers: `arness.json`.")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one saved trace
+
+
+def analyse_trace(trace, row: int = 0, *, stop_ids: Sequence[int] | None = None, positions: str = "region",
+                  ks_local: Sequence[int] = DEFAULT_LOCAL_KS, ks_global: Sequence[int] = DEFAULT_GLOBAL_KS
+                  ) -> dict[str, Any]:
+    """AR-ness of one row of a DecodeTrace, JSON-ready: what ``unmask arness --trace FILE`` prints.
+
+    The region is every position the trace committed (0 … max + 1). ``positions="content"`` needs
+    ``stop_ids`` (the tokenizer's pad/EOS) to find where the completion ends. Returns ``row``, ``length``,
+    ``useful``, ``positions``, ``local``/``global`` (``{"k": value}``, keys as strings), ``tokens`` (the id
+    committed at each region position) and ``commit_step`` (the forward pass that committed it).
+    """
+    if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(trace.steps):
+        raise ValueError(f"row must be an int in [0, {len(trace.steps)}), got {row!r}")
+    if positions == "content" and stop_ids is None:
+        raise ValueError("positions='content' needs the tokenizer's stop ids (pass --model DIR)")
+    steps = trace.order(row, drop_empty=False)
+    flat = [p for step in steps for p in step]
+    if not flat:
+        raise ValueError(f"trace row {row} commits no position: nothing to analyse")
+    length = max(flat) + 1
+    tokens: list[int | None] = [None] * length
+    commit_step: list[int | None] = [None] * length
+    start = trace.region_start[row]
+    for s, record in enumerate(trace.steps[row]):
+        for p, token in zip(record.positions, record.tokens):
+            tokens[p - start], commit_step[p - start] = int(token), s
+    # -1 (never a token id) keeps a never-committed position from ending the completion
+    useful = length if stop_ids is None else useful_length([-1 if t is None else t for t in tokens], stop_ids)
+    order, region = counted_order(steps, length, useful, positions)
+    if not order:
+        raise ValueError(f"trace row {row}: the completion is empty before its first stop token; nothing to count")
+    profile = arness_profile(order, ks_local, ks_global, length=region)
+    return {"row": row, "length": length, "useful": useful, "positions": positions,
+            "local": {str(k): v for k, v in profile["local"].items()},
+            "global": {str(k): v for k, v in profile["global"].items()},
+            "tokens": tokens, "commit_step": commit_step}
