@@ -351,6 +351,112 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# arness
+
+
+def _number_list(text: str, flag: str, kind: type) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise CLIError(f"{flag} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise CLIError(f"{flag} is empty")
+    return values
+
+
+def cmd_arness(args: argparse.Namespace) -> int:
+    """Sweep temperatures (--model) or analyse one saved trace (--trace); SPEC §4."""
+    if args.trace:
+        return _arness_of_trace(args)
+    import unmask
+    from unmask.analysis.sweep import SweepConfig, run_sweep
+    from unmask.config import DecodeConfig
+    from unmask.evaluate import EvalConfig
+
+    if args.model is None:
+        raise CLIError("give --model DIR to run a temperature sweep, or --trace FILE to analyse a saved trace")
+    if args.temperature is not None:
+        raise CLIError("the sweep sets the temperature itself: use --temperatures 0.2,0.6,1.0,1.2")
+    if args.png:
+        raise CLIError("--png is for --trace FILE; a sweep writes its plots into --out")
+    sweep = SweepConfig(temperatures=_number_list(args.temperatures, "--temperatures", float),
+                        positions=args.positions,
+                        pass_ks=_number_list(args.pass_k, "--pass-k", int) if args.pass_k else None)
+    eval_config = EvalConfig(**dataclass_overrides(EvalConfig, args))
+    model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
+    overrides = dataclass_overrides(DecodeConfig, args)
+    decode = model.generation_defaults.replace(**overrides)
+    if "steps" not in overrides:  # one token per step, as the paper measures AR-ness
+        decode = decode.replace(steps=decode.max_new_tokens)
+    out = Path(args.out) if args.out else Path("runs") / f"arness-{eval_config.benchmark}-{Path(args.model).name}"
+    report = run_sweep(model, tokenizer, sweep, eval_config, decode, out, progress=not args.no_progress)
+    sys.stdout.write((out / "summary.md").read_text(encoding="utf-8"))  # markdown: printed as is, never wrapped
+    if report["plots_skipped"]:
+        print(f"plots skipped: {report['plots_skipped']}", file=sys.stderr)
+    print(f"report: {out / 'arness.json'}  summary: {out / 'summary.md'}", file=sys.stderr)
+    return 0
+
+
+def _arness_of_trace(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from unmask.analysis.sweep import analyse_trace
+    from unmask.decoding.trace import DecodeTrace
+
+    try:
+        trace = DecodeTrace.load(args.trace)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    tokenizer = None
+    if args.model:
+        from unmask.checkpoint import read_config
+        from unmask.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model, read_config(args.model)[2])
+    try:
+        result = analyse_trace(trace, args.row, positions=args.positions,
+                               stop_ids=tokenizer.special.stop_ids() if tokenizer else None)
+    except ValueError as err:
+        raise CLIError(f"{args.trace}: {err}") from None
+    texts = None
+    if tokenizer is not None:  # never-committed positions (if any) show as the mask token
+        texts = tokenizer.token_texts([tokenizer.special.mask if t is None else t for t in result["tokens"]])
+    if args.png:
+        from unmask.analysis import plots
+
+        try:
+            if texts is not None:
+                plots.plot_decode_order(texts, result["commit_step"], args.png,
+                                        title=f"{Path(args.trace).name}: tokens coloured by commit step")
+            else:
+                plots.plot_decode_heatmap(trace.order(args.row, drop_empty=False), result["length"], args.png)
+        except ImportError as err:
+            raise CLIError(str(err)) from None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    console = Console()
+    if texts is not None:
+        from unmask.analysis.terminal import render_decode_order
+
+        console.rule("decode order (early blue -> late red)")
+        console.print(render_decode_order(texts, result["commit_step"]))
+    table = Table(title=f"AR-ness of {args.trace} row {args.row} ({result['positions']}: "
+                        f"{result['length']} positions, {result['useful']} before the first stop)")
+    table.add_column("k", justify="right")
+    table.add_column("local AR-ness@k", justify="right")
+    table.add_column("global AR-ness@k", justify="right")
+    for k in sorted({*result["local"], *result["global"]}, key=int):
+        cells = [f"{result[kind][k]:.4f}" if k in result[kind] else "" for kind in ("local", "global")]
+        table.add_row(k, *cells)
+    console.print(table)
+    if args.png:
+        print(f"wrote {args.png}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -428,6 +534,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="JSON/YAML file of TrainConfig fields; flags override")
     add_dataclass_arguments(p, TrainConfig, group="training (TrainConfig)")
     p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("arness", help="decode-order analysis: AR-ness and pass@k across temperatures, or one trace")
+    p.add_argument("--model", help="model directory (a sweep; with --trace: token texts for the picture)")
+    p.add_argument("--trace", metavar="FILE", help="analyse this saved decode trace instead of sweeping")
+    p.add_argument("--row", type=int, default=0, help="which row of the trace (default 0)")
+    p.add_argument("--png", metavar="OUT.png", help="with --trace: decode-order picture (heat map without --model)")
+    p.add_argument("--json", action="store_true", help="with --trace: print one JSON object")
+    p.add_argument("--temperatures", default="0.2,0.6,1.0,1.2", help="comma-separated sampling temperatures")
+    p.add_argument("--positions", default="region", choices=("region", "content"),
+                   help="AR-ness over the whole generated region, or only before the first pad/EOS")
+    p.add_argument("--pass-k", help="comma-separated k of pass@k (default: 1 and --samples)")
+    p.add_argument("--out", help="report directory (default runs/arness-BENCHMARK-MODEL); reruns resume")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    add_dataclass_arguments(p, EvalConfig, group="evaluation")
+    add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: generation_config.json; steps = max_new_tokens)")
+    p.set_defaults(func=cmd_arness)
     return parser
 
 
