@@ -84,7 +84,7 @@ class RLConfig:
     grad_clip: float = field(default=1.0, metadata=_doc("clip the global grad norm (0 = off)"))
     eps_clip: float = field(default=0.5, metadata=_doc("PPO ratio clip epsilon"))
     beta: float = field(default=0.01, metadata=_doc("k3 KL weight to the reference policy (0 = no reference)"))
-    ref_sync_every: int = field(default=64, metadata=_doc("copy the policy into the reference every N steps (0 = never)"))
+    ref_sync_every: int = field(default=64, metadata=_doc("sync the reference every N steps (0 = never)"))
     baseline: str = field(default="mean", metadata=_doc("advantage baseline", choices=BASELINES))
     scale_std: bool = field(default=False, metadata=_doc("divide advantages by the group's reward std"))
     t_low: float = field(default=0.2, metadata=_doc("coupled/decoupled: t ~ U(t_low, t_high)"))
@@ -438,8 +438,15 @@ def rl(cfg: RLConfig, *, model=None, tokenizer=None, tasks: list[Task] | None = 
 def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         on_step: Callable[[int, dict[str, Any]], None] | None) -> RLResult:
     from unmask.evaluate import program_mode
-    from unmask.train import _distributed, _param_groups, _rng_state, _set_rng_state, _truncate_metrics
-    from unmask.train import latest_checkpoint, save_checkpoint
+    from unmask.train import (
+        _distributed,
+        _param_groups,
+        _rng_state,
+        _set_rng_state,
+        _truncate_metrics,
+        latest_checkpoint,
+        save_checkpoint,
+    )
     from unmask.training_data import EpochSampler
 
     rank, world = _distributed()
