@@ -173,3 +173,27 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, tokenizer, tiny_setup) -
     assert full.history[0]["kl"] == 0.0  # policy == reference before the first update
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         rl(loop_config(tmp_path / "full"), model=make(), tokenizer=tokenizer, tasks=tasks)
+
+
+def test_cli_rl_end_to_end_with_sandboxed_rewards(tmp_path, tokenizer, tiny_setup, capsys) -> None:
+    from unmask.checkpoint import save_model
+    from unmask.cli import main
+
+    make, _ = tiny_setup
+    save_model(make(), tmp_path / "model", tokenizer=tokenizer)
+    run = tmp_path / "run"
+    argv = ["rl", "--model", str(tmp_path / "model"), "--data", "synthetic-train", "--synthetic-tasks", "3",
+            "--run-dir", str(run), "--num-generations", "2", "--prompts-per-step", "1", "--max-steps", "1",
+            "--max-new-tokens", "6", "--steps", "3", "--eval-every", "1", "--eval-limit", "1", "--no-progress",
+            "--device", "cpu", "--estimator", "diffu-grpo"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["step"] == 1 and 0.0 <= out["pass_rate"] <= 1.0 and "eval_pass@1" in out
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["reward_missing"] == 0 and record["completion_length"] > 0
+    assert (run / "eval-0000001" / "summary.json").is_file() and (run / "checkpoint-0000001").is_dir()
+    assert json.loads((run / "rl_config.json").read_text())["estimator"] == "diffu-grpo"
+    with pytest.raises(SystemExit):  # argparse rejects an unknown estimator by its choices
+        main([*argv[:-2], "--estimator", "exact"])
+    assert main([*argv[:-2], "--estimator", "coupled", "--run-dir", str(run)]) == 2  # run dir holds checkpoints
+    assert "already holds checkpoints" in capsys.readouterr().err

@@ -4,6 +4,7 @@
     unmask generate DIR "def f(x):"          denoise a completion with a live view of the canvas
     unmask eval --model DIR --benchmark humaneval --samples 10      pass@k with sandboxed tests
     unmask train --data src/ --run-dir R     masked-diffusion training (pretrain / SFT / AR adaptation)
+    unmask rl --model DIR --data synthetic-train --estimator coupled     GRPO with sandboxed code rewards
 
 Sampler flags are generated from ``DecodeConfig`` (their help is the field docs). Errors a user can fix
 print one line (``error: …``) and exit with status 2.
@@ -296,6 +297,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# rl
+
+
+def cmd_rl(args: argparse.Namespace) -> int:
+    from unmask.rl.loop import RLConfig, rl
+
+    values = dataclass_overrides(RLConfig, args)
+    run_dir = Path(values.get("run_dir", RLConfig.run_dir))
+    saved = run_dir / "rl_config.json"
+    if values.get("resume") and saved.is_file():  # flags override the resumed run's settings
+        values = {**json.loads(saved.read_text(encoding="utf-8")), **values}
+    result = rl(RLConfig.from_dict(values))
+    last = result.history[-1] if result.history else {}
+    summary = {k: last[k] for k in ("step", "reward_mean", "pass_rate", "kl", "eval_pass@1") if k in last}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), **summary}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -351,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="JSON/YAML file of TrainConfig fields; flags override")
     add_dataclass_arguments(p, TrainConfig, group="training (TrainConfig)")
     p.set_defaults(func=cmd_train)
+
+    from unmask.rl.loop import RLConfig
+
+    p = verbs.add_parser("rl", help="coupled-GRPO (or diffu-GRPO / decoupled) RL with sandboxed code rewards")
+    add_dataclass_arguments(p, RLConfig, group="reinforcement learning (RLConfig)")
+    p.set_defaults(func=cmd_rl)
     return parser
 
 
