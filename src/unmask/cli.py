@@ -4,6 +4,7 @@
     unmask generate DIR "def f(x):"          denoise a completion with a live view of the canvas
     unmask eval --model DIR --benchmark humaneval --samples 10      pass@k with sandboxed tests
     unmask train --data src/ --run-dir R     masked-diffusion training (pretrain / SFT / AR adaptation)
+    unmask rl --model DIR --data synthetic-train --estimator coupled     GRPO with sandboxed code rewards
 
 Sampler flags are generated from ``DecodeConfig`` (their help is the field docs). Errors a user can fix
 print one line (``error: …``) and exit with status 2.
@@ -457,6 +458,26 @@ def _arness_of_trace(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# rl
+
+
+def cmd_rl(args: argparse.Namespace) -> int:
+    from unmask.rl.loop import RLConfig, rl
+
+    values = dataclass_overrides(RLConfig, args)
+    run_dir = Path(values.get("run_dir", RLConfig.run_dir))
+    saved = run_dir / "rl_config.json"
+    if values.get("resume") and saved.is_file():  # flags override the resumed run's settings
+        values = {**json.loads(saved.read_text(encoding="utf-8")), **values}
+    result = rl(RLConfig.from_dict(values))
+    last = result.history[-1] if result.history else {}
+    summary = {k: last[k] for k in ("step", "reward_mean", "pass_rate", "kl", "eval_pass@1") if k in last}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), **summary}))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -547,11 +568,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pass-k", help="comma-separated k of pass@k (default: 1 and --samples)")
     p.add_argument("--out", help="report directory (default runs/arness-BENCHMARK-MODEL); reruns resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: as stored)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
     add_dataclass_arguments(p, EvalConfig, group="evaluation")
     add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: generation_config.json; steps = max_new_tokens)")
     p.set_defaults(func=cmd_arness)
+
+    from unmask.rl.loop import RLConfig
+
+    p = verbs.add_parser("rl", help="coupled-GRPO (or diffu-GRPO / decoupled) RL with sandboxed code rewards")
+    add_dataclass_arguments(p, RLConfig, group="reinforcement learning (RLConfig)")
+    p.set_defaults(func=cmd_rl)
     return parser
 
 

@@ -417,6 +417,7 @@ def clipped_policy_loss(
     eps_clip: float = 0.5,
     logp_ref: torch.Tensor | None = None,
     beta: float = 0.01,
+    num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO-clipped GRPO loss with the k3 KL penalty, token-mean over all completion tokens of the batch.
 
@@ -431,6 +432,10 @@ def clipped_policy_loss(
     None or ``beta == 0``. Stats (detached 0-d tensors): ``clip_fraction`` (share of completion tokens
     whose clipped branch is active, i.e. the gradient is cut), ``kl`` (mean k3 KL, 0 without a
     reference), ``ratio`` (mean ratio).
+
+    ``num_tokens`` replaces the denominator ``sum(mask)`` (the stats too): pass the completion-token count
+    of the *whole* batch when this call sees one micro-batch, so the micro-batch losses add up to the
+    token mean of the whole batch.
     """
     if not isinstance(logp_new, torch.Tensor) or logp_new.dim() != 2:
         raise ValueError("logp_new must be a (B, T) tensor")
@@ -448,8 +453,13 @@ def clipped_policy_loss(
     if not isinstance(beta, (int, float)) or float(beta) < 0.0:
         raise ValueError(f"beta must be >= 0, got {beta!r}")
 
+    if num_tokens is not None and (isinstance(num_tokens, bool) or not float(num_tokens) > 0):
+        raise ValueError(f"num_tokens must be a positive count, got {num_tokens!r}")
     m = completion_mask.to(logp_new.dtype)  # (B, T)
-    count = m.sum().clamp_min(1.0)
+    if num_tokens is None:
+        count = m.sum().clamp_min(1.0)
+    else:
+        count = torch.tensor(float(num_tokens), dtype=m.dtype, device=m.device)
     adv = advantages.detach().to(logp_new.dtype)[:, None]  # (B, 1)
     ratio = torch.exp(logp_new - logp_old.detach())  # (B, T)
     unclipped = ratio * adv

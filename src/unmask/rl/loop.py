@@ -1,0 +1,603 @@
+"""The GRPO loop for masked diffusion LMs (SPEC §5): rollouts → rewards → μ updates → ref sync → eval → save.
+
+One plain loop (``rl``). Each step draws ``prompts_per_step`` tasks; for each, ``num_generations``
+completions are sampled with the reference diffusion sampler (``unmask.decoding.reference.generate``;
+DiffuCoder's rollout defaults: temperature 1.2, 256 tokens, 256 steps, entropy order), scored by the
+reward registry (``unmask.rl.rewards``; sandboxed tests), turned into group advantages and used for ``mu``
+PPO-clipped updates whose per-token log-probs come from masked forward passes (``--estimator``: coupled,
+decoupled or diffu-grpo; ``unmask.rl.grpo``). Every pass plan is drawn from per-row generators seeded by
+(step, prompt slot, sample, update iteration), so the old, reference and current policy see the same masks
+and a resumed run redraws them identically.
+
+Distributed data parallel: the same command under ``torchrun``. Each rank rolls out its share of the
+step's prompts; the loss of each rank is its token sum over the *global* completion-token count times the
+world size, so DDP's gradient mean equals the single-process token-mean gradient.
+
+Run directory: ``rl_config.json``, ``metrics.jsonl`` (one line per logged step), ``checkpoint-{step}/``
+(HF model directory + ``trainer_state.pt``: optimiser, prompt sampler, RNG states and the reference
+policy's weights), ``latest``, and ``eval-{step}/`` directories from the periodic held-out evaluation.
+
+    unmask rl --model runs/sft/checkpoint-0002000 --data synthetic-train --estimator coupled --run-dir runs/rl
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from unmask.config import ALGS, DecodeConfig
+from unmask.data.benchmarks import Task
+from unmask.errors import ConfigError
+from unmask.fileio import atomic_write_text, parse_jsonl
+from unmask.rl.grpo import (
+    BASELINES,
+    ESTIMATORS,
+    build_logprob_passes,
+    clipped_policy_loss,
+    group_advantages,
+    mask_seed,
+    seeded_generator,
+    sequence_logprob_estimates,
+)
+from unmask.rl.rewards import combine_rewards, get_reward
+
+__all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_update", "rl", "rollout"]
+
+# pass_index values of mask_seed reserved for things other than estimator passes.
+_ROLLOUT_PASS = 10_000
+
+
+def _doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"doc": text, **extra}
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Everything an RL run needs; saved as ``rl_config.json`` in the run directory."""
+
+    model: str | None = field(default=None, metadata=_doc("initial policy: an HF model directory"))
+    data: str = field(default="synthetic-train", metadata=_doc("benchmark name for load_tasks, or a tasks .jsonl"))
+    run_dir: str = field(default="runs/rl", metadata=_doc("run directory (checkpoints, metrics)"))
+    synthetic_tasks: int = field(default=200, metadata=_doc("tasks drawn when data is a synthetic benchmark"))
+    task_limit: int | None = field(default=None, metadata=_doc("use only the first N tasks"))
+    chat: bool = field(default=False, metadata=_doc("ChatML prompts + code-fence prefill (Instruct models)"))
+    estimator: str = field(default="coupled", metadata=_doc("per-token log-prob estimator", choices=ESTIMATORS))
+    num_generations: int = field(default=10, metadata=_doc("completions per prompt (G)"))
+    prompts_per_step: int = field(default=2, metadata=_doc("prompts per step, summed over ranks"))
+    max_steps: int = field(default=100, metadata=_doc("RL steps of the whole run"))
+    stop_after_steps: int | None = field(default=None, metadata=_doc("stop this invocation after N steps"))
+    mu: int = field(default=2, metadata=_doc("gradient updates per batch of rollouts"))
+    lr: float = field(default=1e-6, metadata=_doc("AdamW learning rate (constant)"))
+    weight_decay: float = field(default=0.0, metadata=_doc("AdamW weight decay (matrices only)"))
+    grad_clip: float = field(default=1.0, metadata=_doc("clip the global grad norm (0 = off)"))
+    eps_clip: float = field(default=0.5, metadata=_doc("PPO ratio clip epsilon"))
+    beta: float = field(default=0.01, metadata=_doc("k3 KL weight to the reference policy (0 = no reference)"))
+    ref_sync_every: int = field(default=64, metadata=_doc("sync the reference every N steps (0 = never)"))
+    baseline: str = field(default="mean", metadata=_doc("advantage baseline", choices=BASELINES))
+    scale_std: bool = field(default=False, metadata=_doc("divide advantages by the group's reward std"))
+    t_low: float = field(default=0.2, metadata=_doc("coupled/decoupled: t ~ U(t_low, t_high)"))
+    t_high: float = field(default=0.8, metadata=_doc("coupled/decoupled: t ~ U(t_low, t_high)"))
+    prompt_mask_ratio: float = field(default=0.15, metadata=_doc("diffu-grpo: share of prompt tokens masked"))
+    max_new_tokens: int = field(default=256, metadata=_doc("rollout completion length"))
+    steps: int = field(default=256, metadata=_doc("rollout denoising steps"))
+    temperature: float = field(default=1.2, metadata=_doc("rollout temperature"))
+    top_p: float | None = field(default=0.95, metadata=_doc("rollout nucleus filter"))
+    alg: str = field(default="entropy", metadata=_doc("rollout unmasking order", choices=ALGS))
+    alg_temp: float = field(default=0.0, metadata=_doc("rollout order randomness"))
+    rewards: str = field(default="code,code_format", metadata=_doc("comma-separated reward function names"))
+    reward_weights: str = field(default="2.0,0.5", metadata=_doc("comma-separated weights, one per reward"))
+    timeout: float = field(default=5.0, metadata=_doc("seconds per sandboxed test"))
+    memory_mb: int = field(default=1024, metadata=_doc("address-space limit per sandboxed test"))
+    pass_token_budget: int = field(default=32768, metadata=_doc("max tokens (rows x length) per masked forward"))
+    eval_every: int = field(default=0, metadata=_doc("held-out evaluation every N steps (0 = off)"))
+    eval_benchmark: str = field(default="synthetic", metadata=_doc("benchmark of the held-out evaluation"))
+    eval_limit: int | None = field(default=40, metadata=_doc("tasks in the held-out evaluation"))
+    eval_samples: int = field(default=1, metadata=_doc("greedy samples per held-out task"))
+    save_every: int = field(default=50, metadata=_doc("checkpoint every N steps (and at the end)"))
+    keep_checkpoints: int = field(default=2, metadata=_doc("newest checkpoints kept"))
+    log_every: int = field(default=1, metadata=_doc("metrics.jsonl line every N steps"))
+    seed: int = field(default=0, metadata=_doc("seed of prompt order, rollouts and masks"))
+    device: str = field(default="auto", metadata=_doc("auto | cpu | cuda"))
+    resume: bool = field(default=False, metadata=_doc("continue from the run's latest checkpoint"))
+    progress: bool = field(default=True, metadata=_doc("tqdm progress bar on rank 0"))
+
+    def __post_init__(self) -> None:
+        ints = ("synthetic_tasks", "num_generations", "prompts_per_step", "max_steps", "mu", "max_new_tokens",
+                "steps", "memory_mb", "pass_token_budget", "eval_samples", "save_every", "keep_checkpoints",
+                "log_every")
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("ref_sync_every", "eval_every", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("stop_after_steps", "task_limit", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be at least 2 (advantages are relative to the group)")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {self.estimator!r}")
+        if self.baseline not in BASELINES:
+            raise ConfigError(f"baseline must be one of {', '.join(BASELINES)}; got {self.baseline!r}")
+        if self.alg not in ALGS:
+            raise ConfigError(f"alg must be one of {', '.join(ALGS)}; got {self.alg!r}")
+        if not 0.0 < self.t_low <= self.t_high < 1.0:
+            raise ConfigError(f"need 0 < t_low <= t_high < 1, got t_low={self.t_low}, t_high={self.t_high}")
+        if not 0.0 < self.eps_clip < 1.0:
+            raise ConfigError(f"eps_clip must be in (0, 1), got {self.eps_clip!r}")
+        if not 0.0 <= self.prompt_mask_ratio <= 1.0:
+            raise ConfigError(f"prompt_mask_ratio must be in [0, 1], got {self.prompt_mask_ratio!r}")
+        for name in ("lr", "timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+        for name in ("beta", "weight_decay", "grad_clip", "temperature", "alg_temp"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        weights = self.reward_weight_map()  # validates names, counts and numbers
+        for name in weights:
+            try:
+                get_reward(name)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+
+    def reward_weight_map(self) -> dict[str, float]:
+        names = [n.strip() for n in self.rewards.split(",") if n.strip()]
+        raw = [w.strip() for w in self.reward_weights.split(",") if w.strip()]
+        if not names or len(names) != len(raw):
+            raise ConfigError(f"rewards ({self.rewards!r}) and reward_weights ({self.reward_weights!r}) must "
+                              "list the same number of entries")
+        try:
+            values = [float(w) for w in raw]
+        except ValueError:
+            raise ConfigError(f"reward_weights must be numbers, got {self.reward_weights!r}") from None
+        if len(set(names)) != len(names):
+            raise ConfigError(f"a reward function is listed twice in {self.rewards!r}")
+        return dict(zip(names, values))
+
+    def decode_config(self) -> DecodeConfig:
+        return DecodeConfig(max_new_tokens=self.max_new_tokens, steps=self.steps, temperature=self.temperature,
+                            top_p=self.top_p, alg=self.alg, alg_temp=self.alg_temp)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RLConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown RL config field(s): {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ConfigError(f"bad RL config: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RLResult:
+    step: int
+    history: list[dict[str, Any]]
+    run_dir: Path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tasks
+
+
+def load_rl_tasks(cfg: RLConfig) -> list[Task]:
+    """The training tasks: a JSONL file of Task fields, or a benchmark name accepted by ``load_tasks``."""
+    from unmask.evaluate import EvalConfig, load_tasks
+
+    path = Path(cfg.data)
+    if path.suffix == ".jsonl":
+        if not path.is_file():
+            raise ConfigError(f"tasks file {path} does not exist")
+        tasks = []
+        with path.open(encoding="utf-8") as handle:
+            for number, row in parse_jsonl(handle, path, error=ConfigError):
+                missing = [k for k in ("task_id", "prompt", "entry_point", "test") if k not in row]
+                if not isinstance(row, dict) or missing:
+                    raise ConfigError(f"{path}:{number}: a task needs task_id, prompt, entry_point and test "
+                                      f"(missing {', '.join(missing) if isinstance(row, dict) else 'all'})")
+                try:
+                    tasks.append(Task(task_id=row["task_id"], prompt=row["prompt"], entry_point=row["entry_point"],
+                                      canonical_solution=row.get("canonical_solution", ""), test=row["test"],
+                                      benchmark=row.get("benchmark", "jsonl"), extra=row.get("extra", {})))
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"{path}:{number}: {err}") from None
+        tasks = tasks[: cfg.task_limit] if cfg.task_limit else tasks
+    else:
+        tasks = load_tasks(EvalConfig(benchmark=cfg.data, synthetic_tasks=cfg.synthetic_tasks, seed=cfg.seed,
+                                      limit=cfg.task_limit))
+    if not tasks:
+        raise ConfigError(f"no tasks in {cfg.data}")
+    return tasks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rollouts
+
+
+@dataclass
+class RolloutBatch:
+    """Completed sequences of a rank's share of one step, left-padded to a common length T.
+
+    input_ids (R, T) long; attention_mask (R, T) bool (real tokens); prompt_mask / completion_mask (R, T)
+    bool (completion_mask: the tokens that count in the loss, up to and including the first stop token);
+    advantages (R,) float32; seeds (R, 2) long: (prompt slot in the step, sample index) for mask seeds.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    advantages: torch.Tensor
+    seeds: torch.Tensor
+
+
+def _completion_mask(generated: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
+    """(G, L) bool: every token up to and including the first stop id (all of them when none)."""
+    is_stop = torch.zeros_like(generated, dtype=torch.bool)
+    for s in stop_ids:
+        is_stop |= generated == s
+    before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()  # stops strictly before each position
+    return before == 0
+
+
+def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """G completions of one task: (prompt ids (P,), generated (G, L), completion mask (G, L), texts)."""
+    from unmask.decoding.reference import generate
+    from unmask.evaluate import clean_completion, program_mode, prompt_text
+
+    ids = tokenizer.encode(prompt_text(task, tokenizer, cfg.chat))
+    if not ids:
+        raise ConfigError(f"task {task.task_id} has an empty prompt after tokenisation")
+    prompt = torch.tensor(ids, dtype=torch.long, device=model.device)
+    batch = prompt[None, :].expand(cfg.num_generations, -1).contiguous()  # (G, P)
+    generator = torch.Generator(device=model.device).manual_seed(mask_seed(step, slot, 0, _ROLLOUT_PASS, cfg.seed))
+    out = generate(model, batch, None, config=cfg.decode_config(), generator=generator)
+    generated = out.generated.clone()  # (G, L); a normal tensor (generate runs in inference mode)
+    mode = program_mode(task, cfg.chat)
+    texts = [clean_completion(tokenizer.decode(row), mode) for row in generated.tolist()]
+    return prompt, generated, _completion_mask(generated, tokenizer.special.stop_ids()), texts
+
+
+def _assemble(prompts: list[torch.Tensor], generated: list[torch.Tensor], completion: list[torch.Tensor],
+              pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad (prompt + completion) groups to one length: ids, attention, prompt mask, completion mask."""
+    width = max(p.shape[0] for p in prompts) + generated[0].shape[1]
+    rows_ids, rows_attn, rows_prompt, rows_comp = [], [], [], []
+    for p, g, c in zip(prompts, generated, completion):
+        G, L = g.shape
+        pad = width - p.shape[0] - L
+        dev = g.device
+        rows_ids.append(torch.cat([torch.full((G, pad), pad_id, device=dev), p[None].expand(G, -1), g], dim=1))
+        rows_attn.append(torch.cat([torch.zeros(G, pad, dtype=torch.bool, device=dev),
+                                    torch.ones(G, p.shape[0] + L, dtype=torch.bool, device=dev)], dim=1))
+        rows_prompt.append(torch.cat([torch.zeros(G, pad, dtype=torch.bool, device=dev),
+                                      torch.ones(G, p.shape[0], dtype=torch.bool, device=dev),
+                                      torch.zeros(G, L, dtype=torch.bool, device=dev)], dim=1))
+        rows_comp.append(torch.cat([torch.zeros(G, pad + p.shape[0], dtype=torch.bool, device=dev), c], dim=1))
+    return torch.cat(rows_ids), torch.cat(rows_attn), torch.cat(rows_prompt), torch.cat(rows_comp)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The update
+
+
+def _estimates(model_fn, batch: RolloutBatch, rows: slice, *, cfg: RLConfig, step: int, iteration: int,
+               mask_id: int) -> torch.Tensor:
+    """Per-token log-prob estimates (r, T) of ``rows``, masks drawn from per-row generators."""
+    gens = [seeded_generator(mask_seed(step, int(s[0]), int(s[1]), iteration, cfg.seed))
+            for s in batch.seeds[rows].tolist()]
+    ids = batch.input_ids[rows]
+    passes = build_logprob_passes(ids, batch.prompt_mask[rows], batch.completion_mask[rows],
+                                  estimator=cfg.estimator, t_range=(cfg.t_low, cfg.t_high), generator=gens,
+                                  mask_id=mask_id, prompt_mask_ratio=cfg.prompt_mask_ratio)
+    attn = batch.attention_mask[rows]
+    return sequence_logprob_estimates(model_fn, ids, batch.prompt_mask[rows], batch.completion_mask[rows],
+                                      mask_id=mask_id, passes=passes,
+                                      attention_mask=None if bool(attn.all()) else attn.long())
+
+
+def _rows_per_micro(cfg: RLConfig, length: int) -> int:
+    passes = 1 if cfg.estimator == "diffu-grpo" else 3
+    return max(1, cfg.pass_token_budget // (passes * length))
+
+
+def policy_update(model: torch.nn.Module, wrapped: torch.nn.Module, reference: torch.nn.Module | None,
+                  optimizer: torch.optim.Optimizer, batch: RolloutBatch, *, cfg: RLConfig, step: int,
+                  mask_id: int, world: int = 1) -> dict[str, float]:
+    """``cfg.mu`` clipped-GRPO updates on one batch of rollouts; returns token-mean stats.
+
+    Old and reference log-probs are computed first (no grad) with the same per-row mask seeds the current
+    policy uses in each iteration. Rows are processed ``pass_token_budget`` tokens at a time; on a CUDA
+    out-of-memory error the iteration restarts with half the micro-batch.
+    """
+    R, T = batch.input_ids.shape
+    count = batch.completion_mask.sum().to(torch.float64)
+    if world > 1:
+        dist.all_reduce(count)
+    total_tokens = float(count)
+    micro = _rows_per_micro(cfg, T)
+    stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0, "grad_norm": 0.0}
+    if total_tokens == 0:
+        return stats
+
+    def slices(size: int) -> list[slice]:
+        return [slice(a, min(R, a + size)) for a in range(0, R, size)]
+
+    old: list[torch.Tensor | None] = [None] * cfg.mu
+    ref: list[torch.Tensor | None] = [None] * cfg.mu
+    with torch.no_grad():
+        for k in range(cfg.mu):
+            if cfg.mu > 1:  # with one update the old policy is the current one (ratio 1, on-policy)
+                old[k] = torch.cat([_estimates(model, batch, s, cfg=cfg, step=step, iteration=k, mask_id=mask_id)
+                                    for s in slices(micro)])
+            if reference is not None and cfg.beta > 0:
+                ref[k] = torch.cat([_estimates(reference, batch, s, cfg=cfg, step=step, iteration=k,
+                                               mask_id=mask_id) for s in slices(micro)])
+    model.train()
+    for k in range(cfg.mu):
+        while True:
+            try:
+                sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0}
+                optimizer.zero_grad(set_to_none=True)
+                for s in slices(micro):
+                    new = _estimates(wrapped, batch, s, cfg=cfg, step=step, iteration=k, mask_id=mask_id)
+                    o = old[k][s] if old[k] is not None else None
+                    r = ref[k][s] if ref[k] is not None else None
+                    loss, st = clipped_policy_loss(new, o, batch.advantages[s], batch.completion_mask[s],
+                                                   eps_clip=cfg.eps_clip, logp_ref=r, beta=cfg.beta,
+                                                   num_tokens=total_tokens)
+                    (loss * world).backward()  # DDP averages over ranks: x world makes it the global sum
+                    sums["loss"] += float(loss.detach())
+                    for key in ("kl", "clip_fraction", "ratio"):
+                        sums[key] += float(st[key])
+                break
+            except torch.cuda.OutOfMemoryError:
+                if micro == 1:
+                    raise
+                micro = max(1, micro // 2)
+                optimizer.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+        norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
+                else torch.zeros(()))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        for key in sums:
+            stats[key] += sums[key] / cfg.mu
+        stats["grad_norm"] += float(norm) / cfg.mu
+    model.eval()
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _resolve_device(cfg: RLConfig, rank: int) -> torch.device:
+    if cfg.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but no CUDA device is available")
+    return torch.device(cfg.device)
+
+
+def _held_out_eval(model, tokenizer, cfg: RLConfig, step: int, run_dir: Path) -> float | None:
+    from unmask.evaluate import EvalConfig, evaluate_model
+
+    config = EvalConfig(benchmark=cfg.eval_benchmark, samples=cfg.eval_samples, limit=cfg.eval_limit,
+                        chat=cfg.chat, timeout=cfg.timeout, memory_mb=cfg.memory_mb, seed=cfg.seed,
+                        synthetic_tasks=max(cfg.eval_limit or 0, 1))
+    decode = cfg.decode_config().replace(temperature=0.0, top_p=None)
+    summary = evaluate_model(model, tokenizer, config, decode, run_dir / f"eval-{step:07d}", progress=False)
+    return summary["pass@k"].get("pass@1")
+
+
+def rl(cfg: RLConfig, *, model=None, tokenizer=None, tasks: list[Task] | None = None,
+       on_step: Callable[[int, dict[str, Any]], None] | None = None) -> RLResult:
+    """Run GRPO per ``cfg``; ``model``/``tokenizer`` default to ``unmask.load(cfg.model)``, ``tasks`` to
+    :func:`load_rl_tasks`. Joins the process group under torchrun (gloo on CPU, nccl on GPU)."""
+    started = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+        started = True
+    try:
+        return _rl(cfg, model, tokenizer, tasks, on_step)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
+        on_step: Callable[[int, dict[str, Any]], None] | None) -> RLResult:
+    from unmask.evaluate import program_mode
+    from unmask.train import (
+        _distributed,
+        _param_groups,
+        _rng_state,
+        _set_rng_state,
+        _truncate_metrics,
+        latest_checkpoint,
+        save_checkpoint,
+    )
+    from unmask.training_data import EpochSampler
+
+    rank, world = _distributed()
+    if cfg.prompts_per_step % world:
+        raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of "
+                          f"processes ({world})")
+    run_dir = Path(cfg.run_dir)
+    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume and latest_checkpoint(run_dir) is not None:
+        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume or choose another --run-dir")
+    if model is None or tokenizer is None:
+        import unmask
+
+        source = resume_from or cfg.model
+        if source is None:
+            raise ConfigError("give --model DIR (the initial policy)")
+        model, tokenizer = unmask.load(source, dtype="float32")
+    if model.config.mask_token_id is None:
+        raise ConfigError("the model config has no mask_token_id; a diffusion model needs one")
+    mask_id = int(model.config.mask_token_id)
+    tasks = load_rl_tasks(cfg) if tasks is None else tasks
+    weights = cfg.reward_weight_map()
+    device = _resolve_device(cfg, rank)
+    model = model.to(device=device, dtype=torch.float32)
+    model.eval()  # rollouts and no-grad passes; policy_update switches to train mode around its backward
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, foreach=False, fused=False)
+    sampler = EpochSampler(len(tasks), cfg.seed + 1)
+    reference = copy.deepcopy(model).requires_grad_(False) if cfg.beta > 0 else None
+    step = 0
+    if resume_from is not None:
+        from unmask.checkpoint import load_model
+
+        with torch.no_grad():
+            model.load_state_dict(load_model(resume_from, dtype="float32").state_dict())
+        state = torch.load(resume_from / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        _set_rng_state(state["rng"])
+        if reference is not None and state.get("reference") is not None:
+            reference.load_state_dict(state["reference"])
+        step = int(state["step"])
+
+    wrapped: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "rl_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if resume_from is not None:
+            _truncate_metrics(metrics_path, step)
+    end = cfg.max_steps if cfg.stop_after_steps is None else min(cfg.max_steps, step + cfg.stop_after_steps)
+    bar = None
+    if rank == 0 and cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"rl {cfg.estimator}", unit="step", dynamic_ncols=True,
+                   file=sys.stderr)
+    local = cfg.prompts_per_step // world
+    history: list[dict[str, Any]] = []
+    while step < end:
+        t0 = time.perf_counter()
+        indices = sampler.next(cfg.prompts_per_step).tolist()  # every rank draws all, keeps its slots
+        slots = list(range(rank * local, (rank + 1) * local))
+        prompts, generated, completion, advantages, seeds = [], [], [], [], []
+        rewards_all: list[float | None] = []
+        code_scores: list[float | None] = []
+        for slot in slots:
+            task = tasks[indices[slot]]
+            prompt, gen, comp, texts = rollout(model, tokenizer, task, cfg=cfg, step=step, slot=slot)
+            totals, parts = combine_rewards(texts, {"task": task, "mode": program_mode(task, cfg.chat)}, weights,
+                                            timeout=cfg.timeout, memory_mb=cfg.memory_mb)
+            adv = group_advantages(totals, baseline=cfg.baseline, scale_std=cfg.scale_std)  # (G,)
+            # A missing reward (sandbox failure) is skipped entirely: no policy term, no KL term.
+            comp = comp & torch.tensor([r is not None for r in totals], device=comp.device)[:, None]
+            prompts.append(prompt)
+            generated.append(gen)
+            completion.append(comp)
+            advantages.append(adv)
+            seeds.append(torch.tensor([[slot, i] for i in range(cfg.num_generations)]))
+            rewards_all.extend(totals)
+            code_scores.extend(parts.get("code", [None] * len(texts)))
+        t_rollout = time.perf_counter() - t0
+        ids, attn, prompt_mask, comp_mask = _assemble(prompts, generated, completion, tokenizer.special.pad)
+        batch = RolloutBatch(ids, attn, prompt_mask, comp_mask, torch.cat(advantages).to(device), torch.cat(seeds))
+        t1 = time.perf_counter()
+        stats = policy_update(model, wrapped, reference, optimizer, batch, cfg=cfg, step=step, mask_id=mask_id,
+                              world=world)
+        t_update = time.perf_counter() - t1
+        step += 1
+        if reference is not None and cfg.ref_sync_every and step % cfg.ref_sync_every == 0:
+            reference.load_state_dict(model.state_dict())
+
+        # Sums over ranks: rewards (sum, sum of squares, count), missing, passes, completions, tokens.
+        valid = [r for r in rewards_all if r is not None]
+        lengths = torch.cat([c.sum(1) for c in completion]).float()
+        generated_tokens = sum(int(g.numel()) for g in generated)
+        vec = torch.tensor([sum(valid), sum(r * r for r in valid), len(valid), len(rewards_all) - len(valid),
+                            sum(1 for c in code_scores if c == 1.0), len(rewards_all), float(lengths.sum()),
+                            float(generated_tokens)], dtype=torch.float64)
+        if world > 1:
+            vec = vec.to(device)
+            dist.all_reduce(vec)
+            vec = vec.cpu()
+        rsum, rsq, n, missing, passes, total, length_sum, gen_tokens = vec.tolist()
+        mean = rsum / n if n else float("nan")
+        step_s = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "step": step,
+            "reward_mean": mean,
+            "reward_std": math.sqrt(max(0.0, rsq / n - mean * mean)) if n else float("nan"),
+            "pass_rate": passes / total,
+            "reward_missing": int(missing),
+            "completion_length": length_sum / total,
+            **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "ratio", "grad_norm")},
+            "rollout_s": round(t_rollout, 3),
+            "update_s": round(t_update, 3),
+            "step_s": round(step_s, 3),
+            "rollout_tokens_per_s": round(gen_tokens / max(t_rollout, 1e-9), 1),
+        }
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and rank == 0:
+            record["eval_pass@1"] = _held_out_eval(model, tokenizer, cfg, step, run_dir)
+        if rank == 0 and (step % cfg.log_every == 0 or "eval_pass@1" in record or step == end):
+            with metrics_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        history.append(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{mean:.3f}±{record['reward_std']:.2f}", pass_=f"{record['pass_rate']:.2f}",
+                            kl=f"{stats['kl']:.4f}", clip=f"{stats['clip_fraction']:.3f}",
+                            len=f"{record['completion_length']:.0f}",
+                            tok_s=f"{record['rollout_tokens_per_s']:.0f}")
+        if on_step is not None:
+            on_step(step, record)
+        if step % cfg.save_every == 0 or step == end:
+            if rank == 0:
+                trainer_state = {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "rng": _rng_state(),
+                    "reference": None if reference is None else reference.state_dict(),
+                    "config": cfg.to_dict(),
+                }
+                save_checkpoint(run_dir, model, tokenizer, trainer_state, cfg.keep_checkpoints)
+            if world > 1:
+                dist.barrier()
+    if bar is not None:
+        bar.close()
+    return RLResult(step=step, history=history, run_dir=run_dir)
