@@ -83,7 +83,7 @@ def main() -> None:
         decoder = DECODERS[name].replace(block_length=args.block_length, threshold=args.threshold)
         if decoder.decoder != "reference" and not args.no_early_stop:
             decoder = decoder.replace(early_stop=True)
-        forwards = canvases = committed = useful = 0
+        forwards = row_forwards = canvases = committed = useful = 0
         seconds = 0.0
         generated: list[list[int]] = []
         for start in range(0, len(prompts), args.batch):
@@ -98,13 +98,14 @@ def main() -> None:
             sync()
             seconds += time.perf_counter() - began
             forwards += out.stats.forward_passes
+            row_forwards += out.stats.forward_passes * len(chunk)  # per-sequence view of the batched calls
             canvases += out.stats.canvas_forwards
             committed += out.stats.tokens_committed
             useful += out.stats.useful_tokens or 0
             generated += out.generated.tolist()
         outputs[name] = generated
         rows[name] = {"forward_passes": forwards, "canvas_forwards": canvases,
-                      "tokens_per_forward": round(committed / forwards, 3), "useful_tokens": useful,
+                      "tokens_per_forward": round(committed / row_forwards, 3), "useful_tokens": useful,
                       "useful_tokens_per_s": round(useful / seconds, 2), "seconds": round(seconds, 3)}
         if not args.no_exec:
             pending = [(t.task_id, 0, clean_completion(tokenizer.decode(g), program_mode(t, False)))
