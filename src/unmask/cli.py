@@ -118,19 +118,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     import unmask
-    from unmask.config import DecodeConfig
-    from unmask.decoding.reference import denoise
+    from unmask.config import DecodeConfig, DecoderConfig
+    from unmask.decoding.dispatch import decode
 
     prompt = _read_prompt(args)
     model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
     config = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
+    decoder = DecoderConfig(**dataclass_overrides(DecoderConfig, args))
     if args.chat:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
         raise CLIError("the prompt is empty after tokenisation; a dLLM needs at least one real token at position 0")
     mask_id = tokenizer.special.mask
-    canvas = torch.tensor([prompt_ids + [mask_id] * config.max_new_tokens], device=model.device)
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
 
     live_view = args.live if args.live is not None else (sys.stdout.isatty() and not args.json)
@@ -147,13 +147,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         def show(event) -> None:
             ids = event.canvas[0].tolist()
             view = render_canvas(tokenizer.token_texts(ids), [i == mask_id for i in ids], event.committed[0].tolist())
-            view.append(f"\n\nstep {event.step + 1}/{config.steps}", style="dim")
+            total = f"/{config.steps}" if decoder.decoder != "parallel" else ""
+            view.append(f"\n\nstep {event.step + 1}{total}", style="dim")
             live.update(view, refresh=True)
 
         live.start()
     try:
-        result = denoise(model, canvas, config=config, mask_token_id=mask_id, generator=generator,
-                         trace=bool(args.trace or args.json), region_start=len(prompt_ids), on_step=show)
+        result = decode(model, torch.tensor([prompt_ids], device=model.device), config=config, decoder=decoder,
+                        generator=generator, trace=bool(args.trace or args.json), on_step=show,
+                        stop_ids=tokenizer.special.stop_ids())
     finally:
         if live is not None:
             live.stop()
@@ -164,7 +166,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     useful = _useful_length(generated, tokenizer.special.stop_ids())
     if args.trace:
         trace.save(args.trace)
-    summary = {**stats.to_json(), "useful_tokens": useful,
+    summary = {**stats.to_json(), "decoder": decoder.decoder, "useful_tokens": useful,
                "useful_tokens_per_second": round(useful / stats.seconds, 2) if stats.seconds else 0.0}
     if trace is not None:
         from unmask.analysis import arness_profile, flatten_order
@@ -174,7 +176,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         summary["global_arness@1"] = round(profile["global"][1], 4)
     if args.json:
         print(json.dumps({"prompt": prompt, "prompt_ids": prompt_ids, "generated_ids": generated, "text": text,
-                          "config": dataclasses.asdict(config), "seed": args.seed, "stats": summary,
+                          "config": dataclasses.asdict(config), "decoder": dataclasses.asdict(decoder),
+                          "seed": args.seed, "stats": summary,
                           "trace": trace.to_json()}))
     elif console is not None:
         from rich.table import Table
@@ -210,7 +213,7 @@ def _useful_length(ids: Sequence[int], stops: Sequence[int]) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from unmask.config import DecodeConfig
+    from unmask.config import DecodeConfig, DecoderConfig
     from unmask.data.benchmarks import read_evalplus_samples
     from unmask.evaluate import EvalConfig, evaluate_model, evaluate_samples, export_evalplus, load_tasks, summary_table
 
@@ -230,13 +233,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
         decode = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
+        decoder = DecoderConfig(**dataclass_overrides(DecoderConfig, args))
         previous = out / "eval_config.json"
         if previous.is_file():
             old = json.loads(previous.read_text())
-            new = {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode)}
+            new = {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode),
+                   **({} if decoder == DecoderConfig() else {"decoder": dataclasses.asdict(decoder)})}
             if old != json.loads(json.dumps(new)):
                 raise CLIError(f"{out} holds a run with different settings; pass --out NEW_DIR (or delete it)")
-        summary = evaluate_model(model, tokenizer, config, decode, out, progress=not args.no_progress)
+        summary = evaluate_model(model, tokenizer, config, decode, out, progress=not args.no_progress,
+                                 decoder=decoder)
         if args.export_evalplus:
             count = export_evalplus(out, load_tasks(config), Path(args.export_evalplus), chat=config.chat)
             print(f"wrote {count} EvalPlus samples to {args.export_evalplus}", file=sys.stderr)
@@ -483,7 +489,7 @@ def cmd_rl(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from unmask import __version__
-    from unmask.config import MODEL_PRESETS, DecodeConfig
+    from unmask.config import MODEL_PRESETS, DecodeConfig, DecoderConfig
 
     parser = argparse.ArgumentParser(prog="unmask", description="Masked diffusion language models for code.")
     parser.add_argument("--version", action="version", version=f"unmask {__version__}")
@@ -512,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
     add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
+    add_dataclass_arguments(p, DecoderConfig, group="decoder (speed: blocks, threshold, KV cache, early EOS)")
     p.set_defaults(func=cmd_generate)
 
     from unmask.evaluate import EvalConfig
@@ -527,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
     add_dataclass_arguments(p, EvalConfig, group="evaluation")
     add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
+    add_dataclass_arguments(p, DecoderConfig, group="decoder (speed: blocks, threshold, KV cache, early EOS)")
     p.set_defaults(func=cmd_eval)
 
     from unmask.train import TrainConfig

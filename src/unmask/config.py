@@ -149,3 +149,52 @@ class DecodeConfig:
         """Build from a mapping, ignoring unrelated keys (e.g. a whole generation_config.json)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+DECODERS = ("reference", "blocks", "parallel")
+CACHES = ("none", "prefix", "dual")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Which decoder runs the sampler parameters of ``DecodeConfig``, and how fast (SPEC §3.2)."""
+
+    decoder: str = field(default="reference", metadata=_doc(
+        "reference (Dream) | blocks (semi-AR, fixed tokens per step) | parallel (confidence threshold)",
+        choices=DECODERS))
+    block_length: int = field(default=32, metadata=_doc("tokens per semi-autoregressive block (blocks, parallel)"))
+    threshold: float = field(default=0.9, metadata=_doc("parallel: commit every token with p(x0) >= threshold"))
+    factor: float | None = field(default=None, metadata=_doc(
+        "parallel: factor rule instead of the threshold, accept top n while (n+1)(1-c_n) < factor"))
+    cache: str = field(default="none", metadata=_doc("approximate KV cache: none | prefix | dual", choices=CACHES))
+    refresh_every: int = field(default=0, metadata=_doc(
+        "cache: also refresh with a full forward every N steps inside a block (0 = once per block)"))
+    early_stop: bool = field(default=False, metadata=_doc(
+        "stop once every row has a committed eos/pad with everything before it committed; pad the rest"))
+    lossless: bool = field(default=False, metadata=_doc(
+        "reference only: skip forwards that cannot change the result, draft-and-verify steps (same output)"))
+    draft: int = field(default=4, metadata=_doc("lossless: canvases drafted and verified per batched forward"))
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
+        if self.cache not in CACHES:
+            raise ConfigError(f"cache must be one of {', '.join(CACHES)}; got {self.cache!r}")
+        if not isinstance(self.block_length, int) or isinstance(self.block_length, bool) or self.block_length <= 0:
+            raise ConfigError(f"block_length must be a positive integer, got {self.block_length!r}")
+        if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold <= 1):
+            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold!r}")
+        if self.factor is not None and not (math.isfinite(self.factor) and self.factor > 0):
+            raise ConfigError(f"factor must be a positive number, got {self.factor!r}")
+        if not isinstance(self.refresh_every, int) or self.refresh_every < 0:
+            raise ConfigError(f"refresh_every must be an integer >= 0, got {self.refresh_every!r}")
+        if not isinstance(self.draft, int) or self.draft <= 0:
+            raise ConfigError(f"draft must be a positive integer, got {self.draft!r}")
+        if self.decoder == "reference" and self.cache != "none":
+            raise ConfigError("the reference decoder runs full forwards (Dream semantics); a KV cache needs "
+                              "--decoder blocks or parallel")
+        if self.lossless and (self.decoder != "reference"):
+            raise ConfigError("--lossless reproduces the reference sampler; it needs --decoder reference")
+
+    def replace(self, **changes: Any) -> DecoderConfig:
+        return dataclasses.replace(self, **changes)

@@ -190,20 +190,25 @@ def execute(tasks_by_id: dict[str, Task], pending: Sequence[tuple[str, int, str]
 
 
 def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, *, progress: bool = True,
-                   stop_after_chunks: int | None = None) -> dict[str, Any]:
-    """Generate, execute and score; resumable from ``out_dir``. ``decode`` is a DecodeConfig.
+                   stop_after_chunks: int | None = None, decoder=None) -> dict[str, Any]:
+    """Generate, execute and score; resumable from ``out_dir``. ``decode`` is a DecodeConfig, ``decoder`` a
+    DecoderConfig (None = the reference sampler).
 
     ``stop_after_chunks`` ends the run early (used to test that resuming equals an uninterrupted run).
     """
     import torch
 
-    from unmask.decoding.reference import generate
+    from unmask.config import DecoderConfig
+    from unmask.decoding.dispatch import decode as run_decoder
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks(config)
     by_id = {t.task_id: t for t in tasks}
+    decoder = decoder or DecoderConfig()
+    # The decoder is recorded only when it is not the default, so older run directories still resume.
+    extra = {} if decoder == DecoderConfig() else {"decoder": dataclasses.asdict(decoder)}
     atomic_write_text(out_dir / "eval_config.json", json.dumps(
-        {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode)}, indent=2) + "\n")
+        {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode), **extra}, indent=2) + "\n")
     results_path = out_dir / "results.jsonl"
     done = {(r.task_id, r.sample) for r in read_results(results_path)}
     plan = chunk_plan(tasks, config.samples, config.batch_size)
@@ -228,7 +233,8 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
         generator = torch.Generator(device=model.device).manual_seed(chunk_seed(config.seed, ci))
-        out = generate(model, ids, mask, config=decode, generator=generator)
+        out = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
+                          stop_ids=tokenizer.special.stop_ids())
         pending = []
         for (t, s), row in zip(chunk, out.generated.tolist()):
             task = tasks[t]

@@ -1,5 +1,6 @@
 """Samplers: ids in, ids out, streaming generators and decode traces. They know nothing about text."""
 
+from unmask.decoding.dispatch import decode, decode_stream
 from unmask.decoding.reference import (
     DecodeResult,
     DecodeStats,
@@ -10,5 +11,5 @@ from unmask.decoding.reference import (
 )
 from unmask.decoding.trace import DecodeTrace, StepRecord
 
-__all__ = ["DecodeResult", "DecodeStats", "DecodeStep", "DecodeTrace", "StepRecord", "denoise",
-           "denoise_stream", "generate"]
+__all__ = ["DecodeResult", "DecodeStats", "DecodeStep", "DecodeTrace", "StepRecord", "decode", "decode_stream",
+           "denoise", "denoise_stream", "generate"]

@@ -61,13 +61,17 @@ class DecodeStep:
     canvas: torch.Tensor  # (B, T) ids after this step (a view of the working canvas: clone to keep)
     committed: torch.Tensor  # (B, T) bool, positions committed at this step
     confidence: torch.Tensor  # (B, T) float32, confidence of committed positions (0 elsewhere)
+    forwards: int = 1  # model calls this step made (0: a step skipped losslessly; the draft round's call is 1)
+    canvases: int = 1  # canvases those calls evaluated per row (a draft-and-verify round evaluates several)
 
 
 @dataclass
 class DecodeStats:
-    forward_passes: int = 0
+    forward_passes: int = 0  # sequential model calls (the latency unit: tokens per forward uses it)
     tokens_committed: int = 0
     seconds: float = 0.0
+    canvas_forwards: int = 0  # canvases evaluated (compute); > forward_passes when drafts are batched
+    useful_tokens: int | None = None  # tokens before the first eos/pad, summed over rows (when known)
 
     @property
     def tokens_per_second(self) -> float:
@@ -80,7 +84,11 @@ class DecodeStats:
     def to_json(self) -> dict:
         return {"forward_passes": self.forward_passes, "tokens_committed": self.tokens_committed,
                 "seconds": round(self.seconds, 4), "tokens_per_second": round(self.tokens_per_second, 2),
-                "tokens_per_forward": round(self.tokens_per_forward, 3)}
+                "tokens_per_forward": round(self.tokens_per_forward, 3),
+                **({"canvas_forwards": self.canvas_forwards} if self.canvas_forwards else {}),
+                **({} if self.useful_tokens is None else {
+                    "useful_tokens": self.useful_tokens,
+                    "useful_tokens_per_second": round(self.useful_tokens / self.seconds, 2) if self.seconds else 0.0})}
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""Decoder benchmark: every decoder on the same prompts, against the reference sampler.
+
+For each decoder: tokens committed per (sequential) forward, useful tokens/s (tokens before the first stop
+token), wall-time ratio to the reference, pass@1 and its delta to the reference (programs run in the
+sandbox via the evaluation harness), and for the lossless decoder whether its output equals the reference.
+Prompts default to the procedural held-out split. Prints one JSON line, including the reproduce command.
+
+    unmask init /tmp/small --preset small && python bench/decode.py --model /tmp/small --tasks 8
+    python bench/decode.py --model models/unmask-small --tasks 40 --max-new-tokens 128 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+
+import torch
+
+import unmask
+from unmask.config import DecoderConfig
+from unmask.decoding import decode
+from unmask.evaluate import clean_completion, execute, program_mode, prompt_text
+
+DECODERS = {
+    "reference": DecoderConfig(),
+    "lossless": DecoderConfig(lossless=True),
+    "blocks": DecoderConfig(decoder="blocks"),
+    "blocks+prefix": DecoderConfig(decoder="blocks", cache="prefix"),
+    "parallel": DecoderConfig(decoder="parallel"),
+    "parallel+prefix": DecoderConfig(decoder="parallel", cache="prefix"),
+    "parallel+dual": DecoderConfig(decoder="parallel", cache="dual"),
+    "parallel-factor+dual": DecoderConfig(decoder="parallel", cache="dual", factor=1.0),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model directory (e.g. from `unmask init DIR --preset small`)")
+    parser.add_argument("--tasks", type=int, default=8, help="held-out synthetic tasks (prompts)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=None, help="default: max-new-tokens (one token per step)")
+    parser.add_argument("--alg", default="entropy")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--batch", type=int, default=4, help="prompts decoded together (left padding)")
+    parser.add_argument("--decoders", default=",".join(DECODERS), help="comma-separated subset of the names above")
+    parser.add_argument("--no-early-stop", action="store_true", help="fast decoders run to the end")
+    parser.add_argument("--no-exec", action="store_true", help="skip the sandbox (timing only)")
+    parser.add_argument("--dtype", default=None)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    from unmask.data.synthetic import synthetic_tasks
+
+    model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
+    config = model.generation_defaults.replace(max_new_tokens=args.max_new_tokens,
+                                               steps=args.steps or args.max_new_tokens, alg=args.alg,
+                                               temperature=args.temperature)
+    tasks = synthetic_tasks("heldout", args.tasks, args.seed)
+    prompts = [tokenizer.encode(prompt_text(t, tokenizer, chat=False)) for t in tasks]
+    pad, stops = tokenizer.special.pad, tokenizer.special.stop_ids()
+    names = [n.strip() for n in args.decoders.split(",")]
+    unknown = [n for n in names if n not in DECODERS]
+    if unknown:
+        parser.error(f"unknown decoders {unknown}; choose from {list(DECODERS)}")
+    if "reference" not in names:
+        names.insert(0, "reference")
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    decode(model, torch.tensor([prompts[0]], device=model.device), config=config.replace(max_new_tokens=8, steps=2))
+    rows: dict[str, dict] = {}
+    outputs: dict[str, list[list[int]]] = {}
+    for name in names:
+        decoder = DECODERS[name].replace(block_length=args.block_length, threshold=args.threshold)
+        if decoder.decoder != "reference" and not args.no_early_stop:
+            decoder = decoder.replace(early_stop=True)
+        forwards = row_forwards = canvases = committed = useful = 0
+        seconds = 0.0
+        generated: list[list[int]] = []
+        for start in range(0, len(prompts), args.batch):
+            chunk = prompts[start:start + args.batch]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
+            sync()
+            began = time.perf_counter()
+            out = decode(model, ids, mask, config=config, decoder=decoder, stop_ids=stops,
+                         generator=torch.Generator(device=model.device).manual_seed(args.seed + start))
+            sync()
+            seconds += time.perf_counter() - began
+            forwards += out.stats.forward_passes
+            row_forwards += out.stats.forward_passes * len(chunk)  # per-sequence view of the batched calls
+            canvases += out.stats.canvas_forwards
+            committed += out.stats.tokens_committed
+            useful += out.stats.useful_tokens or 0
+            generated += out.generated.tolist()
+        outputs[name] = generated
+        rows[name] = {"forward_passes": forwards, "canvas_forwards": canvases,
+                      "tokens_per_forward": round(committed / row_forwards, 3), "useful_tokens": useful,
+                      "useful_tokens_per_s": round(useful / seconds, 2), "seconds": round(seconds, 3)}
+        if not args.no_exec:
+            pending = [(t.task_id, 0, clean_completion(tokenizer.decode(g), program_mode(t, False)))
+                       for t, g in zip(tasks, generated)]
+            results = execute({t.task_id: t for t in tasks}, pending, mode_of=lambda t: program_mode(t, False),
+                              timeout=5.0, memory_mb=1024)
+            rows[name]["pass@1"] = round(sum(r.verdict == "passed" for r in results) / len(results), 4)
+    ref = rows["reference"]
+    for row in rows.values():
+        row["wall_ratio_vs_reference"] = round(ref["seconds"] / row["seconds"], 3)  # > 1: faster
+        row["forward_ratio_vs_reference"] = round(ref["forward_passes"] / row["forward_passes"], 3)
+        if "pass@1" in row:
+            row["pass@1_delta"] = round(row["pass@1"] - ref["pass@1"], 4)
+    if "lossless" in outputs:
+        rows["lossless"]["identical_to_reference"] = outputs["lossless"] == outputs["reference"]
+    result = {
+        "bench": "decode", "model": args.model, "params_m": round(model.config.num_parameters() / 1e6, 2),
+        "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
+        "cpu_threads": torch.get_num_threads(), "tasks": len(tasks), "batch": args.batch,
+        "max_new_tokens": config.max_new_tokens, "steps": config.steps, "alg": config.alg,
+        "temperature": config.temperature, "block_length": args.block_length, "threshold": args.threshold,
+        "early_stop": not args.no_early_stop, "decoders": rows,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "command": "python bench/decode.py " + shlex.join(sys.argv[1:]),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""One entry point for every decoder: ``decode(model, input_ids, attention_mask, config=, decoder=, generator=)``.
+
+``DecodeConfig`` holds the sampler parameters (Dream names), ``DecoderConfig`` picks the decoder and its speed
+options. Every decoder yields the same ``DecodeStep`` events, so stats, traces, the live view (``on_step``) and
+early EOS are handled once, here:
+
+- ``reference`` → ``reference.denoise_stream`` (or ``lossless.lossless_stream`` with ``lossless``);
+- ``blocks`` / ``parallel`` → ``blocks.block_stream`` (with the optional prefix/dual KV cache).
+
+Early EOS (``early_stop``) only ends the loop once *every* row is finished (``eos.rows_finished``); it never
+changes a decision, so each row's text equals the text of the same decode run to the end. Finished rows get
+pad after their first stop token. ``stats.useful_tokens`` counts tokens before the first stop, per row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from unmask.config import DecodeConfig, DecoderConfig
+from unmask.decoding.blocks import LogitsProbe, block_stream
+from unmask.decoding.eos import pad_after_stop, rows_finished, useful_lengths
+from unmask.decoding.lossless import lossless_stream
+from unmask.decoding.reference import DecodeResult, DecodeStats, DecodeStep, _check_canvas, denoise_stream
+from unmask.decoding.trace import DecodeTrace, StepRecord
+from unmask.errors import ConfigError
+
+
+def default_stop_ids(model_config) -> tuple[int, ...]:
+    """eos and pad of the model config (the ids the checkpoint declares), without duplicates."""
+    ids = (model_config.eos_token_id, model_config.pad_token_id)
+    return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+
+def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
+                  decoder: DecoderConfig, region_start: int, mask_token_id: int,
+                  generator: torch.Generator | None = None, probe: LogitsProbe | None = None) -> Iterator[DecodeStep]:
+    """The chosen decoder's stream of steps over a canvas whose masks start at ``region_start``."""
+    if decoder.decoder == "reference":
+        if decoder.lossless:
+            return lossless_stream(model, canvas, attention_mask, config=config, mask_token_id=mask_token_id,
+                                   generator=generator, draft=decoder.draft)
+        return denoise_stream(model, canvas, attention_mask, config=config, mask_token_id=mask_token_id,
+                              generator=generator)
+    return block_stream(model, canvas, attention_mask, config=config, decoder=decoder, region_start=region_start,
+                        mask_token_id=mask_token_id, generator=generator, probe=probe)
+
+
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+           config: DecodeConfig | None = None, decoder: DecoderConfig | None = None,
+           generator: torch.Generator | None = None, seed: int | None = None, trace: bool = False,
+           on_step: Callable[[DecodeStep], None] | None = None, stop_ids: Sequence[int] | None = None,
+           probe: LogitsProbe | None = None, **params) -> DecodeResult:
+    """Append ``max_new_tokens`` masks to the (left-padded) prompts (B, P) and decode them.
+
+    config: sampler parameters (default: the model's generation defaults, then ``DecodeConfig()``), updated by
+        ``params``; decoder: which decoder (default: the reference); stop_ids: tokens that end a row (default:
+        the model's eos and pad); on_step: called after every step (its time counts in the stats).
+    """
+    base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
+    config = base.replace(**params) if params else base
+    decoder = decoder or DecoderConfig()
+    if not isinstance(decoder, DecoderConfig):
+        raise TypeError(f"decoder must be a DecoderConfig, got {type(decoder).__name__}")
+    if decoder.decoder == "blocks" and config.alg == "origin":
+        raise ConfigError("the blocks decoder ranks positions by confidence: use --alg maskgit_plus, topk_margin "
+                          "or entropy (origin has no confidence)")
+    mask_id = model.config.mask_token_id
+    if mask_id is None:
+        raise ValueError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model")
+    _check_canvas(input_ids, attention_mask)
+    stops = tuple(stop_ids) if stop_ids is not None else default_stop_ids(model.config)
+    if decoder.early_stop and not stops:
+        raise ConfigError("early_stop needs stop ids: the model config has no eos_token_id or pad_token_id")
+    if generator is None:
+        generator = torch.Generator(device=model.device).manual_seed(0 if seed is None else seed)
+    batch, prompt_len = input_ids.shape
+    device = model.device
+    masks = torch.full((batch, config.max_new_tokens), mask_id, dtype=torch.long, device=device)
+    canvas = torch.cat([input_ids.to(device).long(), masks], dim=1)  # (B, P + L)
+    full_mask = None
+    if attention_mask is not None and not bool(attention_mask.bool().all()):
+        full_mask = torch.cat([attention_mask.to(device).long(), torch.ones_like(masks)], dim=1)
+
+    stats = DecodeStats()
+    record = DecodeTrace(region_start=[prompt_len] * batch, steps=[[] for _ in range(batch)]) if trace else None
+    start = time.perf_counter()
+    final = canvas
+    for event in decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=prompt_len,
+                               mask_token_id=mask_id, generator=generator, probe=probe):
+        stats.forward_passes += event.forwards
+        stats.canvas_forwards += event.canvases
+        stats.tokens_committed += int(event.committed.sum())
+        if record is not None:
+            for row in range(batch):
+                cols = event.committed[row].nonzero(as_tuple=True)[0]
+                record.steps[row].append(StepRecord(tuple(cols.tolist()), tuple(event.canvas[row, cols].tolist()),
+                                                    tuple(event.confidence[row, cols].tolist())))
+        if on_step is not None:
+            on_step(event)
+        final = event.canvas
+        if decoder.early_stop and bool(rows_finished(final[:, prompt_len:], stops, mask_id).all()):
+            break
+    final = final.clone()
+    if decoder.early_stop:
+        pad = model.config.pad_token_id if model.config.pad_token_id is not None else stops[0]
+        final[:, prompt_len:] = pad_after_stop(final[:, prompt_len:], stops, pad)
+    stats.seconds = time.perf_counter() - start
+    stats.useful_tokens = sum(useful_lengths(final[:, prompt_len:], stops)) if stops else None
+    return DecodeResult(final, prompt_len, stats, record)
