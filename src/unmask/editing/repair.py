@@ -56,6 +56,7 @@ class RepairConfig:
 class RepairRound:
     spans: list[tuple[int, int]]  # character ranges of ``code`` (before the round) that were re-masked
     diff: str  # unified diff of the round
+    code: str  # the code after the round
     passed: bool  # tests after the round
     error_kind: str
     forwards: int
@@ -215,7 +216,7 @@ def repair(model, tokenizer, code: str, build: Callable[[str], str], *, editable
                       config=decode, decoder=decoder, generator=generator)[0]
         new_code = fill.text
         outcome, offset = test(new_code)
-        record = RepairRound(chosen, unified(code, new_code), outcome.passed, outcome.error_kind,
+        record = RepairRound(chosen, unified(code, new_code), new_code, outcome.passed, outcome.error_kind,
                              forwards + fill.forwards)
         result.rounds.append(record)
         if on_round is not None:
