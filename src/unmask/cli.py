@@ -5,6 +5,11 @@
     unmask eval --model DIR --benchmark humaneval --samples 10      pass@k with sandboxed tests
     unmask train --data src/ --run-dir R     masked-diffusion training (pretrain / SFT / AR adaptation)
     unmask rl --model DIR --data synthetic-train --estimator coupled     GRPO with sandboxed code rewards
+    unmask infill --model DIR --prefix a.py --suffix b.py [--length N|auto]   fill the middle
+    unmask repair --model DIR --tests t.py code.py --rounds 3      test-guided repair (diff per round)
+
+A ``generate`` prompt may hold mask placeholders: ``<|mask|>`` is one span of ``--max-new-tokens`` masks,
+``<|mask:N|>`` exactly N; every span is filled (an infill), the text around them is kept byte for byte.
 
 Sampler flags are generated from ``DecodeConfig`` (their help is the field docs). Errors a user can fix
 print one line (``error: …``) and exit with status 2.
@@ -127,6 +132,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     decoder = DecoderConfig(**dataclass_overrides(DecoderConfig, args))
     if args.chat:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    segments = _placeholders(prompt)
+    if any(not isinstance(s, str) for s in segments):
+        return _print_infill(model, tokenizer, segments, config.max_new_tokens, config, decoder, args.seed, args.json)
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
         raise CLIError("the prompt is empty after tokenisation; a dLLM needs at least one real token at position 0")
@@ -197,6 +205,95 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _placeholders(text: str) -> list:
+    from unmask.editing.placeholders import parse_placeholders
+
+    try:
+        return parse_placeholders(text)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
+def _print_infill(model, tokenizer, segments: list, length, config, decoder, seed: int, as_json: bool) -> int:
+    """Fill the holes of ``segments`` and print the whole text (or one JSON object)."""
+    from unmask.editing.infill import infill
+
+    try:
+        result = infill(model, tokenizer, [segments], length=length, config=config, decoder=decoder, seed=seed)[0]
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if as_json:
+        print(json.dumps({"text": result.text, "middles": result.middles, "middle_ids": result.middle_ids,
+                          "lengths": result.lengths, "score": result.score, "candidates": result.candidates,
+                          "forwards": result.forwards, "config": dataclasses.asdict(config),
+                          "decoder": dataclasses.asdict(decoder), "seed": seed}))
+    else:
+        sys.stdout.write(result.text)
+        print(f"lengths={result.lengths} forwards={result.forwards}", file=sys.stderr)
+    return 0
+
+
+def cmd_infill(args: argparse.Namespace) -> int:
+    import unmask
+    from unmask.config import DecodeConfig, DecoderConfig
+    from unmask.editing.placeholders import Hole
+
+    parts = []
+    for flag, name in (("--prefix", args.prefix), ("--suffix", args.suffix)):
+        try:
+            parts.append(Path(name).read_bytes().decode("utf-8") if name else "")
+        except (OSError, UnicodeDecodeError) as err:
+            raise CLIError(f"cannot read {flag} file {name}: {err}") from None
+    if args.length == "auto":
+        length: int | str = "auto"
+    elif args.length.isdigit() and int(args.length) > 0:
+        length = int(args.length)
+    else:
+        raise CLIError(f"--length must be a positive integer or auto, got {args.length!r}")
+    model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
+    config = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
+    decoder = DecoderConfig(**dataclass_overrides(DecoderConfig, args))
+    segments = [p for p in (parts[0], Hole(), parts[1]) if p != ""]
+    return _print_infill(model, tokenizer, segments, length, config, decoder, args.seed, args.json)
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    import unmask
+    from unmask.config import DecodeConfig, DecoderConfig
+    from unmask.editing.repair import RepairConfig, repair
+    from unmask.fileio import atomic_write_text
+
+    try:
+        code = Path(args.file).read_bytes().decode("utf-8")
+        tests = Path(args.tests).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CLIError(f"cannot read the code or the tests: {err}") from None
+    try:
+        rcfg = RepairConfig(rounds=args.rounds, spans_per_round=args.spans_per_round, timeout=args.timeout)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
+    config = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
+    decoder = DecoderConfig(**dataclass_overrides(DecoderConfig, args))
+
+    def show(index: int, record) -> None:
+        print(f"--- round {index + 1}: re-masked {len(record.spans)} span(s), tests "
+              f"{'pass' if record.passed else 'fail (' + record.error_kind + ')'}, {record.forwards} forwards")
+        sys.stdout.write(record.diff or "(no change)\n")
+
+    result = repair(model, tokenizer, code, lambda c: c + "\n\n" + tests, config=rcfg, decode=config,
+                    decoder=decoder, seed=args.seed, on_round=show)
+    if result.passed_before:
+        print("tests already pass: nothing to repair")
+    else:
+        state = "pass" if result.passed else "still fail"
+        print(f"tests {state} after {len(result.rounds)} round(s), {result.forwards} forwards")
+    if args.out and result.rounds:
+        atomic_write_text(Path(args.out), result.code)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0 if result.passed else 1
+
+
 def _useful_length(ids: Sequence[int], stops: Sequence[int]) -> int:
     """Tokens before the first eos/pad: what a user actually gets (SPEC §3.2, early EOS)."""
     stop = set(stops)
@@ -215,9 +312,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from unmask.config import DecodeConfig, DecoderConfig
     from unmask.data.benchmarks import read_evalplus_samples
+    from unmask.editing.config import EditConfig
     from unmask.evaluate import EvalConfig, evaluate_model, evaluate_samples, export_evalplus, load_tasks, summary_table
 
     config = EvalConfig(**dataclass_overrides(EvalConfig, args))
+    edit = EditConfig(**dataclass_overrides(EditConfig, args))
     if args.model is None and args.import_samples is None:
         raise CLIError("give --model DIR to generate samples, or --import-samples FILE to score existing ones")
     name = Path(args.model).name if args.model else Path(args.import_samples).stem
@@ -238,11 +337,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if previous.is_file():
             old = json.loads(previous.read_text())
             new = {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode),
-                   **({} if decoder == DecoderConfig() else {"decoder": dataclasses.asdict(decoder)})}
+                   **({} if decoder == DecoderConfig() else {"decoder": dataclasses.asdict(decoder)}),
+                   **edit.recorded()}
             if old != json.loads(json.dumps(new)):
                 raise CLIError(f"{out} holds a run with different settings; pass --out NEW_DIR (or delete it)")
         summary = evaluate_model(model, tokenizer, config, decode, out, progress=not args.no_progress,
-                                 decoder=decoder)
+                                 decoder=decoder, edit=edit)
+        if "repair" in summary:
+            rep = summary["repair"]
+            print(f"repair ({rep['rounds']} rounds): pass@1 {100 * rep['pass@1_before']:.2f}% -> "
+                  f"{100 * rep['pass@1_after']:.2f}%, {rep['forwards']} forwards", file=sys.stderr)
         if args.export_evalplus:
             count = export_evalplus(out, load_tasks(config), Path(args.export_evalplus), chat=config.chat)
             print(f"wrote {count} EvalPlus samples to {args.export_evalplus}", file=sys.stderr)
@@ -535,7 +639,41 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(p, EvalConfig, group="evaluation")
     add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
     add_dataclass_arguments(p, DecoderConfig, group="decoder (speed: blocks, threshold, KV cache, early EOS)")
+    from unmask.editing.config import EditConfig
+
+    add_dataclass_arguments(p, EditConfig, group="editing (infilling length rule, test-guided repair)")
     p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("infill", help="fill the middle between a prefix file and a suffix file")
+    p.add_argument("--model", required=True, help="model directory (Hugging Face Dream format)")
+    p.add_argument("--prefix", help="file with the text before the hole (default: empty)")
+    p.add_argument("--suffix", help="file with the text after the hole (default: empty)")
+    p.add_argument("--length", default="auto",
+                   help="middle tokens: N (fixed) or auto (a few lengths, the one the model scores best)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object (text, middles, lengths, forwards)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
+    add_dataclass_arguments(p, DecoderConfig, group="decoder (speed: blocks, threshold, KV cache, early EOS)")
+    p.set_defaults(func=cmd_infill)
+
+    p = verbs.add_parser("repair", help="test-guided repair: re-mask the least confident spans until tests pass")
+    p.add_argument("file", help="the Python file to repair")
+    p.add_argument("--model", required=True, help="model directory (Hugging Face Dream format)")
+    p.add_argument("--tests", required=True, help="test code appended to the file (asserts; raises on failure)")
+    p.add_argument("--rounds", type=int, default=3, help="most repair rounds")
+    p.add_argument("--spans-per-round", type=int, default=1, help="lines re-masked per round")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per test run")
+    p.add_argument("--out", help="write the repaired code here (default: only print the diffs)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    add_dataclass_arguments(p, DecodeConfig, group="sampler (defaults: the model's generation_config.json)")
+    add_dataclass_arguments(p, DecoderConfig, group="decoder (speed: blocks, threshold, KV cache)")
+    p.set_defaults(func=cmd_repair)
 
     from unmask.train import TrainConfig
 

@@ -8,6 +8,12 @@ fixed chunks whose seeds depend only on (seed, chunk index), and a chunk whose s
 ``results.jsonl`` is skipped, so an interrupted run resumed later produces exactly the lines an uninterrupted
 run would. Lines are appended per chunk and fsync'ed; a torn last line (a kill mid-write) is ignored on load.
 
+Infilling benchmarks (``humaneval-infilling-*``) are real infills: the canvas is prefix + masks + suffix and the
+completion is the decoded middle; how many masks is ``EditConfig.infill_length`` (auto: a small length search
+scored by the model, see ``unmask.editing.infill``; oracle: the canonical middle's token count; or N fixed).
+With ``EditConfig.repair_rounds`` > 0, every failed sample is then repaired (``unmask.editing.repair``) and
+``repair.jsonl`` + ``summary["repair"]`` report pass@1 before and after, and the forwards spent.
+
 Completions are text at this edge only: the sampler works on ids (``unmask.decoding``), the sandbox on
 programs (``unmask.sandbox``), and program assembly lives in ``unmask.programs``.
 """
@@ -190,9 +196,9 @@ def execute(tasks_by_id: dict[str, Task], pending: Sequence[tuple[str, int, str]
 
 
 def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, *, progress: bool = True,
-                   stop_after_chunks: int | None = None, decoder=None) -> dict[str, Any]:
+                   stop_after_chunks: int | None = None, decoder=None, edit=None) -> dict[str, Any]:
     """Generate, execute and score; resumable from ``out_dir``. ``decode`` is a DecodeConfig, ``decoder`` a
-    DecoderConfig (None = the reference sampler).
+    DecoderConfig (None = the reference sampler), ``edit`` an EditConfig (None = defaults).
 
     ``stop_after_chunks`` ends the run early (used to test that resuming equals an uninterrupted run).
     """
@@ -200,13 +206,16 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
 
     from unmask.config import DecoderConfig
     from unmask.decoding.dispatch import decode as run_decoder
+    from unmask.editing.config import EditConfig
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks(config)
     by_id = {t.task_id: t for t in tasks}
     decoder = decoder or DecoderConfig()
+    edit = edit or EditConfig()
     # The decoder is recorded only when it is not the default, so older run directories still resume.
     extra = {} if decoder == DecoderConfig() else {"decoder": dataclasses.asdict(decoder)}
+    extra.update(edit.recorded())
     atomic_write_text(out_dir / "eval_config.json", json.dumps(
         {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode), **extra}, indent=2) + "\n")
     results_path = out_dir / "results.jsonl"
@@ -228,20 +237,24 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
             if bar is not None:
                 bar.update(1)
             continue
-        prompts = [tokenizer.encode(prompt_text(tasks[t], tokenizer, config.chat)) for t, _ in chunk]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
         generator = torch.Generator(device=model.device).manual_seed(chunk_seed(config.seed, ci))
-        out = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
-                          stop_ids=tokenizer.special.stop_ids())
+        if all(program_mode(tasks[t], config.chat) == "infilling" for t, _ in chunk):
+            texts = infill_middles([tasks[t] for t, _ in chunk], model, tokenizer, decode, decoder, edit, generator)
+        else:
+            prompts = [tokenizer.encode(prompt_text(tasks[t], tokenizer, config.chat)) for t, _ in chunk]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+            out = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
+                              stop_ids=tokenizer.special.stop_ids())
+            texts = [clean_completion(tokenizer.decode(row), program_mode(tasks[t], config.chat))
+                     for (t, _), row in zip(chunk, out.generated.tolist())]
         pending = []
-        for (t, s), row in zip(chunk, out.generated.tolist()):
+        for (t, s), text in zip(chunk, texts):
             task = tasks[t]
             if (task.task_id, s) in done:
                 continue
-            mode = program_mode(task, config.chat)
-            pending.append((task.task_id, s, clean_completion(tokenizer.decode(row), mode)))
+            pending.append((task.task_id, s, text))
         results = execute(by_id, pending, mode_of=lambda task: program_mode(task, config.chat),
                           timeout=config.timeout, memory_mb=config.memory_mb)
         append_results(results_path, results)
@@ -252,7 +265,65 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
             bar.set_postfix(passed=f"{passed}/{len(results)}")
     if bar is not None:
         bar.close()
-    return finish(out_dir, config)
+    summary = finish(out_dir, config)
+    if edit.repair_rounds > 0 and (stop_after_chunks is None or stop_after_chunks >= len(plan)):
+        summary["repair"] = repair_results(model, tokenizer, config, decode, decoder, edit, out_dir, by_id)
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def infill_middles(tasks: Sequence[Task], model, tokenizer, decode, decoder, edit, generator) -> list[str]:
+    """Middles for infilling tasks: prefix (prompt) + masks + suffix, the length by ``edit.infill_length``."""
+    from unmask.editing.infill import infill
+    from unmask.editing.placeholders import Hole
+
+    requests = []
+    for task in tasks:
+        size = max(1, len(tokenizer.encode(task.canonical_solution))) if edit.infill_length == "oracle" else None
+        requests.append([part for part in (task.prompt, Hole(size), task.extra["suffix"]) if part != ""])
+    length: int | str = "auto" if edit.infill_length in ("auto", "oracle") else int(edit.infill_length)
+    results = infill(model, tokenizer, requests, length=length, config=decode, decoder=decoder, generator=generator)
+    return [r.middles[0] for r in results]
+
+
+def repair_results(model, tokenizer, config: EvalConfig, decode, decoder, edit, out_dir: Path,
+                   by_id: dict[str, Task]) -> dict[str, Any]:
+    """Repair every failed sample of ``results.jsonl``; write ``repair.jsonl`` and return pass@1 before/after.
+
+    The code is prompt + completion (+ suffix for infilling); only the completion's characters may change.
+    Recomputed from scratch on every run (not resumable), with a generator seeded from ``config.seed``.
+    """
+    import torch
+
+    from unmask.editing.repair import RepairConfig, repair
+    from unmask.programs import build_program
+
+    rcfg = RepairConfig(rounds=edit.repair_rounds, spans_per_round=edit.repair_spans, timeout=config.timeout,
+                        memory_mb=config.memory_mb)
+    generator = torch.Generator(device=model.device).manual_seed(chunk_seed(config.seed, 1_000_000))
+    rows, before, after, forwards = [], 0, 0, 0
+    results = read_results(out_dir / "results.jsonl")
+    for r in results:
+        task = by_id[r.task_id]
+        mode = program_mode(task, config.chat)
+        passed_after, completion, used, rounds = r.verdict == "passed", r.completion, 0, 0
+        if not passed_after and mode in ("humaneval", "infilling"):
+            suffix = task.extra.get("suffix", "") if mode == "infilling" else ""
+            code = task.prompt + r.completion + suffix
+            fixed = repair(model, tokenizer, code, lambda c, t=task: build_program(t, c, mode="mbpp"),
+                           editable=(len(task.prompt), len(code) - len(suffix)), config=rcfg, decode=decode,
+                           decoder=decoder, generator=generator)
+            passed_after, used, rounds = fixed.passed, fixed.forwards, len(fixed.rounds)
+            completion = fixed.code[len(task.prompt):len(fixed.code) - len(suffix)]
+        before += r.verdict == "passed"
+        after += passed_after
+        forwards += used
+        rows.append({"task_id": r.task_id, "sample": r.sample, "passed_before": r.verdict == "passed",
+                     "passed_after": passed_after, "rounds": rounds, "forwards": used, "completion": completion})
+    atomic_write_text(out_dir / "repair.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    n = max(1, len(results))
+    return {"rounds": edit.repair_rounds, "samples": len(results), "pass@1_before": before / n,
+            "pass@1_after": after / n, "forwards": forwards}
 
 
 def evaluate_samples(samples: Sequence[dict[str, Any]], config: EvalConfig, out_dir: Path) -> dict[str, Any]:

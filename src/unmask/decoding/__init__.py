@@ -1,6 +1,6 @@
 """Samplers: ids in, ids out, streaming generators and decode traces. They know nothing about text."""
 
-from unmask.decoding.dispatch import decode, decode_stream
+from unmask.decoding.dispatch import decode, decode_canvas, decode_stream
 from unmask.decoding.reference import (
     DecodeResult,
     DecodeStats,
@@ -11,5 +11,6 @@ from unmask.decoding.reference import (
 )
 from unmask.decoding.trace import DecodeTrace, StepRecord
 
-__all__ = ["DecodeResult", "DecodeStats", "DecodeStep", "DecodeTrace", "StepRecord", "decode", "decode_stream",
+__all__ = ["DecodeResult", "DecodeStats", "DecodeStep", "DecodeTrace", "StepRecord", "decode", "decode_canvas",
+           "decode_stream",
            "denoise", "denoise_stream", "generate"]

@@ -1,7 +1,11 @@
 """Semi-autoregressive block decoders (SPEC §3.2), optionally over an approximate KV cache.
 
-The generated region is cut into blocks of ``block_length`` decoded left to right; a step only commits
-masked positions of the current block. Two rules choose what a step commits:
+Masks may sit anywhere in the canvas (a suffix region, or prefix + middle + suffix for infilling, or
+several spans). Each row's masked positions, taken in canvas order, are cut into blocks of ``block_length``
+*masked positions* decoded left to right; a step only commits masked positions of the current block. For
+the usual prompt + masks canvas this is exactly "the generated region cut into blocks of block_length";
+for an infill canvas a block may straddle fixed text between two spans, which is never touched.
+Two rules choose what a step commits:
 
 - ``blocks`` (LLaDA low-confidence remasking): a fixed number of tokens per step, the most confident ones
   by the ``alg`` confidence (or drawn by ``alg_temp`` as the reference does). ``steps`` is shared evenly
@@ -15,7 +19,8 @@ KV cache (``cache``): at the start of each block (and every ``refresh_every`` st
 full forward computes the logits *and* stores every position's K/V. Later steps feed only
 - ``prefix``: the block and everything after it, attending to the cached K/V before the block;
 - ``dual``: the block alone, attending to the cached prefix and the cached (masked) suffix.
-Fed positions start one before the block, because of the shift: the output at j − 1 predicts j. The fed
+Fed positions start one before the block, because of the shift: the output at j − 1 predicts j. With
+masks anywhere "the block" is the column window [lo, hi) covering the current block of every row. The fed
 positions' fresh K/V overwrite their slots. Approximate, because with bidirectional attention committing a
 token changes every other position's K/V; the drift is measured in tests and by ``bench/decode.py``.
 
@@ -87,13 +92,39 @@ def select_factor(conf: torch.Tensor, candidates: torch.Tensor, factor: float) -
     return torch.zeros_like(candidates).scatter(1, order, accepted) & candidates
 
 
+def mask_blocks(masked: torch.Tensor, block_length: int) -> torch.Tensor:
+    """(B, S) long: the block index of every masked position (its rank among the row's masks, in canvas order,
+    divided by ``block_length``), -1 for positions that are not masked. masked: (B, S) bool."""
+    rank = masked.long().cumsum(dim=1) - 1  # (B, S): 0, 1, 2 … along each row's masks
+    return torch.where(masked, torch.div(rank, block_length, rounding_mode="floor"), torch.full_like(rank, -1))
+
+
+def select_topk_rows(conf: torch.Tensor, ks: list[int], alg_temp: float,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """``select_topk`` with a count per row (rows with different numbers of masks). With equal counts it is
+    ``select_topk`` itself: the same noise draw, the same picks."""
+    if len(set(ks)) <= 1:
+        return select_topk(conf, ks[0] if ks else 0, alg_temp, generator)
+    scores = conf
+    if alg_temp > 0:
+        exp1 = torch.empty(conf.shape, device=conf.device).exponential_(generator=generator)
+        scores = conf / alg_temp - torch.log(exp1)
+    pick = torch.zeros(conf.shape, dtype=torch.bool, device=conf.device)
+    for row, k in enumerate(ks):
+        if k > 0:
+            pick[row, torch.topk(scores[row], k).indices] = True
+    return pick
+
+
 @torch.inference_mode()
 def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
                  decoder: DecoderConfig, region_start: int, mask_token_id: int,
                  generator: torch.Generator | None = None, probe: LogitsProbe | None = None) -> Iterator[DecodeStep]:
-    """Decode the masks of ``canvas[:, region_start:]`` (B, S) block by block, yielding after each step.
+    """Decode every mask of ``canvas`` (B, S) block by block, yielding after each step.
 
-    ``attention_mask`` (B, S) marks real tokens (left padding), or None. The caller's tensor is not modified.
+    Masks may be anywhere except column 0 (position 0 must be a real token, because of the shift).
+    ``region_start`` is kept for callers that build prompt + masks canvases: it must be in [1, S). Pads
+    (``attention_mask`` (B, S) == 0, left padding) are never masks to fill. The caller's tensor is not modified.
     """
     if decoder.decoder not in ("blocks", "parallel"):
         raise ValueError(f"block_stream runs the blocks and parallel decoders, not {decoder.decoder!r}")
@@ -108,18 +139,28 @@ def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | Non
     padding = None
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         padding = attention_mask.to(model.device).long()  # (B, S): the model derives masks and positions
-    spans = block_spans(region_start, length - region_start, decoder.block_length)
-    steps_per_block = max(1, config.steps // len(spans))
+    masked = x == mask_token_id  # (B, S)
+    if padding is not None:
+        masked &= padding.bool()
+    if bool(masked[:, 0].any()):
+        raise ValueError("column 0 of the canvas is a mask: position 0 must be a real token (prepend a bos)")
+    block_of = mask_blocks(masked, decoder.block_length)  # (B, S), -1 off the masks
+    num_blocks = int(block_of.max()) + 1
+    steps_per_block = max(1, config.steps // max(1, num_blocks))
     cache = None if decoder.cache == "none" else KVCache.empty(model.config, batch, length, dtype=model.dtype,
                                                                device=model.device)
     sample = dict(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k, generator=generator)
     confidence = "maskgit_plus" if decoder.decoder == "parallel" else config.alg
     step = 0
-    for b0, b1 in spans:
-        schedule = block_schedule(int((x[0, b0:b1] == mask_token_id).sum()), steps_per_block)
+    for block in range(num_blocks):
+        in_block = block_of == block  # (B, S)
+        cols = in_block.any(dim=0).nonzero(as_tuple=True)[0]
+        b0, b1 = int(cols[0]), int(cols[-1]) + 1  # the column window holding this block in every row
+        window = in_block[:, b0:b1]  # (B, n)
+        schedules = [block_schedule(int(c), steps_per_block) if c else [] for c in window.sum(dim=1).tolist()]
         inner = 0
         while True:
-            candidates = x[:, b0:b1] == mask_token_id  # (B, n)
+            candidates = window & (x[:, b0:b1] == mask_token_id)  # (B, n)
             if not bool(candidates.any()):
                 break
             refresh = cache is None or inner == 0 or (decoder.refresh_every > 0 and inner % decoder.refresh_every == 0)
@@ -140,14 +181,16 @@ def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | Non
             tokens = torch.zeros_like(candidates, dtype=torch.long)
             tokens[candidates] = x0
             if decoder.decoder == "blocks":
-                k = schedule[inner] if inner < len(schedule) else int(candidates.sum(1).max())
-                pick = select_topk(scores, k, config.alg_temp, generator) & candidates
+                left = candidates.sum(dim=1).tolist()
+                ks = [sched[inner] if inner < len(sched) else n for sched, n in zip(schedules, left)]
+                pick = select_topk_rows(scores, [min(k, n) for k, n in zip(ks, left)], config.alg_temp,
+                                        generator) & candidates
             elif decoder.factor is not None:
                 pick = select_factor(scores, candidates, decoder.factor)
             else:
                 pick = select_threshold(scores, candidates, decoder.threshold)
-            block = x[:, b0:b1]
-            block[pick] = tokens[pick]
+            view = x[:, b0:b1]
+            view[pick] = tokens[pick]
             committed = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
             committed[:, b0:b1] = pick
             confidences = torch.zeros(x.shape, dtype=torch.float32, device=x.device)

@@ -7,6 +7,9 @@ early EOS are handled once, here:
 - ``reference`` → ``reference.denoise_stream`` (or ``lossless.lossless_stream`` with ``lossless``);
 - ``blocks`` / ``parallel`` → ``blocks.block_stream`` (with the optional prefix/dual KV cache).
 
+``decode`` builds prompt + ``max_new_tokens`` masks; ``decode_canvas`` takes a canvas with masks anywhere
+(infilling, several spans) and runs the same decoders over it.
+
 Early EOS (``early_stop``) only ends the loop once *every* row is finished (``eos.rows_finished``); it never
 changes a decision, so each row's text equals the text of the same decode run to the end. Finished rows get
 pad after their first stop token. ``stats.useful_tokens`` counts tokens before the first stop, per row.
@@ -110,3 +113,58 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     stats.seconds = time.perf_counter() - start
     stats.useful_tokens = sum(useful_lengths(final[:, prompt_len:], stops)) if stops else None
     return DecodeResult(final, prompt_len, stats, record)
+
+
+def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                  config: DecodeConfig | None = None, decoder: DecoderConfig | None = None,
+                  generator: torch.Generator | None = None, seed: int | None = None, trace: bool = False,
+                  on_step: Callable[[DecodeStep], None] | None = None, **params) -> DecodeResult:
+    """Fill every mask of ``canvas`` (B, S) — masks anywhere (infilling, several spans) — with any decoder.
+
+    Positions that are not masks are never changed, by every decoder. ``attention_mask`` (B, S) marks real
+    tokens (left padding); column 0 must be a real token in every row. No early stop: an infill canvas has
+    text after the masks, so a stop token inside a span ends nothing. ``config.max_new_tokens`` is ignored
+    (the canvas says how many masks there are); ``config.steps`` is the step budget (reference: exactly).
+    """
+    base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
+    config = base.replace(**params) if params else base
+    decoder = decoder or DecoderConfig()
+    if not isinstance(decoder, DecoderConfig):
+        raise TypeError(f"decoder must be a DecoderConfig, got {type(decoder).__name__}")
+    if decoder.decoder == "blocks" and config.alg == "origin":
+        raise ConfigError("the blocks decoder ranks positions by confidence: use --alg maskgit_plus, topk_margin "
+                          "or entropy (origin has no confidence)")
+    mask_id = model.config.mask_token_id
+    if mask_id is None:
+        raise ValueError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model")
+    _check_canvas(canvas, attention_mask)
+    if canvas.shape[1] < 2:
+        raise ValueError("a canvas needs at least two columns: a real token at position 0 and something to fill")
+    canvas = canvas.to(model.device).long()
+    real = (torch.ones_like(canvas, dtype=torch.bool) if attention_mask is None
+            else attention_mask.to(model.device).bool())
+    if bool(((canvas[:, 0] == mask_id) & real[:, 0]).any()):
+        raise ValueError("column 0 of the canvas is a mask: position 0 must be a real token (prepend a bos)")
+    if generator is None:
+        generator = torch.Generator(device=model.device).manual_seed(0 if seed is None else seed)
+    full_mask = None if attention_mask is None or bool(real.all()) else real.long()
+    batch = canvas.shape[0]
+    stats = DecodeStats()
+    record = DecodeTrace(region_start=[0] * batch, steps=[[] for _ in range(batch)]) if trace else None
+    start = time.perf_counter()
+    final = canvas
+    for event in decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=1,
+                               mask_token_id=mask_id, generator=generator):
+        stats.forward_passes += event.forwards
+        stats.canvas_forwards += event.canvases
+        stats.tokens_committed += int(event.committed.sum())
+        if record is not None:
+            for row in range(batch):
+                cols = event.committed[row].nonzero(as_tuple=True)[0]
+                record.steps[row].append(StepRecord(tuple(cols.tolist()), tuple(event.canvas[row, cols].tolist()),
+                                                    tuple(event.confidence[row, cols].tolist())))
+        if on_step is not None:
+            on_step(event)
+        final = event.canvas
+    stats.seconds = time.perf_counter() - start
+    return DecodeResult(final.clone(), 0, stats, record)
