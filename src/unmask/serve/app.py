@@ -374,8 +374,11 @@ def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         obj = "chat.completion" if chat else "text_completion"
         if req.stream:
-            return StreamingResponse(stream(plan, req, ident, created, chat), media_type="text/event-stream",
-                                     headers={"cache-control": "no-cache"})
+            # Admission (429) happens here, before the 200 header goes out; the slot also frees itself when
+            # the worker finishes every choice, even if the response body is never iterated.
+            submitted = engine.submit(plan, want_steps=True)
+            return StreamingResponse(stream(plan, req, ident, created, chat, *submitted),
+                                     media_type="text/event-stream", headers={"cache-control": "no-cache"})
         queue, jobs, slot = engine.submit(plan, want_steps=False)
         try:
             done = await _wait_all(request, queue, len(jobs))
@@ -405,8 +408,8 @@ def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name
         return {"id": ident, "object": obj, "created": created, "model": engine.model_name, "choices": choices,
                 "usage": usage}
 
-    async def stream(plan: Plan, req: DiffusionParams, ident: str, created: int, chat: bool) -> AsyncIterator[str]:
-        queue, jobs, slot = engine.submit(plan, want_steps=True)
+    async def stream(plan: Plan, req: DiffusionParams, ident: str, created: int, chat: bool, queue: asyncio.Queue,
+                     jobs: list[Job], slot: Slot) -> AsyncIterator[str]:
         try:
             obj = "chat.completion.chunk" if chat else "text_completion"
             base = {"id": ident, "object": obj, "created": created, "model": engine.model_name}
