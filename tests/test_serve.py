@@ -286,20 +286,78 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (fds 3/4, NUL-separated JSON).
+
+    Real time, not --virtual-time-budget: virtual time runs out while the page waits on a live stream.
+    """
+
+    def __init__(self, binary: str, profile) -> None:
+        import os
+
+        self._to_r, self._to_w = os.pipe()  # we write commands, Chromium reads fd 3
+        self._from_r, self._from_w = os.pipe()  # Chromium writes fd 4, we read
+        self.proc = subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--remote-debugging-pipe", f"--user-data-dir={profile}", "--window-size=900,500", "about:blank"],
+            pass_fds=(3, 4), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: (os.dup2(self._to_r, 3), os.dup2(self._from_w, 4)))
+        os.close(self._to_r)
+        os.close(self._from_w)
+        self._buf, self._id = b"", 0
+
+    def call(self, method: str, session: str | None = None, **params):
+        import os
+
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._to_w, json.dumps(msg).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buf:
+                chunk = os.read(self._from_r, 1 << 20)
+                assert chunk, "Chromium closed the DevTools pipe"
+                self._buf += chunk
+            raw, self._buf = self._buf.split(b"\0", 1)
+            reply = json.loads(raw)
+            if reply.get("id") == self._id:
+                assert "error" not in reply, reply["error"]
+                return reply["result"]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
 def test_playground_renders_a_finished_generation_in_headless_chromium(server, tmp_path):
-    browser = _chromium()
-    if browser is None:
+    import base64
+
+    binary = _chromium()
+    if binary is None:
         pytest.skip("headless Chromium not found (apt-get install -y chromium) — playground browser check skipped")
     url = server.url + "/playground?prompt=def%20f(x)%3A&max_tokens=12&steps=6&autostart=1"
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--virtual-time-budget=15000", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    assert 'data-state="done"' in dom, dom[-2000:]
-    assert "done · 6 forward passes" in dom
-    assert dom.count('title="committed at step') == 12  # every generated token shown, coloured by its step
+    browser = Browser(binary, tmp_path / "profile")
+    try:
+        target = browser.call("Target.createTarget", url=url)["targetId"]
+        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+        def js(expression: str):
+            return browser.call("Runtime.evaluate", session, expression=expression, returnByValue=True)[
+                "result"].get("value")
+
+        end = time.monotonic() + 60
+        while js("document.body && document.body.dataset.state") != "done" and time.monotonic() < end:
+            time.sleep(0.1)
+        status = js("document.getElementById('status').textContent")
+        assert js("document.body.dataset.state") == "done", status
+        assert status.startswith("done · 6 forward passes") and "AR-ness" in status
+        # every generated token is shown, none still masked, each coloured by the step that committed it
+        assert js("document.querySelectorAll('#canvas span[title^=\"committed at step\"]').length") == 12
+        assert js("document.querySelectorAll('#canvas span.mask').length") == 0
+        png = base64.b64decode(browser.call("Page.captureScreenshot", session, format="png")["data"])
+    finally:
+        browser.close()
     shot = tmp_path / "shot.png"
-    subprocess.run([*flags, "--window-size=900,500", f"--screenshot={shot}", url], capture_output=True,
-                   timeout=120)
+    shot.write_bytes(png)
     from matplotlib.image import imread
 
     pixels = imread(str(shot))[..., :3]  # (H, W, 3) floats in [0, 1]
