@@ -99,7 +99,8 @@ def fuzz(url: str, examples: int, workdir: Path) -> dict:
     cmd = [str(exe), "run", url + "/openapi.json", "--checks", "not_a_server_error", "--max-examples", str(examples),
            "--report", "junit", "--report-dir", str(workdir), "--no-color", "--seed", "0"]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3000)
+    workdir.mkdir(parents=True, exist_ok=True)  # schemathesis leaves a cache directory in its cwd: keep it there
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3000, cwd=workdir)
     out = proc.stdout + proc.stderr
     junit = "".join(p.read_text() for p in workdir.glob("*.xml"))
     tests = re.search(r'tests="(\d+)"', junit)
