@@ -591,6 +591,25 @@ def cmd_rl(args: argparse.Namespace) -> int:
 # parser
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from unmask.serve.app import create_app
+    except ImportError as err:
+        raise CLIError(f"unmask serve needs the serve extra (pip install 'unmask[serve]'): {err}") from None
+    import unmask
+    from unmask.serve.config import ServeConfig
+
+    serve = ServeConfig(**dataclass_overrides(ServeConfig, args))
+    model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
+    app = create_app(model, tokenizer, serve, model_name=Path(args.model).resolve().name)
+    print(f"unmask serve: http://{serve.host}:{serve.port}/v1  playground: http://{serve.host}:{serve.port}/playground",
+          file=sys.stderr)
+    uvicorn.run(app, host=serve.host, port=serve.port, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unmask import __version__
     from unmask.config import MODEL_PRESETS, DecodeConfig, DecoderConfig
@@ -726,6 +745,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("rl", help="coupled-GRPO (or diffu-GRPO / decoupled) RL with sandboxed code rewards")
     add_dataclass_arguments(p, RLConfig, group="reinforcement learning (RLConfig)")
     p.set_defaults(func=cmd_rl)
+
+    from unmask.serve.config import ServeConfig
+
+    p = verbs.add_parser("serve", help="OpenAI-compatible HTTP server with streaming and a live playground")
+    p.add_argument("--model", required=True, help="model directory (Hugging Face Dream format)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_dataclass_arguments(p, ServeConfig, group="server (address and limits)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

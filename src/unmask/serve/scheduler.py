@@ -1,0 +1,216 @@
+"""One worker thread that runs every decode, batching compatible requests into shared forward passes.
+
+Requests become ``Job`` s (one per choice). The worker takes the oldest queued job; when it is
+deterministic (temperature 0, alg_temp 0, not ``origin``) it waits ``batch_wait_ms`` and takes up to
+``max_batch - 1`` more queued jobs with the same ``key`` (same sampler and decoder settings, same number of
+masks), left-pads their canvases and decodes them as one batch. Rows of a deterministic decode do not
+interact, so each row's result equals the job decoded alone (checked by the tests). Sampled jobs run alone
+with their own seeded generator: a shared generator would make a row's draws depend on its batch-mates.
+
+Between denoising steps the worker drops rows whose client went away (``cancelled``); when every row of a
+batch is gone it stops the decode. Results go back through each job's ``emit`` callback (thread-safe sink).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from unmask.config import DecodeConfig, DecoderConfig
+from unmask.decoding.dispatch import decode_stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    step: int
+    region: list[int]  # ids at the job's masked positions, in canvas order (mask id where still masked)
+    committed: list[int]  # region indices committed at this step
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    canvas: list[int]  # the job's final canvas (no padding)
+    region: list[int]
+    order: list[list[int]]  # region indices committed per step (the decode trace, for AR-ness)
+    forwards: int  # forward passes of the (possibly batched) decode
+    batch_size: int  # rows that shared those forwards
+
+
+@dataclass(frozen=True)
+class FailedEvent:
+    message: str
+
+
+Event = StepEvent | DoneEvent | FailedEvent
+
+
+@dataclass(eq=False)
+class Job:
+    """One row to decode: a canvas whose masked positions are filled; the last ``appended`` are the reply."""
+
+    canvas: list[int]
+    appended: int
+    config: DecodeConfig
+    decoder: DecoderConfig
+    mask_token_id: int
+    seed: int
+    emit: Callable[[Event], None]
+    want_steps: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    masked: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.masked = [i for i, t in enumerate(self.canvas) if t == self.mask_token_id]
+        if not self.masked:
+            raise ValueError("a job needs at least one masked position")
+        if self.canvas[0] == self.mask_token_id:
+            raise ValueError("position 0 of a canvas must be a real token, not a mask")
+
+    @property
+    def deterministic(self) -> bool:
+        c = self.config
+        return c.temperature == 0 and c.alg_temp == 0 and c.alg != "origin"
+
+    @property
+    def key(self) -> tuple:
+        return (self.config, self.decoder, self.appended, len(self.masked))
+
+
+class Scheduler:
+    """Queue + worker thread. ``submit`` from any thread; ``close`` stops the worker after the current batch."""
+
+    def __init__(self, model, *, pad_token_id: int, max_batch: int = 8, batch_wait_ms: float = 5.0) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.max_batch = max_batch
+        self.batch_wait = batch_wait_ms / 1000
+        self._pending: list[Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.batches_run = 0  # batches decoded so far (a test reads it to see that batching happened)
+        self.rows_run = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="unmask-scheduler", daemon=True)
+            self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            for job in self._pending:
+                job.cancelled.set()
+            self._pending.clear()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            self._pending.append(job)
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    # -- worker -----------------------------------------------------------------------------------------
+    def _next_batch(self) -> list[Job] | None:
+        with self._cond:
+            while True:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return None
+                first = self._pending.pop(0)
+                if not first.cancelled.is_set():
+                    break
+        if not first.deterministic or self.max_batch == 1:
+            return [first]
+        if self.batch_wait > 0:
+            time.sleep(self.batch_wait)  # let requests that arrive together share the forwards
+        with self._cond:
+            mates = [j for j in self._pending if j.deterministic and j.key == first.key
+                     and not j.cancelled.is_set()][:self.max_batch - 1]
+            taken = set(map(id, mates))
+            self._pending = [j for j in self._pending if id(j) not in taken]
+        return [first, *mates]
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self.run_batch(batch)
+            except Exception:  # a bug or an out-of-memory must fail these requests, not the server
+                log.exception("decode failed for a batch of %d", len(batch))
+                for job in batch:
+                    _safe_emit(job, FailedEvent("the decode failed on the server"))
+
+    def run_batch(self, batch: list[Job]) -> None:
+        """Decode ``batch`` (compatible jobs) as one left-padded canvas; emit events per row."""
+        first = batch[0]
+        device = self.model.device
+        length = max(len(j.canvas) for j in batch)
+        offsets = [length - len(j.canvas) for j in batch]  # left padding per row
+        rows = [[self.pad_token_id] * off + j.canvas for j, off in zip(batch, offsets)]
+        canvas = torch.tensor(rows, dtype=torch.long, device=device)  # (B, T)
+        attention = None
+        if any(offsets):
+            attention = torch.tensor([[0] * off + [1] * len(j.canvas) for j, off in zip(batch, offsets)],
+                                     dtype=torch.long, device=device)  # (B, T), 0 = pad
+        masked = [torch.tensor([off + p for p in j.masked], device=device) for j, off in zip(batch, offsets)]
+        rank = [{off + p: r for r, p in enumerate(j.masked)} for j, off in zip(batch, offsets)]
+        region_start = length - first.appended if first.appended else 1  # blocks decoders need a suffix region
+        generator = torch.Generator(device=device).manual_seed(first.seed)
+        orders: list[list[list[int]]] = [[] for _ in batch]
+        forwards = 0
+        final = canvas
+        stream = decode_stream(self.model, canvas, attention, config=first.config, decoder=first.decoder,
+                               region_start=region_start, mask_token_id=first.mask_token_id, generator=generator)
+        try:
+            for event in stream:
+                forwards += event.forwards
+                final = event.canvas
+                live = 0
+                for row, job in enumerate(batch):
+                    if job.cancelled.is_set():
+                        continue
+                    live += 1
+                    cols = event.committed[row].nonzero(as_tuple=True)[0].tolist()
+                    committed = sorted(rank[row][c] for c in cols if c in rank[row])
+                    orders[row].append(committed)
+                    if job.want_steps:
+                        _safe_emit(job, StepEvent(event.step, event.canvas[row, masked[row]].tolist(), committed))
+                if live == 0:
+                    return  # every client left: stop between steps
+        finally:
+            stream.close()
+        self.batches_run += 1
+        self.rows_run += len(batch)
+        for row, (job, off) in enumerate(zip(batch, offsets)):
+            if job.cancelled.is_set():
+                continue
+            ids = final[row].tolist()[off:]
+            region = [ids[p] for p in job.masked]
+            _safe_emit(job, DoneEvent(ids, region, [s for s in orders[row] if s], forwards, len(batch)))
+
+
+def _safe_emit(job: Job, event: Event) -> None:
+    try:
+        job.emit(event)
+    except RuntimeError:  # the event loop is gone (server shutting down): nobody is listening
+        job.cancelled.set()
