@@ -11,7 +11,7 @@ DEMO_MODEL ?= models/unmask-tiny-random
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,plot]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,plot,serve]'
 	touch $(STAMP)
 
 setup: $(STAMP)
