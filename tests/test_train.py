@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -316,3 +317,117 @@ def test_bad_input_is_a_clear_config_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: unknown training config field(s): stepz"
     assert main(["train", "--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FSDP (torchrun, 2 processes, CPU/gloo)
+
+FSDP_DRIVER = """
+import json, sys
+import torch, torch.distributed as dist
+from unmask.config import ModelConfig
+from unmask.model import DreamModel
+from unmask.train import TrainConfig, TrainData, train
+from unmask.training_data import TokenRows
+
+dist.init_process_group("gloo")  # one group for all three runs (train() joins an existing group)
+common = json.loads(sys.argv[1])
+base = torch.arange(1, 17).repeat(3)[:32]
+ids = torch.stack([torch.roll(base, -k) for k in range(16)])
+rows = TokenRows(ids, torch.ones(16, dtype=torch.long))
+config = ModelConfig.from_name("test", vocab_size=32, mask_token_id=31, pad_token_id=0, eos_token_id=0,
+                               bos_token_id=0)
+
+def model(seed):
+    m = DreamModel(config)
+    m.init_weights(torch.Generator().manual_seed(seed))
+    return m
+
+root = sys.argv[2]
+sharded = model(0)
+train(TrainConfig(run_dir=root + "/fsdp", **common), model=sharded, data=TrainData(rows, rows))
+# fully_shard worked in place: every parameter is a DTensor holding half of dim 0 on this rank
+from torch.distributed.tensor import DTensor, Shard
+for name, p in sharded.named_parameters():
+    assert isinstance(p, DTensor) and p.placements == (Shard(0),), name
+    assert p.to_local().shape[0] == (p.shape[0] + 1) // 2 or dist.get_rank() == 1, name
+assert type(sharded.model.layers[0]).__name__.startswith("FSDP")
+train(TrainConfig(run_dir=root + "/split", stop_after_steps=2, **common), model=model(0), data=TrainData(rows, rows))
+train(TrainConfig(run_dir=root + "/split", resume=True, **common), model=model(5), data=TrainData(rows, rows))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path):
+    common = dict(
+        seq_len=32,
+        batch_size=8,
+        grad_accum=2,
+        max_steps=4,
+        lr=3e-3,
+        warmup_steps=1,
+        eval_every=2,
+        save_every=2,
+        keep_checkpoints=4,
+        log_every=1,
+        progress=False,
+        sample_tokens=4,
+    )
+    rows = cyclic_rows()
+    one_model = tiny_model()
+    one = train(config(tmp_path, "one", **common), model=one_model, data=TrainData(rows, rows))
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(FSDP_DRIVER)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    fsdp_common = json.dumps({**common, "distributed": "fsdp"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
+         fsdp_common, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def weights(run: str, step: int) -> dict[str, torch.Tensor]:
+        return load_file(str(tmp_path / run / f"checkpoint-{step:07d}" / "model.safetensors"))
+
+    # (a) 2-process FSDP == 1 process (same global batch), to float tolerance; the checkpoint is a full,
+    # unsharded state dict with the single-process names and shapes
+    a, b = params(one_model), weights("fsdp", 4)
+    assert set(a) == set(b)
+    assert any(not torch.equal(a[k], params(tiny_model())[k]) for k in a)  # training moved the weights
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    fsdp_lines = [json.loads(x) for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in fsdp_lines] == pytest.approx([r["loss"] for r in one.history], rel=1e-5)
+    assert [x["val_loss"] for x in fsdp_lines if "val_loss" in x] == pytest.approx(
+        [r["val_loss"] for r in one.history if "val_loss" in r], rel=1e-5
+    )
+    optim_one = torch.load(tmp_path / "one" / "checkpoint-0000004" / "optimizer.pt", weights_only=True)
+    optim_fsdp = torch.load(tmp_path / "fsdp" / "checkpoint-0000004" / "optimizer.pt", weights_only=True)
+    assert set(optim_one["state"]) == set(optim_fsdp["state"]) == set(a)  # keyed by parameter name
+    for name, state in optim_one["state"].items():
+        torch.testing.assert_close(optim_fsdp["state"][name]["exp_avg"], state["exp_avg"], rtol=1e-4, atol=1e-6)
+    # samples were decoded under FSDP (all ranks in the forward), written once, like one process
+    samples = [json.loads(x) for x in (tmp_path / "fsdp" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 2, 4, 4]
+
+    # (b) FSDP kill at step 2 + resume == uninterrupted FSDP
+    split = weights("split", 4)
+    assert all(torch.equal(split[k], b[k]) for k in b)
+    split_losses = [json.loads(x)["loss"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert split_losses == [x["loss"] for x in fsdp_lines]
+
+    # (c) the FSDP checkpoint at step 2 resumes in a single process and lands on the single-process run
+    cross = tmp_path / "cross"
+    cross.mkdir()
+    shutil.copytree(tmp_path / "split" / "checkpoint-0000002", cross / "checkpoint-0000002")
+    (cross / "latest").write_text("checkpoint-0000002\n")
+    cross_model = tiny_model(seed=9)
+    train(config(tmp_path, "cross", resume=True, **common), model=cross_model, data=TrainData(rows, rows))
+    c = params(cross_model)
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], rtol=1e-4, atol=1e-5)
