@@ -431,3 +431,114 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path):
     c = params(cross_model)
     for k in a:
         torch.testing.assert_close(c[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gradient checkpointing
+
+
+def test_gradient_checkpointing_gives_the_same_loss_gradients_and_training(tmp_path):
+    rows = cyclic_rows()
+    cfg = config(tmp_path)
+    batch = make_batch(
+        rows.ids[:4], rows.prompt_lengths[:4], step=0, cfg=cfg, mask_token_id=MASK,
+        generator=torch.Generator().manual_seed(3),
+    )
+    results = []
+    for checkpointing in (False, True):
+        model = tiny_model().train()
+        model.gradient_checkpointing = checkpointing
+        loss = _loss_sum(model(batch.input_ids, attention_mask=batch.attention_mask), batch, cfg)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert float(loss_a) > 0 and torch.allclose(loss_a, loss_b)
+    assert set(grads_a) == set(grads_b) and all(grads_a[n].abs().sum() > 0 for n in grads_a)
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-5, atol=1e-7)
+
+    # the recompute really happens: each block's forward runs twice per backward
+    calls = []
+    model = tiny_model().train()
+    model.gradient_checkpointing = True
+    model.model.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))  # recompute may stop early
+    _loss_sum(model(batch.input_ids), batch, cfg).backward()
+    assert len(calls) == 2
+
+    trained = {}
+    for checkpointing in (False, True):
+        model = tiny_model()
+        train(
+            config(tmp_path, f"gc-{checkpointing}", max_steps=3, gradient_checkpointing=checkpointing),
+            model=model,
+            data=TrainData(rows, rows),
+        )
+        trained[checkpointing] = params(model)
+    assert any(not torch.equal(trained[True][k], params(tiny_model())[k]) for k in trained[True])
+    for k in trained[False]:
+        torch.testing.assert_close(trained[True][k], trained[False][k], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sample generations at validation
+
+
+def test_samples_are_logged_at_each_validation_and_do_not_disturb_training(tmp_path):
+    data_file = tmp_path / "sft.jsonl"
+    write_sft(data_file)
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "sft"),
+        stage="sft",
+        data=str(data_file),
+        preset="test",
+        vocab_size=300,
+        seq_len=64,
+        batch_size=4,
+        max_steps=5,
+        eval_every=2,
+        eval_batches=1,
+        sample_prompts=2,
+        sample_tokens=6,
+        progress=False,
+        val_fraction=0.3,
+    )
+    model, tokenizer, data = prepare(cfg)
+    assert len(data.val) >= 2
+    modes = []  # (training, grad enabled) of every forward
+    model.register_forward_pre_hook(lambda m, a: modes.append((m.training, torch.is_grad_enabled())))
+    train(cfg, model=model, tokenizer=tokenizer, data=data)
+    samples = [json.loads(x) for x in (tmp_path / "sft" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 2, 4, 4, 5, 5]  # every eval_every steps and the last step
+    user_texts = {f"add {i} and {i + 1}" for i in range(12)}
+    for k, sample in enumerate(samples):
+        row = k % 2
+        val_prompt = data.val.ids[row, : int(data.val.prompt_lengths[row])].tolist()
+        assert sample["prompt"] == tokenizer.decode(val_prompt, cut=False, skip_special=False)
+        assert sample["prompt"].startswith("<|im_start|>system") and sample["prompt"].endswith("assistant\n")
+        assert any(f"user\n{u}<|im_end|>" in sample["prompt"] for u in user_texts)
+        assert isinstance(sample["completion"], str)
+    # 5 training forwards in train mode with gradients; per validation 1 loss forward + 6 decoding steps,
+    # all in eval mode without gradients; the model is back in train mode afterwards
+    assert modes.count((True, True)) == 5 and modes.count((False, False)) == 3 * (1 + 6)
+    assert len(modes) == 5 + 21 and model.training
+
+    # pretraining: the prompt is the first 32 tokens of a validation row (ids, as no tokenizer is given);
+    # sampling on or off leaves the trained parameters bit-identical
+    rows = cyclic_rows(16, 40)
+    trained = {}
+    for n_prompts in (0, 3):
+        model = tiny_model()
+        train(
+            config(tmp_path, f"pre-{n_prompts}", seq_len=40, max_steps=4, eval_every=2, sample_prompts=n_prompts,
+                   sample_tokens=5),
+            model=model,
+            data=TrainData(rows, rows),
+        )
+        trained[n_prompts] = params(model)
+    assert all(torch.equal(trained[0][k], trained[3][k]) for k in trained[0])
+    assert not (tmp_path / "pre-0" / "samples.jsonl").exists()
+    samples = [json.loads(x) for x in (tmp_path / "pre-3" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 2, 2, 4, 4, 4]
+    for k, sample in enumerate(samples):
+        assert sample["prompt"] == rows.ids[k % 3, :32].tolist()
+        assert len(sample["completion"]) == 5 and MASK not in sample["completion"]

@@ -884,7 +884,8 @@ def _train(
             completions = generate_samples(model, prompts, cfg, pad_token_id=pad_id, device=device)
             if rank == 0:
                 record["val_loss"] = val_loss
-                _write_samples(samples_path, step, prompts, completions, tokenizer, bar)
+                if prompts:
+                    _write_samples(samples_path, step, prompts, completions, tokenizer)
         if step % cfg.log_every == 0 or "val_loss" in record or step == end:
             elapsed = time.perf_counter() - window_start
             record["tokens_per_s"] = round(window_steps * tokens_per_step / max(elapsed, 1e-9), 1)
@@ -927,7 +928,7 @@ def _train(
 
 
 def _write_samples(
-    path: Path, step: int, prompts: list[list[int]], completions: list[list[int]], tokenizer: Any, bar: Any
+    path: Path, step: int, prompts: list[list[int]], completions: list[list[int]], tokenizer: Any
 ) -> None:
     """Append one ``{"step", "prompt", "completion"}`` line per prompt and echo it above the progress bar."""
     from tqdm import tqdm
