@@ -542,3 +542,61 @@ def test_samples_are_logged_at_each_validation_and_do_not_disturb_training(tmp_p
     for k, sample in enumerate(samples):
         assert sample["prompt"] == rows.ids[k % 3, :32].tolist()
         assert len(sample["completion"]) == 5 and MASK not in sample["completion"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AR -> diffusion adaptation from a Qwen2-format causal checkpoint
+
+
+def write_qwen2_dir(directory: Path, tokenizer) -> DreamModel:
+    """A tiny causal checkpoint as Qwen2 ships it: model_type qwen2, HF names, and no mask_token_id."""
+    from unmask.checkpoint import save_model
+
+    s = tokenizer.special
+    model = DreamModel(
+        ModelConfig.from_name(
+            "test", vocab_size=tokenizer.vocab_size, mask_token_id=s.mask, pad_token_id=s.pad,
+            eos_token_id=s.eos, bos_token_id=s.bos,
+        )
+    )
+    model.init_weights(torch.Generator().manual_seed(4))
+    save_model(model, directory, tokenizer=tokenizer)
+    raw = json.loads((directory / "config.json").read_text())
+    for key in ("auto_map", "mask_token_id", "pad_token_id"):
+        raw.pop(key, None)
+    raw.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], use_sliding_window=False)
+    (directory / "config.json").write_text(json.dumps(raw))
+    return model
+
+
+def test_adapt_from_a_qwen2_checkpoint_end_to_end(tmp_path, tokenizer):
+    import unmask
+    from unmask.checkpoint import read_config
+
+    ar_model = write_qwen2_dir(tmp_path / "qwen2", tokenizer)
+    assert read_config(tmp_path / "qwen2")[1] == "qwen2"
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(40)]
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "adapt"), data=str(corpus), init_from=str(tmp_path / "qwen2"), seq_len=32,
+        batch_size=4, max_steps=6, adapt_from_ar=True, anneal_steps=4, eval_every=3, save_every=6,
+        log_every=1, warmup_steps=1, lr=1e-3, progress=False, sample_prompts=1, sample_tokens=4,
+    )
+    train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "adapt" / "metrics.jsonl").read_text().splitlines()]
+    # optimiser step k (0-based) trains with fraction k / anneal_steps, then full attention
+    assert [x["anneal_fraction"] for x in lines] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert all(math.isfinite(x["loss"]) for x in lines)
+    out = tmp_path / "adapt" / "checkpoint-0000006"
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["model_type"] == "Dream" and raw["architectures"] == ["DreamModel"]
+    assert raw["mask_token_id"] == tokenizer.special.mask and raw["pad_token_id"] == tokenizer.special.pad
+    loaded, loaded_tokenizer = unmask.load(out)
+    assert loaded.config.mask_token_id == tokenizer.special.mask
+    assert loaded_tokenizer.special.mask == tokenizer.special.mask
+    trained = load_file(str(out / "model.safetensors"))
+    start = ar_model.state_dict()
+    assert set(trained) == set(start) and any(not torch.equal(trained[k], start[k]) for k in start)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, trained[k])

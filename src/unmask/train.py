@@ -352,8 +352,15 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
 
     if cfg.init_from is not None:
         model = load_model(cfg.init_from, dtype="float32")
-        _, _, raw = read_config(cfg.init_from)
+        _, family, raw = read_config(cfg.init_from)
         tokenizer = load_tokenizer(cfg.init_from, raw)
+        model.config = _with_special_ids(model.config, tokenizer.special, cfg.init_from)
+        if family != "dream" and not cfg.adapt_from_ar:
+            print(
+                f"note: {cfg.init_from} is a causal {family} checkpoint; --adapt-from-ar with --anneal-steps N "
+                "anneals its attention from causal to full (SPEC §2)",
+                file=sys.stderr,
+            )
     else:
         preset = ModelConfig.from_name(cfg.preset)
         if cfg.tokenizer is not None:
@@ -399,6 +406,30 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
             "(too little text, or every prompt is longer than seq_len)"
         )
     return model, tokenizer, data
+
+
+def _with_special_ids(config: Any, special: Any, source: str) -> Any:
+    """Fill the special ids a causal checkpoint lacks (Qwen2 has no mask token; often no pad id) from its
+    tokenizer, so the adapted model's Dream config.json carries them. Ids the config has are kept."""
+    filled = {
+        name: value
+        for name, value in (
+            ("mask_token_id", special.mask),
+            ("pad_token_id", special.pad),
+            ("eos_token_id", special.eos),
+            ("bos_token_id", special.bos),
+        )
+        if getattr(config, name) is None and value is not None
+    }
+    config = config.replace(**filled) if filled else config
+    for name in ("mask_token_id", "pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < config.vocab_size:
+            raise ConfigError(
+                f"{source}: {name} {value} is outside the model's vocabulary ({config.vocab_size} rows); "
+                "resize the embeddings before adapting"
+            )
+    return config
 
 
 def _check_model(cfg: TrainConfig, model: DreamModel) -> None:
