@@ -600,3 +600,20 @@ def test_adapt_from_a_qwen2_checkpoint_end_to_end(tmp_path, tokenizer):
     assert set(trained) == set(start) and any(not torch.equal(trained[k], start[k]) for k in start)
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, trained[k])
+
+
+def test_bench_model_flops_per_token_hand_value():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", SRC.parent / "bench" / "train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # test preset: h 32, ffn 64, 2 layers, 4 heads of 8, 2 kv heads (kv width 16), vocab 128
+    attn = (32 * 32 + 32) + 2 * (32 * 16 + 16) + 32 * 32  # q (+bias), k/v (+bias), o
+    block = attn + 3 * 32 * 64 + 2 * 32  # + SwiGLU + two norms
+    n = 2 * block + 32 + 128 * 32  # blocks, final norm, lm_head (the embedding lookup is free)
+    assert n == 22816
+    config = ModelConfig.from_name("test")
+    assert bench.model_flops_per_token(config, 64) == 6 * n + 12 * 2 * 32 * 64 == 186048
+    assert bench.model_flops_per_token(config.replace(tie_word_embeddings=True), 64) == 186048
+    assert bench.peak_flops("cpu") is None
