@@ -372,6 +372,7 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path):
         log_every=1,
         progress=False,
         sample_tokens=4,
+        gradient_checkpointing=True,  # recompute inside FSDP-wrapped blocks (re-gathers their shards)
     )
     rows = cyclic_rows()
     one_model = tiny_model()
@@ -617,3 +618,51 @@ def test_bench_model_flops_per_token_hand_value():
     assert bench.model_flops_per_token(config, 64) == 6 * n + 12 * 2 * 32 * 64 == 186048
     assert bench.model_flops_per_token(config.replace(tie_word_embeddings=True), 64) == 186048
     assert bench.peak_flops("cpu") is None
+
+
+def test_resume_from_an_old_format_checkpoint(tmp_path):
+    """Checkpoints written before optimizer.pt existed kept the optimiser (keyed by parameter index) inside
+    trainer_state.pt; such a run still resumes and lands exactly on the uninterrupted run."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    from unmask.checkpoint import load_model
+    from unmask.train import OPTIMIZER_FILE, _param_groups
+
+    rows = cyclic_rows()
+    straight = tiny_model()
+    train(config(tmp_path, "straight", max_steps=4), model=straight, data=TrainData(rows, rows))
+    train(config(tmp_path, "old", max_steps=4, stop_after_steps=2), model=tiny_model(), data=TrainData(rows, rows))
+    ckpt = tmp_path / "old" / "checkpoint-0000002"
+    model = load_model(ckpt, dtype="float32")
+    optimizer = torch.optim.AdamW(_param_groups(model, 0.1), lr=1.0, foreach=False)
+    named = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True)
+    assert set(named["state"]) == {n for n, _ in model.named_parameters()}
+    set_optimizer_state_dict(model, optimizer, named)
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    state["optimizer"] = optimizer.state_dict()  # the old layout: integer keys
+    assert set(state["optimizer"]["state"]) == set(range(len(named["state"])))
+    torch.save(state, ckpt / "trainer_state.pt")
+    (ckpt / OPTIMIZER_FILE).unlink()
+    resumed = tiny_model(seed=3)
+    train(config(tmp_path, "old", max_steps=4, resume=True), model=resumed, data=TrainData(rows, rows))
+    a, b = params(straight), params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_new_fields_and_special_ids_fail_clearly():
+    from unmask.tokenizer import SpecialIds
+    from unmask.train import _with_special_ids
+
+    with pytest.raises(ConfigError, match="distributed must be one of ddp, fsdp; got 'zero'"):
+        TrainConfig(distributed="zero")
+    with pytest.raises(ConfigError, match="sample_tokens must be a positive integer, got 0"):
+        TrainConfig(sample_tokens=0)
+    with pytest.raises(ConfigError, match="sample_prompts must be a non-negative integer, got -1"):
+        TrainConfig(sample_prompts=-1)
+    bare = ModelConfig.from_name("test")  # vocab 128, no special ids (as a Qwen2 config.json may be)
+    filled = _with_special_ids(bare, SpecialIds(mask=127, pad=3, eos=2, bos=None), "q")
+    assert (filled.mask_token_id, filled.pad_token_id, filled.eos_token_id, filled.bos_token_id) == (127, 3, 2, None)
+    kept = _with_special_ids(bare.replace(eos_token_id=5), SpecialIds(mask=127, pad=3, eos=2), "q")
+    assert kept.eos_token_id == 5  # ids the checkpoint states win over the tokenizer's
+    with pytest.raises(ConfigError, match=r"q: its tokenizer's special ids do not fit the model \(mask_token_id=500"):
+        _with_special_ids(bare, SpecialIds(mask=500, pad=0, eos=0), "q")

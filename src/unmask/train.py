@@ -11,13 +11,23 @@ the *whole* global micro-batch (indices, t, masks) from identically seeded gener
 contiguous slice of rows, and each rank's loss is ``sum of its per-row ELBO terms / (maskable tokens of
 the global step) * world_size``; DDP's gradient mean then equals the single-process gradient, so N
 processes reproduce one process (to float tolerance) for the same ``batch_size``. Only rank 0 writes.
+``distributed="fsdp"`` uses PyTorch's FSDP2 (``fully_shard`` on each decoder layer, then the root) instead
+of DDP; validation and sample decoding then run on every rank, since every forward gathers shards.
+
+Checkpoints have one format whatever the launch: full (unsharded) tensors gathered with
+``torch.distributed.checkpoint.state_dict`` and written by rank 0, so an FSDP run resumes in one process
+and vice versa. At each validation a few prompts are decoded greedily with the reference sampler
+(``sample_prompts``/``sample_tokens``) into ``samples.jsonl``, with their own generator: training draws
+are untouched.
 
 Run directory (``run_dir``): ``run_config.json`` (the resolved ``TrainConfig``), ``metrics.jsonl``,
-``checkpoint-{step:07d}/`` (an HF model directory plus ``trainer_state.pt``: optimiser, scheduler, step,
-sampler position and every RNG state) and ``latest`` (the name of the newest complete checkpoint).
+``samples.jsonl``, ``checkpoint-{step:07d}/`` (an HF model directory, ``optimizer.pt``: the full optimiser
+state keyed by parameter name, and ``trainer_state.pt``: scheduler, step, sampler position and every RNG
+state) and ``latest`` (the name of the newest complete checkpoint).
 
     unmask train --preset tiny --data stdlib --run-dir runs/tiny --max-steps 2000
     torchrun --nproc_per_node 2 -m unmask.cli train --preset small --data src/ --run-dir runs/small
+    torchrun --nproc_per_node 8 -m unmask.cli train --distributed fsdp --init-from qwen2-dir --adapt-from-ar ...
     unmask train --run-dir runs/tiny --resume
 """
 
@@ -421,15 +431,12 @@ def _with_special_ids(config: Any, special: Any, source: str) -> Any:
         )
         if getattr(config, name) is None and value is not None
     }
-    config = config.replace(**filled) if filled else config
-    for name in ("mask_token_id", "pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(config, name)
-        if value is not None and not 0 <= value < config.vocab_size:
-            raise ConfigError(
-                f"{source}: {name} {value} is outside the model's vocabulary ({config.vocab_size} rows); "
-                "resize the embeddings before adapting"
-            )
-    return config
+    try:
+        return config.replace(**filled) if filled else config
+    except ConfigError as err:  # ModelConfig checks each id against the vocabulary
+        raise ConfigError(
+            f"{source}: its tokenizer's special ids do not fit the model ({err}); resize the embeddings first"
+        ) from None
 
 
 def _check_model(cfg: TrainConfig, model: DreamModel) -> None:
