@@ -567,7 +567,9 @@ def load_full_state(
             optim_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     set_model_state_dict(model, model_state, options=options)
     if legacy:
-        if any(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters()):
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in model.parameters()):
             raise ConfigError(
                 f"{checkpoint} is an old-format checkpoint (optimizer state keyed by index); resume it once "
                 "without --distributed fsdp, then continue under FSDP"
