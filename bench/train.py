@@ -1,7 +1,9 @@
 """Training throughput: tokens/s of the masked-diffusion training step for model presets (CPU by default).
 
 Runs the real loop (``unmask.train.train``) on random token rows for a few warm-up steps and then a timed
-window, and prints one JSON line (results per preset + the command that reproduces it).
+window, and prints one JSON line (results per preset + the command that reproduces it). Each result also
+gives the model FLOPs per token (``model_flops_per_token``) and the achieved GFLOP/s; on CUDA, the model
+FLOPs utilisation (MFU) against the GPU's dense bf16 peak (``PEAK_BF16_FLOPS``).
 
     python bench/train.py --presets tiny small --seq-len 256 --batch-size 8 --steps 6
     python bench/train.py --presets base --device cuda --batch-size 32 --seq-len 1024      # on a GPU machine
@@ -23,6 +25,32 @@ from unmask.config import ModelConfig
 from unmask.model import DreamModel
 from unmask.train import TrainConfig, TrainData, train
 from unmask.training_data import TokenRows
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, in FLOP/s. Assumption: the SXM
+# parts at their boost clocks; H200 has H100's compute (only memory differs), so both are 989 TFLOP/s. PCIe
+# / NVL variants are slower, so MFU measured on them reads low. Matched by substring of the device name.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def model_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 N (forward 2 N + backward 4 N multiply-adds over the matmul weights) plus
+    the attention scores and values, 12 L h T (Q K^T and A V, each 2 h T per layer, times 3 for fwd + bwd).
+
+    N counts the parameters a token multiplies with: every block, the final norm and lm_head, but not the
+    input embedding (a lookup). Attention is bidirectional, so the full T (no causal halving) is right.
+    Gradient-checkpointing recompute is not counted: MFU measures useful model FLOPs."""
+    n = config.num_parameters() - config.vocab_size * config.hidden_size  # drop the embedding lookup
+    if config.tie_word_embeddings:
+        n += config.vocab_size * config.hidden_size  # lm_head still multiplies with the tied matrix
+    return 6.0 * n + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def peak_flops(device: str) -> float | None:
+    """The dense bf16 peak of the CUDA device (None on CPU or for a GPU not in the table)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
 def bench_preset(preset: str, args: argparse.Namespace) -> dict:
@@ -66,12 +94,21 @@ def bench_preset(preset: str, args: argparse.Namespace) -> dict:
         train(cfg, model=model, data=TrainData(rows, rows), on_step=on_step)
     window = stamps[-1] - stamps[args.warmup - 1]
     tokens = args.steps * args.batch_size * args.seq_len
-    return {
+    tokens_per_s = tokens / window
+    flops_per_token = model_flops_per_token(config, args.seq_len)
+    result = {
         "preset": preset,
         "parameters_m": round(config.num_parameters() / 1e6, 2),
-        "tokens_per_s": round(tokens / window, 1),
+        "tokens_per_s": round(tokens_per_s, 1),
         "step_s": round(window / args.steps, 4),
+        "model_flops_per_token": flops_per_token,
+        "achieved_gflops": round(flops_per_token * tokens_per_s / 1e9, 2),
     }
+    peak = peak_flops(args.device)
+    if peak is not None:
+        result["mfu"] = round(flops_per_token * tokens_per_s / peak, 4)
+        result["peak_flops"] = peak
+    return result
 
 
 def main() -> None:

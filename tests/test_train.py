@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -316,3 +317,357 @@ def test_bad_input_is_a_clear_config_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: unknown training config field(s): stepz"
     assert main(["train", "--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FSDP (torchrun, 2 processes, CPU/gloo)
+
+FSDP_DRIVER = """
+import gc, json, sys
+import torch, torch.distributed as dist
+from unmask.config import ModelConfig
+from unmask.model import DreamModel
+from unmask.train import TrainConfig, TrainData, train
+from unmask.training_data import TokenRows
+
+dist.init_process_group("gloo")  # one group for all three runs (train() joins an existing group)
+common = json.loads(sys.argv[1])
+base = torch.arange(1, 17).repeat(3)[:32]
+ids = torch.stack([torch.roll(base, -k) for k in range(16)])
+rows = TokenRows(ids, torch.ones(16, dtype=torch.long))
+config = ModelConfig.from_name("test", vocab_size=32, mask_token_id=31, pad_token_id=0, eos_token_id=0,
+                               bos_token_id=0)
+
+def model(seed):
+    m = DreamModel(config)
+    m.init_weights(torch.Generator().manual_seed(seed))
+    return m
+
+root = sys.argv[2]
+sharded = model(0)
+train(TrainConfig(run_dir=root + "/fsdp", **common), model=sharded, data=TrainData(rows, rows))
+# fully_shard worked in place: every parameter is a DTensor holding half of dim 0 on this rank
+from torch.distributed.tensor import DTensor, Shard
+for name, p in sharded.named_parameters():
+    assert isinstance(p, DTensor) and p.placements == (Shard(0),), name
+    assert p.to_local().shape[0] == (p.shape[0] + 1) // 2 or dist.get_rank() == 1, name
+assert type(sharded.model.layers[0]).__name__.startswith("FSDP")
+train(TrainConfig(run_dir=root + "/split", stop_after_steps=2, **common), model=model(0), data=TrainData(rows, rows))
+train(TrainConfig(run_dir=root + "/split", resume=True, **common), model=model(5), data=TrainData(rows, rows))
+# Drop the FSDP modules before the group goes: left to the interpreter's final collection they sometimes
+# abort the process after a finished run (gloo, torch 2.13), failing an otherwise good run.
+del sharded
+gc.collect()
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path):
+    common = dict(
+        seq_len=32,
+        batch_size=8,
+        grad_accum=2,
+        max_steps=4,
+        lr=3e-3,
+        warmup_steps=1,
+        eval_every=2,
+        save_every=2,
+        keep_checkpoints=4,
+        log_every=1,
+        progress=False,
+        sample_tokens=4,
+        gradient_checkpointing=True,  # recompute inside FSDP-wrapped blocks (re-gathers their shards)
+    )
+    rows = cyclic_rows()
+    one_model = tiny_model()
+    one = train(config(tmp_path, "one", **common), model=one_model, data=TrainData(rows, rows))
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(FSDP_DRIVER)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    fsdp_common = json.dumps({**common, "distributed": "fsdp"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(driver),
+         fsdp_common, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def weights(run: str, step: int) -> dict[str, torch.Tensor]:
+        return load_file(str(tmp_path / run / f"checkpoint-{step:07d}" / "model.safetensors"))
+
+    # (a) 2-process FSDP == 1 process (same global batch), to float tolerance; the checkpoint is a full,
+    # unsharded state dict with the single-process names and shapes
+    a, b = params(one_model), weights("fsdp", 4)
+    assert set(a) == set(b)
+    assert any(not torch.equal(a[k], params(tiny_model())[k]) for k in a)  # training moved the weights
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    fsdp_lines = [json.loads(x) for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in fsdp_lines] == pytest.approx([r["loss"] for r in one.history], rel=1e-5)
+    assert [x["val_loss"] for x in fsdp_lines if "val_loss" in x] == pytest.approx(
+        [r["val_loss"] for r in one.history if "val_loss" in r], rel=1e-5
+    )
+    optim_one = torch.load(tmp_path / "one" / "checkpoint-0000004" / "optimizer.pt", weights_only=True)
+    optim_fsdp = torch.load(tmp_path / "fsdp" / "checkpoint-0000004" / "optimizer.pt", weights_only=True)
+    assert set(optim_one["state"]) == set(optim_fsdp["state"]) == set(a)  # keyed by parameter name
+    for name, state in optim_one["state"].items():
+        torch.testing.assert_close(optim_fsdp["state"][name]["exp_avg"], state["exp_avg"], rtol=1e-4, atol=1e-6)
+    # samples were decoded under FSDP (all ranks in the forward), written once, like one process
+    samples = [json.loads(x) for x in (tmp_path / "fsdp" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 2, 4, 4]
+
+    # (b) FSDP kill at step 2 + resume == uninterrupted FSDP
+    split = weights("split", 4)
+    assert all(torch.equal(split[k], b[k]) for k in b)
+    split_losses = [json.loads(x)["loss"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert split_losses == [x["loss"] for x in fsdp_lines]
+
+    # (c) the FSDP checkpoint at step 2 resumes in a single process and lands on the single-process run
+    cross = tmp_path / "cross"
+    cross.mkdir()
+    shutil.copytree(tmp_path / "split" / "checkpoint-0000002", cross / "checkpoint-0000002")
+    (cross / "latest").write_text("checkpoint-0000002\n")
+    cross_model = tiny_model(seed=9)
+    train(config(tmp_path, "cross", resume=True, **common), model=cross_model, data=TrainData(rows, rows))
+    c = params(cross_model)
+    for k in a:
+        torch.testing.assert_close(c[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gradient checkpointing
+
+
+def test_gradient_checkpointing_gives_the_same_loss_gradients_and_training(tmp_path):
+    rows = cyclic_rows()
+    cfg = config(tmp_path)
+    batch = make_batch(
+        rows.ids[:4], rows.prompt_lengths[:4], step=0, cfg=cfg, mask_token_id=MASK,
+        generator=torch.Generator().manual_seed(3),
+    )
+    results = []
+    for checkpointing in (False, True):
+        model = tiny_model().train()
+        model.gradient_checkpointing = checkpointing
+        loss = _loss_sum(model(batch.input_ids, attention_mask=batch.attention_mask), batch, cfg)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert float(loss_a) > 0 and torch.allclose(loss_a, loss_b)
+    assert set(grads_a) == set(grads_b) and all(grads_a[n].abs().sum() > 0 for n in grads_a)
+    for n in grads_a:
+        torch.testing.assert_close(grads_b[n], grads_a[n], rtol=1e-5, atol=1e-7)
+
+    # the recompute really happens: each block's forward runs twice per backward
+    calls = []
+    model = tiny_model().train()
+    model.gradient_checkpointing = True
+    model.model.layers[0].register_forward_pre_hook(lambda *a: calls.append(1))  # recompute may stop early
+    _loss_sum(model(batch.input_ids), batch, cfg).backward()
+    assert len(calls) == 2
+
+    trained = {}
+    for checkpointing in (False, True):
+        model = tiny_model()
+        train(
+            config(tmp_path, f"gc-{checkpointing}", max_steps=3, gradient_checkpointing=checkpointing),
+            model=model,
+            data=TrainData(rows, rows),
+        )
+        trained[checkpointing] = params(model)
+    assert any(not torch.equal(trained[True][k], params(tiny_model())[k]) for k in trained[True])
+    for k in trained[False]:
+        torch.testing.assert_close(trained[True][k], trained[False][k], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sample generations at validation
+
+
+def test_samples_are_logged_at_each_validation_and_do_not_disturb_training(tmp_path):
+    data_file = tmp_path / "sft.jsonl"
+    write_sft(data_file)
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "sft"),
+        stage="sft",
+        data=str(data_file),
+        preset="test",
+        vocab_size=300,
+        seq_len=64,
+        batch_size=4,
+        max_steps=5,
+        eval_every=2,
+        eval_batches=1,
+        sample_prompts=2,
+        sample_tokens=6,
+        progress=False,
+        val_fraction=0.3,
+    )
+    model, tokenizer, data = prepare(cfg)
+    assert len(data.val) >= 2
+    modes = []  # (training, grad enabled) of every forward
+    model.register_forward_pre_hook(lambda m, a: modes.append((m.training, torch.is_grad_enabled())))
+    train(cfg, model=model, tokenizer=tokenizer, data=data)
+    samples = [json.loads(x) for x in (tmp_path / "sft" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 2, 4, 4, 5, 5]  # every eval_every steps and the last step
+    user_texts = {f"add {i} and {i + 1}" for i in range(12)}
+    for k, sample in enumerate(samples):
+        row = k % 2
+        val_prompt = data.val.ids[row, : int(data.val.prompt_lengths[row])].tolist()
+        assert sample["prompt"] == tokenizer.decode(val_prompt, cut=False, skip_special=False)
+        assert sample["prompt"].startswith("<|im_start|>system") and sample["prompt"].endswith("assistant\n")
+        assert any(f"user\n{u}<|im_end|>" in sample["prompt"] for u in user_texts)
+        assert isinstance(sample["completion"], str)
+    # 5 training forwards in train mode with gradients; per validation 1 loss forward + 6 decoding steps,
+    # all in eval mode without gradients; the model is back in train mode afterwards
+    assert modes.count((True, True)) == 5 and modes.count((False, False)) == 3 * (1 + 6)
+    assert len(modes) == 5 + 21 and model.training
+
+    # pretraining: the prompt is the first 32 tokens of a validation row (ids, as no tokenizer is given);
+    # sampling on or off leaves the trained parameters bit-identical
+    rows = cyclic_rows(16, 40)
+    trained = {}
+    for n_prompts in (0, 3):
+        model = tiny_model()
+        train(
+            config(tmp_path, f"pre-{n_prompts}", seq_len=40, max_steps=4, eval_every=2, sample_prompts=n_prompts,
+                   sample_tokens=5),
+            model=model,
+            data=TrainData(rows, rows),
+        )
+        trained[n_prompts] = params(model)
+    assert all(torch.equal(trained[0][k], trained[3][k]) for k in trained[0])
+    assert not (tmp_path / "pre-0" / "samples.jsonl").exists()
+    samples = [json.loads(x) for x in (tmp_path / "pre-3" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 2, 2, 4, 4, 4]
+    for k, sample in enumerate(samples):
+        assert sample["prompt"] == rows.ids[k % 3, :32].tolist()
+        assert len(sample["completion"]) == 5 and MASK not in sample["completion"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AR -> diffusion adaptation from a Qwen2-format causal checkpoint
+
+
+def write_qwen2_dir(directory: Path, tokenizer) -> DreamModel:
+    """A tiny causal checkpoint as Qwen2 ships it: model_type qwen2, HF names, and no mask_token_id."""
+    from unmask.checkpoint import save_model
+
+    s = tokenizer.special
+    model = DreamModel(
+        ModelConfig.from_name(
+            "test", vocab_size=tokenizer.vocab_size, mask_token_id=s.mask, pad_token_id=s.pad,
+            eos_token_id=s.eos, bos_token_id=s.bos,
+        )
+    )
+    model.init_weights(torch.Generator().manual_seed(4))
+    save_model(model, directory, tokenizer=tokenizer)
+    raw = json.loads((directory / "config.json").read_text())
+    for key in ("auto_map", "mask_token_id", "pad_token_id"):
+        raw.pop(key, None)
+    raw.update(model_type="qwen2", architectures=["Qwen2ForCausalLM"], use_sliding_window=False)
+    (directory / "config.json").write_text(json.dumps(raw))
+    return model
+
+
+def test_adapt_from_a_qwen2_checkpoint_end_to_end(tmp_path, tokenizer):
+    import unmask
+    from unmask.checkpoint import read_config
+
+    ar_model = write_qwen2_dir(tmp_path / "qwen2", tokenizer)
+    assert read_config(tmp_path / "qwen2")[1] == "qwen2"
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(40)]
+    corpus.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "adapt"), data=str(corpus), init_from=str(tmp_path / "qwen2"), seq_len=32,
+        batch_size=4, max_steps=6, adapt_from_ar=True, anneal_steps=4, eval_every=3, save_every=6,
+        log_every=1, warmup_steps=1, lr=1e-3, progress=False, sample_prompts=1, sample_tokens=4,
+    )
+    train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "adapt" / "metrics.jsonl").read_text().splitlines()]
+    # optimiser step k (0-based) trains with fraction k / anneal_steps, then full attention
+    assert [x["anneal_fraction"] for x in lines] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert all(math.isfinite(x["loss"]) for x in lines)
+    out = tmp_path / "adapt" / "checkpoint-0000006"
+    raw = json.loads((out / "config.json").read_text())
+    assert raw["model_type"] == "Dream" and raw["architectures"] == ["DreamModel"]
+    assert raw["mask_token_id"] == tokenizer.special.mask and raw["pad_token_id"] == tokenizer.special.pad
+    loaded, loaded_tokenizer = unmask.load(out)
+    assert loaded.config.mask_token_id == tokenizer.special.mask
+    assert loaded_tokenizer.special.mask == tokenizer.special.mask
+    trained = load_file(str(out / "model.safetensors"))
+    start = ar_model.state_dict()
+    assert set(trained) == set(start) and any(not torch.equal(trained[k], start[k]) for k in start)
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, trained[k])
+
+
+def test_bench_model_flops_per_token_hand_value():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_train", SRC.parent / "bench" / "train.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # test preset: h 32, ffn 64, 2 layers, 4 heads of 8, 2 kv heads (kv width 16), vocab 128
+    attn = (32 * 32 + 32) + 2 * (32 * 16 + 16) + 32 * 32  # q (+bias), k/v (+bias), o
+    block = attn + 3 * 32 * 64 + 2 * 32  # + SwiGLU + two norms
+    n = 2 * block + 32 + 128 * 32  # blocks, final norm, lm_head (the embedding lookup is free)
+    assert n == 22816
+    config = ModelConfig.from_name("test")
+    assert bench.model_flops_per_token(config, 64) == 6 * n + 12 * 2 * 32 * 64 == 186048
+    assert bench.model_flops_per_token(config.replace(tie_word_embeddings=True), 64) == 186048
+    assert bench.peak_flops("cpu") is None
+
+
+def test_resume_from_an_old_format_checkpoint(tmp_path):
+    """Checkpoints written before optimizer.pt existed kept the optimiser (keyed by parameter index) inside
+    trainer_state.pt; such a run still resumes and lands exactly on the uninterrupted run."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    from unmask.checkpoint import load_model
+    from unmask.train import OPTIMIZER_FILE, _param_groups
+
+    rows = cyclic_rows()
+    straight = tiny_model()
+    train(config(tmp_path, "straight", max_steps=4), model=straight, data=TrainData(rows, rows))
+    train(config(tmp_path, "old", max_steps=4, stop_after_steps=2), model=tiny_model(), data=TrainData(rows, rows))
+    ckpt = tmp_path / "old" / "checkpoint-0000002"
+    model = load_model(ckpt, dtype="float32")
+    optimizer = torch.optim.AdamW(_param_groups(model, 0.1), lr=1.0, foreach=False)
+    named = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True)
+    assert set(named["state"]) == {n for n, _ in model.named_parameters()}
+    set_optimizer_state_dict(model, optimizer, named)
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    state["optimizer"] = optimizer.state_dict()  # the old layout: integer keys
+    assert set(state["optimizer"]["state"]) == set(range(len(named["state"])))
+    torch.save(state, ckpt / "trainer_state.pt")
+    (ckpt / OPTIMIZER_FILE).unlink()
+    resumed = tiny_model(seed=3)
+    train(config(tmp_path, "old", max_steps=4, resume=True), model=resumed, data=TrainData(rows, rows))
+    a, b = params(straight), params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_new_fields_and_special_ids_fail_clearly():
+    from unmask.tokenizer import SpecialIds
+    from unmask.train import _with_special_ids
+
+    with pytest.raises(ConfigError, match="distributed must be one of ddp, fsdp; got 'zero'"):
+        TrainConfig(distributed="zero")
+    with pytest.raises(ConfigError, match="sample_tokens must be a positive integer, got 0"):
+        TrainConfig(sample_tokens=0)
+    with pytest.raises(ConfigError, match="sample_prompts must be a non-negative integer, got -1"):
+        TrainConfig(sample_prompts=-1)
+    bare = ModelConfig.from_name("test")  # vocab 128, no special ids (as a Qwen2 config.json may be)
+    filled = _with_special_ids(bare, SpecialIds(mask=127, pad=3, eos=2, bos=None), "q")
+    assert (filled.mask_token_id, filled.pad_token_id, filled.eos_token_id, filled.bos_token_id) == (127, 3, 2, None)
+    kept = _with_special_ids(bare.replace(eos_token_id=5), SpecialIds(mask=127, pad=3, eos=2), "q")
+    assert kept.eos_token_id == 5  # ids the checkpoint states win over the tokenizer's
+    with pytest.raises(ConfigError, match=r"q: its tokenizer's special ids do not fit the model \(mask_token_id=500"):
+        _with_special_ids(bare, SpecialIds(mask=500, pad=0, eos=0), "q")

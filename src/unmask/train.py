@@ -11,13 +11,23 @@ the *whole* global micro-batch (indices, t, masks) from identically seeded gener
 contiguous slice of rows, and each rank's loss is ``sum of its per-row ELBO terms / (maskable tokens of
 the global step) * world_size``; DDP's gradient mean then equals the single-process gradient, so N
 processes reproduce one process (to float tolerance) for the same ``batch_size``. Only rank 0 writes.
+``distributed="fsdp"`` uses PyTorch's FSDP2 (``fully_shard`` on each decoder layer, then the root) instead
+of DDP; validation and sample decoding then run on every rank, since every forward gathers shards.
+
+Checkpoints have one format whatever the launch: full (unsharded) tensors gathered with
+``torch.distributed.checkpoint.state_dict`` and written by rank 0, so an FSDP run resumes in one process
+and vice versa. At each validation a few prompts are decoded greedily with the reference sampler
+(``sample_prompts``/``sample_tokens``) into ``samples.jsonl``, with their own generator: training draws
+are untouched.
 
 Run directory (``run_dir``): ``run_config.json`` (the resolved ``TrainConfig``), ``metrics.jsonl``,
-``checkpoint-{step:07d}/`` (an HF model directory plus ``trainer_state.pt``: optimiser, scheduler, step,
-sampler position and every RNG state) and ``latest`` (the name of the newest complete checkpoint).
+``samples.jsonl``, ``checkpoint-{step:07d}/`` (an HF model directory, ``optimizer.pt``: the full optimiser
+state keyed by parameter name, and ``trainer_state.pt``: scheduler, step, sampler position and every RNG
+state) and ``latest`` (the name of the newest complete checkpoint).
 
     unmask train --preset tiny --data stdlib --run-dir runs/tiny --max-steps 2000
     torchrun --nproc_per_node 2 -m unmask.cli train --preset small --data src/ --run-dir runs/small
+    torchrun --nproc_per_node 8 -m unmask.cli train --distributed fsdp --init-from qwen2-dir --adapt-from-ar ...
     unmask train --run-dir runs/tiny --resume
 """
 
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -57,6 +68,8 @@ __all__ = ["Batch", "TrainConfig", "TrainData", "TrainResult", "lr_factor", "mak
 STAGES = ("pretrain", "sft")
 NORMALIZERS = ("tokens", "sequence")
 T_METHODS = ("antithetic", "stratified", "uniform")
+DISTRIBUTED = ("ddp", "fsdp")
+OPTIMIZER_FILE = "optimizer.pt"
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -108,6 +121,11 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_doc("seed of init, data order and noise"))
     device: str = field(default="auto", metadata=_doc("auto | cpu | cuda"))
     gradient_checkpointing: bool = field(default=False, metadata=_doc("recompute activations in backward"))
+    distributed: str = field(
+        default="ddp", metadata=_doc("ddp | fsdp (FSDP2 shards; only under torchrun)", choices=DISTRIBUTED)
+    )
+    sample_prompts: int = field(default=2, metadata=_doc("prompts decoded at each validation (0 = off)"))
+    sample_tokens: int = field(default=32, metadata=_doc("tokens decoded per sample prompt"))
     resume: bool = field(default=False, metadata=_doc("continue from the run's latest checkpoint"))
     progress: bool = field(default=True, metadata=_doc("tqdm progress bar on rank 0"))
 
@@ -128,9 +146,10 @@ class TrainConfig:
             "save_every",
             "keep_checkpoints",
             "log_every",
+            "sample_tokens",
         ):
             positive(name)
-        for name in ("warmup_steps", "anneal_steps", "eval_every"):
+        for name in ("warmup_steps", "anneal_steps", "eval_every", "sample_prompts"):
             positive(name, allow_zero=True)
         if self.seq_len < 3:
             raise ConfigError(f"seq_len must be at least 3, got {self.seq_len}")
@@ -143,6 +162,8 @@ class TrainConfig:
             raise ConfigError(
                 f"loss_normalizer must be one of {', '.join(NORMALIZERS)}; got {self.loss_normalizer!r}"
             )
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED)}; got {self.distributed!r}")
         if self.t_method not in T_METHODS:
             raise ConfigError(f"t_method must be one of {', '.join(T_METHODS)}; got {self.t_method!r}")
         for name, low, high in (
@@ -342,8 +363,15 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
 
     if cfg.init_from is not None:
         model = load_model(cfg.init_from, dtype="float32")
-        _, _, raw = read_config(cfg.init_from)
+        _, family, raw = read_config(cfg.init_from)
         tokenizer = load_tokenizer(cfg.init_from, raw)
+        model.config = _with_special_ids(model.config, tokenizer.special, cfg.init_from)
+        if family != "dream" and not cfg.adapt_from_ar:
+            print(
+                f"note: {cfg.init_from} is a causal {family} checkpoint; --adapt-from-ar with --anneal-steps N "
+                "anneals its attention from causal to full (SPEC §2)",
+                file=sys.stderr,
+            )
     else:
         preset = ModelConfig.from_name(cfg.preset)
         if cfg.tokenizer is not None:
@@ -391,6 +419,27 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
     return model, tokenizer, data
 
 
+def _with_special_ids(config: Any, special: Any, source: str) -> Any:
+    """Fill the special ids a causal checkpoint lacks (Qwen2 has no mask token; often no pad id) from its
+    tokenizer, so the adapted model's Dream config.json carries them. Ids the config has are kept."""
+    filled = {
+        name: value
+        for name, value in (
+            ("mask_token_id", special.mask),
+            ("pad_token_id", special.pad),
+            ("eos_token_id", special.eos),
+            ("bos_token_id", special.bos),
+        )
+        if getattr(config, name) is None and value is not None
+    }
+    try:
+        return config.replace(**filled) if filled else config
+    except ConfigError as err:  # ModelConfig checks each id against the vocabulary
+        raise ConfigError(
+            f"{source}: its tokenizer's special ids do not fit the model ({err}); resize the embeddings first"
+        ) from None
+
+
 def _check_model(cfg: TrainConfig, model: DreamModel) -> None:
     limit = model.config.max_position_embeddings
     if cfg.seq_len > limit:
@@ -433,10 +482,18 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(
-    run_dir: Path, model: DreamModel, tokenizer: Any, trainer_state: dict[str, Any], keep: int
+    run_dir: Path,
+    model: DreamModel,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    keep: int,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint-{step}`` atomically (staging directory, then ``os.replace``), update ``latest``
-    and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to."""
+    and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to.
+
+    ``model`` must hold plain (unsharded) tensors; ``optimizer_state`` (the full, parameter-name keyed
+    state from ``get_optimizer_state_dict``) goes to ``optimizer.pt`` so only rank 0 ever reads it."""
     from unmask.checkpoint import save_model
 
     name = f"checkpoint-{trainer_state['step']:07d}"
@@ -445,6 +502,8 @@ def save_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         save_model(model, staging, tokenizer=tokenizer)
+        if optimizer_state is not None:
+            torch.save(optimizer_state, staging / OPTIMIZER_FILE)
         torch.save(trainer_state, staging / "trainer_state.pt")
         if final.exists():
             shutil.rmtree(final)
@@ -457,6 +516,68 @@ def save_checkpoint(
     for path in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def _state_options(**extra: bool) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Full (unsharded) tensors on the CPU: under FSDP they are all-gathered and only rank 0 keeps them, so a
+    # checkpoint has exactly the single-process layout and either kind of run can resume the other.
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, **extra)
+
+
+def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model state, optimizer state) as full CPU tensors keyed by parameter name. A collective under FSDP:
+    every rank must call it; rank 0 gets the tensors (other ranks may get empty dicts)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    options = _state_options()
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def plain_model(config: Any, state: dict[str, torch.Tensor]) -> DreamModel:
+    """A ``DreamModel`` that adopts ``state``'s tensors (no copy: built on ``meta``, then assigned)."""
+    with torch.device("meta"):
+        model = DreamModel(config)
+    model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def load_full_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, checkpoint: Path, *, rank: int, world: int
+) -> None:
+    """Load a checkpoint's weights and optimizer state into a (possibly DDP- or FSDP-wrapped) model.
+
+    Rank 0 reads the files; with several processes the tensors are broadcast from it and each rank keeps
+    its shard. A legacy checkpoint (optimizer inside ``trainer_state.pt``, keyed by parameter index) is
+    loaded with ``optimizer.load_state_dict``, which only works for unsharded parameters."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    from unmask.checkpoint import load_model
+
+    options = _state_options(broadcast_from_rank0=world > 1)
+    legacy = not (checkpoint / OPTIMIZER_FILE).is_file()
+    model_state: dict[str, Any] = {}
+    optim_state: dict[str, Any] = {}
+    if rank == 0 or world == 1:
+        model_state = load_model(checkpoint, dtype="float32").state_dict()
+        if not legacy:
+            optim_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    set_model_state_dict(model, model_state, options=options)
+    if legacy:
+        from torch.distributed.tensor import DTensor
+
+        if any(isinstance(p, DTensor) for p in model.parameters()):
+            raise ConfigError(
+                f"{checkpoint} is an old-format checkpoint (optimizer state keyed by index); resume it once "
+                "without --distributed fsdp, then continue under FSDP"
+            )
+        state = torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        return
+    set_optimizer_state_dict(model, optimizer, optim_state, options=options)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -530,6 +651,103 @@ def evaluate(
     return float(total / _denominator(batches, cfg))
 
 
+def sample_prompts(data: TokenRows, cfg: TrainConfig) -> list[list[int]]:
+    """The prompts decoded at each validation: the first ``sample_prompts`` validation rows, cut to their
+    prompt (SFT) or to their first 32 tokens (pretraining, where the whole row is text)."""
+    prompts = []
+    for i in range(min(cfg.sample_prompts, len(data))):
+        length = int(data.prompt_lengths[i]) if cfg.stage == "sft" else min(32, data.seq_len)
+        prompts.append(data.ids[i, :length].tolist())
+    return prompts
+
+
+@torch.no_grad()
+def generate_samples(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    cfg: TrainConfig,
+    *,
+    pad_token_id: int,
+    device: torch.device,
+) -> list[list[int]]:
+    """Greedy completions (``sample_tokens`` ids each) of ``prompts`` with the reference sampler
+    (alg entropy, one token per step). Uses its own generator and leaves the model in the mode it found,
+    so it consumes none of the training randomness."""
+    from unmask.config import DecodeConfig
+    from unmask.decoding.reference import generate
+
+    if not prompts:
+        return []
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (B, P) left-padded
+    attention = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        attention[row, width - len(prompt) :] = 1
+    decode = DecodeConfig(
+        max_new_tokens=cfg.sample_tokens, steps=cfg.sample_tokens, temperature=0.0, alg="entropy"
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            result = generate(
+                model,
+                ids.to(device),
+                attention.to(device),
+                config=decode,
+                generator=torch.Generator(device=device).manual_seed(cfg.seed + 104729),
+            )
+    finally:
+        model.train(was_training)
+    return result.generated.cpu().tolist()  # (B, sample_tokens)
+
+
+def _sample_record(step: int, prompt: list[int], completion: list[int], tokenizer: Any) -> dict[str, Any]:
+    # Text when a tokenizer is known (completions cut at the first stop token); raw ids otherwise.
+    if tokenizer is None:
+        return {"step": step, "prompt": prompt, "completion": completion}
+    return {
+        "step": step,
+        "prompt": tokenizer.decode(prompt, cut=False, skip_special=False),
+        "completion": tokenizer.decode(completion, cut=True, skip_special=True),
+    }
+
+
+def _wrap(model: DreamModel, cfg: TrainConfig, world: int, device: torch.device) -> torch.nn.Module:
+    """DDP or FSDP2 around ``model`` when running with several processes; the model itself otherwise.
+
+    FSDP2 (``fully_shard``) shards each decoder layer, then the root (embeddings, final norm, lm_head); on
+    CUDA parameters are all-gathered in bf16 and gradients reduced in fp32."""
+    if world == 1:
+        return model
+    if cfg.distributed == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    mesh = init_device_mesh(device.type, (world,))
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if device.type == "cuda"
+        else MixedPrecisionPolicy()
+    )
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+def _as_float(value: torch.Tensor) -> float:
+    # clip_grad_norm_ over FSDP's DTensor parameters returns a (replicated) DTensor
+    full = getattr(value, "full_tensor", None)
+    return float(full() if full is not None else value)
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -551,6 +769,10 @@ def train(
         return _train(cfg, model, tokenizer, data, on_step)
     finally:
         if started_group:
+            # FSDP modules left for the interpreter's final collection sometimes abort the process after
+            # a finished run (gloo, torch 2.13: "terminate called without an active exception", ~1 in 15
+            # runs); collecting them while the group still exists avoids it.
+            gc.collect()
             dist.destroy_process_group()
 
 
@@ -586,10 +808,15 @@ def _train(
     if data.train.seq_len != cfg.seq_len:
         raise ConfigError(f"data rows have length {data.train.seq_len} but seq_len is {cfg.seq_len}")
     mask_id = int(model.config.mask_token_id)
+    model_config = model.config
     device = _resolve_device(cfg, rank)
     model = model.to(device=device, dtype=torch.float32)
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
+    fsdp = world > 1 and cfg.distributed == "fsdp"
+    # Under FSDP the model itself becomes the sharded module (fully_shard works in place); the optimiser is
+    # built afterwards so that it holds the sharded parameters.
+    wrapped = _wrap(model, cfg, world, device)
 
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay),
@@ -610,31 +837,24 @@ def _train(
     torch.manual_seed(cfg.seed)
     step = 0
     if resume_from is not None:
-        from unmask.checkpoint import load_model
-
-        with torch.no_grad():
-            loaded = load_model(resume_from, dtype="float32")
-            model.load_state_dict(loaded.state_dict())
+        load_full_state(model, optimizer, resume_from, rank=rank, world=world)
         state = torch.load(resume_from / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         noise.set_state(state["noise_generator"])
         _set_rng_state(state["rng"])
         step = int(state["step"])
 
-    wrapped: torch.nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
     metrics_path = run_dir / "metrics.jsonl"
+    samples_path = run_dir / "samples.jsonl"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(run_dir / "run_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         if resume_from is not None:
             _truncate_metrics(metrics_path, step)
+            _truncate_metrics(samples_path, step)
+    prompts = sample_prompts(data.val, cfg)
+    pad_id = model_config.pad_token_id if model_config.pad_token_id is not None else mask_id
 
     end = cfg.max_steps if cfg.stop_after_steps is None else min(cfg.max_steps, step + cfg.stop_after_steps)
     bar = None
@@ -668,7 +888,12 @@ def _train(
         for micro, batch in enumerate(batches):
             mine = batch.rows(rank * local, (rank + 1) * local).to(device)
             sync = micro == len(batches) - 1
-            context = wrapped.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+            context = contextlib.nullcontext()
+            if fsdp:
+                # accumulate unsharded gradients; reduce-scatter once, after the last micro-batch
+                wrapped.set_requires_gradient_sync(sync)  # type: ignore[operator]
+            elif world > 1 and not sync:
+                context = wrapped.no_sync()  # type: ignore[operator]
             with context:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     logits = wrapped(mine.input_ids, attention_mask=mine.attention_mask)  # (b, T, V)
@@ -693,15 +918,19 @@ def _train(
             "step": step,
             "loss": float(step_loss) / denominator,
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": _as_float(grad_norm),
             "epoch": round(sampler.epochs_done, 4),
             "tokens": step * tokens_per_step,
             "anneal_fraction": batches[0].anneal_fraction,
         }
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and rank == 0:
-            record["val_loss"] = evaluate(
-                model, data.val, cfg, step=step, mask_token_id=mask_id, device=device
-            )
+        # Under FSDP every forward is a collective, so all ranks validate (identically); only rank 0 writes.
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and (rank == 0 or fsdp):
+            val_loss = evaluate(model, data.val, cfg, step=step, mask_token_id=mask_id, device=device)
+            completions = generate_samples(model, prompts, cfg, pad_token_id=pad_id, device=device)
+            if rank == 0:
+                record["val_loss"] = val_loss
+                if prompts:
+                    _write_samples(samples_path, step, prompts, completions, tokenizer)
         if step % cfg.log_every == 0 or "val_loss" in record or step == end:
             elapsed = time.perf_counter() - window_start
             record["tokens_per_s"] = round(window_steps * tokens_per_step / max(elapsed, 1e-9), 1)
@@ -717,19 +946,41 @@ def _train(
         if on_step is not None:
             on_step(step, record)
         if step % cfg.save_every == 0 or step == end:
+            model_state, optim_state = full_state(model, optimizer)  # a collective under FSDP
             if rank == 0:
                 trainer_state = {
                     "step": step,
-                    "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "sampler": sampler.state_dict(),
                     "noise_generator": noise.get_state(),
                     "rng": _rng_state(),
                     "config": cfg.to_dict(),
                 }
-                save_checkpoint(run_dir, model, tokenizer, trainer_state, cfg.keep_checkpoints)
+                save_checkpoint(
+                    run_dir,
+                    plain_model(model_config, model_state),
+                    tokenizer,
+                    trainer_state,
+                    cfg.keep_checkpoints,
+                    optimizer_state=optim_state,
+                )
+            del model_state, optim_state
             if world > 1:
                 dist.barrier()
     if bar is not None:
         bar.close()
     return TrainResult(step=step, history=history, run_dir=run_dir)
+
+
+def _write_samples(
+    path: Path, step: int, prompts: list[list[int]], completions: list[list[int]], tokenizer: Any
+) -> None:
+    """Append one ``{"step", "prompt", "completion"}`` line per prompt and echo it above the progress bar."""
+    from tqdm import tqdm
+
+    records = [_sample_record(step, p, c, tokenizer) for p, c in zip(prompts, completions)]
+    with path.open("a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    for record in records:
+        tqdm.write(f"[step {step}] {record['prompt']!r} -> {record['completion']!r}", file=sys.stderr)
