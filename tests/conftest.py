@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from unmask.config import ModelConfig
-from unmask.model import DreamModel
+# The suite's models are tiny and several tests start subprocesses (torchrun, the CLI, the server): one
+# OpenMP thread per process avoids oversubscribing a 2-core machine, which made the suite ~10x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+from unmask.config import ModelConfig  # noqa: E402
+from unmask.model import DreamModel  # noqa: E402
 
 MASK_ID = 127
 
