@@ -108,6 +108,10 @@ def test_group_advantages_batched_and_identical() -> None:
     r = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
     adv = group_advantages(r, scale_std=True)
     assert torch.equal(adv[0], torch.zeros(3))  # identical rewards: no signal
+    for value in (0.1, 7.3, -9.999999, 1e-7):  # values whose float mean is not exact: still exactly 0
+        for baseline in ("mean", "leave_one_out"):
+            got = group_advantages([value] * 3 + [None], scale_std=True, baseline=baseline)
+            assert torch.equal(got, torch.zeros(4))
     assert adv[1, 0] < 0 < adv[1, 2]
     with pytest.raises(ValueError, match="baseline"):
         group_advantages([1.0], baseline="median")

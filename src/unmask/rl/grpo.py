@@ -72,10 +72,10 @@ def group_advantages(
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     if isinstance(rewards, torch.Tensor):
-        r = rewards.detach().to(torch.float32)
+        r = rewards.detach().to(torch.float64)
     else:
         try:
-            r = torch.tensor([math.nan if x is None else float(x) for x in rewards], dtype=torch.float32)
+            r = torch.tensor([math.nan if x is None else float(x) for x in rewards], dtype=torch.float64)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"rewards must be numbers or None, got {list(rewards)!r}") from exc
     if r.dim() == 0 or r.shape[-1] == 0:
@@ -98,7 +98,12 @@ def group_advantages(
         sq = torch.where(valid, (r0 - mean) ** 2, torch.zeros_like(r)).sum(dim=-1, keepdim=True)
         std = torch.sqrt(sq / (n - 1.0).clamp_min(1.0))  # sample std; 0 for n <= 1
         adv = adv / (std + std_eps)
-    return adv
+    # Float64 sums can still leave a rounding residue on identical rewards, which std scaling would blow up:
+    # a group whose valid rewards are all equal carries no signal, so its advantages are exactly 0.
+    hi = torch.where(valid, r0, torch.full_like(r, -math.inf)).amax(dim=-1, keepdim=True)
+    lo = torch.where(valid, r0, torch.full_like(r, math.inf)).amin(dim=-1, keepdim=True)
+    adv = torch.where(hi == lo, torch.zeros_like(adv), adv)
+    return adv.to(torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------
