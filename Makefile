@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
-DEMO_MODEL ?= models/unmask-tiny-random
+DEMO_MODEL ?= models/unmask-small
 
 .PHONY: setup demo test lint bench clean
 
@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	test -f $(DEMO_MODEL)/config.json || $(BIN)/unmask init $(DEMO_MODEL) --preset tiny --seed 0
-	$(BIN)/unmask generate $(DEMO_MODEL) "def fibonacci(n):" --max-new-tokens 48 --steps 48 \
-		--alg entropy --temperature 0.2 --top-p 0.95 --seed 0
+	mkdir -p runs
+	$(BIN)/unmask generate $(DEMO_MODEL) --prompt-file examples/heldout_prompt.py --trace runs/demo-trace.json
+	$(BIN)/unmask eval --model $(DEMO_MODEL) --benchmark synthetic --synthetic-tasks 24 --out runs/demo-eval
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sampler.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/decode.py --model $(DEMO_MODEL)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

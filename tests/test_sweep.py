@@ -238,6 +238,10 @@ def test_sweep_report_is_consistent_with_its_traces_and_resumes_exactly(model_di
             assert s.global_ == [profile["global"][k] for k in range(1, 5)]
             orders.append(order)
         assert entry["arness"] == summarize(orders)
+        # the other counting rule: only commits before the first stop, in a region that ends there
+        content = [[p for p in flatten_order(s.steps) if p < s.useful] for s in samples]
+        content = [o for o in content if o]
+        assert entry["arness_other_positions"] == (summarize(content) if content else None)
         per_task: dict[str, list[bool]] = {}
         for s in samples:
             per_task.setdefault(s.task_id, []).append(s.verdict == "passed")

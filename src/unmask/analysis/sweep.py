@@ -331,7 +331,14 @@ def temperature_summary(samples: Sequence[SweepSample], config: SweepConfig, sam
         "arness": _arness_summary(samples, config),
         "arness_passed": _arness_summary(passed, config),
         "arness_failed": _arness_summary(failed, config),
+        # The other counting rule from the same orders, free to compute: when the sampler commits the
+        # trailing pads first, region and content AR-ness tell different stories, and both are worth seeing.
+        "arness_other_positions": _arness_summary(samples, dataclasses.replace(config, positions=_other(config))),
     }
+
+
+def _other(config: SweepConfig) -> str:
+    return "content" if config.positions == "region" else "region"
 
 
 def write_report(out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -428,6 +435,18 @@ def summary_markdown(report: dict[str, Any]) -> str:
         cells += [f"{100 * e['pass@k'][key]:.1f}%" if key in e["pass@k"] else "–" for key in pass_keys]
         cells += [_fmt(e["arness"], "local", k) for k in k_local] + [_fmt(e["arness"], "global", k) for k in k_global]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(e.get("arness_other_positions") for e in entries):
+        other = "content" if report["positions"] == "region" else "region"
+        other_where = ("positions before the first pad/EOS of each completion" if other == "content"
+                       else "every position of the generated region")
+        lines += ["", f"The same decodes with AR-ness counting {other_where} (`--positions {other}`):", ""]
+        header = ["T", *[f"local@{k}" for k in k_local], *[f"global@{k}" for k in k_global]]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for e in entries:
+            alt = e.get("arness_other_positions")
+            cells = [f"{e['temperature']:g}"]
+            cells += [_fmt(alt, "local", k) for k in k_local] + [_fmt(alt, "global", k) for k in k_global]
+            lines.append("| " + " | ".join(cells) + " |")
     uncounted = sum(e["uncounted"] for e in entries)
     if uncounted:
         lines += ["", f"{uncounted} samples had no position to count (completion empty before the first stop)."]
