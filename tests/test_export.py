@@ -79,3 +79,7 @@ def test_model_card_reports_the_runs_and_evals(tmp_path, capsys):
     assert "| synthetic (seed 0) | 200 | 1 | 0.125 | 64 tokens, 64 steps, alg entropy" in card
     params = unmask.load(model)[0].config.num_parameters()
     assert f"{params / 1e6:.2f}M-parameter" in card
+    _write_run(tmp_path / "sft", [{"step": 2, "loss": 1.0, "tokens": 64, "tokens_per_s": 64.0}],
+               {"data": "pairs.jsonl", "preset": "tiny", "init_from": "runs/pre/model"})
+    card = render_model_card(model, pretrain=None, sft=run_summary(tmp_path / "sft"), evals=[], command="make x")
+    assert "- **sft**: init_from=runs/pre/model" in card and "preset=" not in card

@@ -126,11 +126,14 @@ def render_model_card(model_dir: str | Path, *, pretrain: dict[str, Any] | None,
         c = run["config"]
         keys = ("preset", "seq_len", "batch_size", "grad_accum", "lr", "warmup_steps", "min_lr_ratio",
                 "weight_decay", "t_method", "mask_eps", "loss_normalizer", "seed")
+        if c.get("init_from"):  # a continued model: the preset field is unused, say where it started instead
+            keys = ("init_from",) + keys[1:]
         lines.append(f"- **{name}**: " + ", ".join(f"{k}={c[k]}" for k in keys if k in c))
     lines += [
         "",
         "Losses are the masked-diffusion ELBO (1/p(t)-weighted cross-entropy on masked tokens, per token). "
-        "Compute is time spent in training steps on the machine that ran the recipe.",
+        "Compute is time spent in training steps on the machine that ran the recipe (2 CPU cores, shared with "
+        "other work part of the time, so it is an upper bound).",
         "",
         "## Evaluation",
         "",
