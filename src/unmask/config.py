@@ -198,3 +198,16 @@ class DecoderConfig:
 
     def replace(self, **changes: Any) -> DecoderConfig:
         return dataclasses.replace(self, **changes)
+
+
+def config_from_dict(cls, values: dict[str, Any], what: str):
+    """``cls(**values)`` for a frozen config dataclass, with an unknown key or a bad value a ``ConfigError``
+    naming it (``what``: e.g. "training", for the message)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} config field(s): {', '.join(unknown)}")
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ConfigError(f"bad {what} config: {err}") from None

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from unmask.config import config_from_dict
 from unmask.diffusion import (
     adaptation_spans,
     annealed_attention_mask,
@@ -193,14 +194,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a mapping (a JSON file, CLI flags); an unknown key is a ``ConfigError`` naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown training config field(s): {', '.join(unknown)}")
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise ConfigError(f"bad training config: {err}") from None
+        return config_from_dict(cls, values, "training")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -27,7 +27,7 @@ from unmask.decoding.blocks import LogitsProbe, block_stream
 from unmask.decoding.eos import pad_after_stop, rows_finished, useful_lengths
 from unmask.decoding.lossless import lossless_stream
 from unmask.decoding.reference import DecodeResult, DecodeStats, DecodeStep, _check_canvas, denoise_stream
-from unmask.decoding.trace import DecodeTrace, StepRecord
+from unmask.decoding.trace import DecodeTrace
 from unmask.errors import ConfigError
 
 
@@ -51,17 +51,10 @@ def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
                         mask_token_id=mask_token_id, generator=generator, probe=probe)
 
 
-def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-           config: DecodeConfig | None = None, decoder: DecoderConfig | None = None,
-           generator: torch.Generator | None = None, seed: int | None = None, trace: bool = False,
-           on_step: Callable[[DecodeStep], None] | None = None, stop_ids: Sequence[int] | None = None,
-           probe: LogitsProbe | None = None, **params) -> DecodeResult:
-    """Append ``max_new_tokens`` masks to the (left-padded) prompts (B, P) and decode them.
-
-    config: sampler parameters (default: the model's generation defaults, then ``DecodeConfig()``), updated by
-        ``params``; decoder: which decoder (default: the reference); stop_ids: tokens that end a row (default:
-        the model's eos and pad); on_step: called after every step (its time counts in the stats).
-    """
+def _settings(model, config: DecodeConfig | None, decoder: DecoderConfig | None, params: dict
+              ) -> tuple[DecodeConfig, DecoderConfig, int]:
+    """(sampler config, decoder, mask id) of a call: the model's generation defaults updated by ``params``,
+    the reference decoder by default; combinations no decoder can run are errors here."""
     base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
     config = base.replace(**params) if params else base
     decoder = decoder or DecoderConfig()
@@ -73,6 +66,21 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     mask_id = model.config.mask_token_id
     if mask_id is None:
         raise ValueError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model")
+    return config, decoder, mask_id
+
+
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+           config: DecodeConfig | None = None, decoder: DecoderConfig | None = None,
+           generator: torch.Generator | None = None, seed: int | None = None, trace: bool = False,
+           on_step: Callable[[DecodeStep], None] | None = None, stop_ids: Sequence[int] | None = None,
+           probe: LogitsProbe | None = None, **params) -> DecodeResult:
+    """Append ``max_new_tokens`` masks to the (left-padded) prompts (B, P) and decode them.
+
+    config: sampler parameters (default: the model's generation defaults, then ``DecodeConfig()``), updated by
+        ``params``; decoder: which decoder (default: the reference); stop_ids: tokens that end a row (default:
+        the model's eos and pad); on_step: called after every step (its time counts in the stats).
+    """
+    config, decoder, mask_id = _settings(model, config, decoder, params)
     _check_canvas(input_ids, attention_mask)
     stops = tuple(stop_ids) if stop_ids is not None else default_stop_ids(model.config)
     if decoder.early_stop and not stops:
@@ -88,7 +96,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
         full_mask = torch.cat([attention_mask.to(device).long(), torch.ones_like(masks)], dim=1)
 
     stats = DecodeStats()
-    record = DecodeTrace(region_start=[prompt_len] * batch, steps=[[] for _ in range(batch)]) if trace else None
+    record = DecodeTrace.empty(batch, prompt_len) if trace else None
     start = time.perf_counter()
     final = canvas
     for event in decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=prompt_len,
@@ -97,10 +105,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
         stats.canvas_forwards += event.canvases
         stats.tokens_committed += int(event.committed.sum())
         if record is not None:
-            for row in range(batch):
-                cols = event.committed[row].nonzero(as_tuple=True)[0]
-                record.steps[row].append(StepRecord(tuple(cols.tolist()), tuple(event.canvas[row, cols].tolist()),
-                                                    tuple(event.confidence[row, cols].tolist())))
+            record.add_step(event.committed, event.canvas, event.confidence)
         if on_step is not None:
             on_step(event)
         final = event.canvas
@@ -126,17 +131,7 @@ def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
     text after the masks, so a stop token inside a span ends nothing. ``config.max_new_tokens`` is ignored
     (the canvas says how many masks there are); ``config.steps`` is the step budget (reference: exactly).
     """
-    base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
-    config = base.replace(**params) if params else base
-    decoder = decoder or DecoderConfig()
-    if not isinstance(decoder, DecoderConfig):
-        raise TypeError(f"decoder must be a DecoderConfig, got {type(decoder).__name__}")
-    if decoder.decoder == "blocks" and config.alg == "origin":
-        raise ConfigError("the blocks decoder ranks positions by confidence: use --alg maskgit_plus, topk_margin "
-                          "or entropy (origin has no confidence)")
-    mask_id = model.config.mask_token_id
-    if mask_id is None:
-        raise ValueError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model")
+    config, decoder, mask_id = _settings(model, config, decoder, params)
     _check_canvas(canvas, attention_mask)
     if canvas.shape[1] < 2:
         raise ValueError("a canvas needs at least two columns: a real token at position 0 and something to fill")
@@ -150,7 +145,7 @@ def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
     full_mask = None if attention_mask is None or bool(real.all()) else real.long()
     batch = canvas.shape[0]
     stats = DecodeStats()
-    record = DecodeTrace(region_start=[0] * batch, steps=[[] for _ in range(batch)]) if trace else None
+    record = DecodeTrace.empty(batch, 0) if trace else None
     start = time.perf_counter()
     final = canvas
     for event in decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=1,
@@ -159,10 +154,7 @@ def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
         stats.canvas_forwards += event.canvases
         stats.tokens_committed += int(event.committed.sum())
         if record is not None:
-            for row in range(batch):
-                cols = event.committed[row].nonzero(as_tuple=True)[0]
-                record.steps[row].append(StepRecord(tuple(cols.tolist()), tuple(event.canvas[row, cols].tolist()),
-                                                    tuple(event.confidence[row, cols].tolist())))
+            record.add_step(event.committed, event.canvas, event.confidence)
         if on_step is not None:
             on_step(event)
         final = event.canvas

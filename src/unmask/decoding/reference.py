@@ -34,7 +34,7 @@ import torch
 
 from unmask.config import DecodeConfig
 from unmask.decoding.sampling import sample_tokens
-from unmask.decoding.trace import DecodeTrace, StepRecord
+from unmask.decoding.trace import DecodeTrace
 from unmask.diffusion import shift_logits
 from unmask.model import padding_attention_mask, positions_from_mask
 
@@ -217,8 +217,7 @@ def denoise(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = N
     """Run ``denoise_stream`` to the end; optionally record a decode trace and call ``on_step`` after each
     step (e.g. a live view; its time counts in the stats)."""
     stats = DecodeStats()
-    record = DecodeTrace(region_start=[region_start] * canvas.shape[0],
-                         steps=[[] for _ in range(canvas.shape[0])]) if trace else None
+    record = DecodeTrace.empty(canvas.shape[0], region_start) if trace else None
     start = time.perf_counter()
     final = canvas
     for event in denoise_stream(model, canvas, attention_mask, config=config, mask_token_id=mask_token_id,
@@ -226,10 +225,7 @@ def denoise(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = N
         stats.forward_passes += 1
         stats.tokens_committed += int(event.committed.sum())
         if record is not None:
-            for row in range(event.canvas.shape[0]):
-                cols = event.committed[row].nonzero(as_tuple=True)[0]
-                record.steps[row].append(StepRecord(tuple(cols.tolist()), tuple(event.canvas[row, cols].tolist()),
-                                                    tuple(event.confidence[row, cols].tolist())))
+            record.add_step(event.committed, event.canvas, event.confidence)
         if on_step is not None:
             on_step(event)
         final = event.canvas

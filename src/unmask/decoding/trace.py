@@ -30,6 +30,18 @@ class DecodeTrace:
     region_start: list[int]
     steps: list[list[StepRecord]] = field(default_factory=list)  # steps[row][step]
 
+    @classmethod
+    def empty(cls, batch: int, region_start: int) -> DecodeTrace:
+        return cls(region_start=[region_start] * batch, steps=[[] for _ in range(batch)])
+
+    def add_step(self, committed, canvas, confidence) -> None:
+        """Record one decoding step: ``committed`` (B, T) bool, the canvas (B, T) after it and the
+        confidences (B, T) of the committed positions."""
+        for row in range(canvas.shape[0]):
+            cols = committed[row].nonzero(as_tuple=True)[0]
+            self.steps[row].append(StepRecord(tuple(cols.tolist()), tuple(canvas[row, cols].tolist()),
+                                              tuple(confidence[row, cols].tolist())))
+
     def order(self, row: int = 0, *, drop_empty: bool = True) -> list[list[int]]:
         """Committed positions per step, relative to the region start (input of ``analysis.arness``)."""
         start = self.region_start[row]

@@ -5,36 +5,5 @@ code tests), :mod:`unmask.rl.loop` the GRPO loop behind ``unmask rl`` (imported 
 sampler, the evaluator and the training helpers).
 """
 
-from unmask.rl.grpo import (
-    ESTIMATORS,
-    LogprobPasses,
-    build_logprob_passes,
-    clipped_policy_loss,
-    combine_pass_logprobs,
-    coupled_masks,
-    decoupled_masks,
-    diffu_grpo_mask,
-    full_mask,
-    group_advantages,
-    mask_seed,
-    sample_coupled_t,
-    seeded_generator,
-    sequence_logprob_estimates,
-)
-
-__all__ = [
-    "ESTIMATORS",
-    "LogprobPasses",
-    "build_logprob_passes",
-    "clipped_policy_loss",
-    "combine_pass_logprobs",
-    "coupled_masks",
-    "decoupled_masks",
-    "diffu_grpo_mask",
-    "full_mask",
-    "group_advantages",
-    "mask_seed",
-    "sample_coupled_t",
-    "seeded_generator",
-    "sequence_logprob_estimates",
-]
+from unmask.rl.grpo import *  # noqa: F403 — the pure math is the package's public surface
+from unmask.rl.grpo import __all__  # noqa: F401

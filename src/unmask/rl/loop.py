@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from unmask.config import ALGS, DecodeConfig
+from unmask.config import ALGS, DecodeConfig, config_from_dict
 from unmask.data.benchmarks import Task
 from unmask.errors import ConfigError
 from unmask.fileio import atomic_write_text, parse_jsonl
@@ -182,14 +182,8 @@ class RLConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RLConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown RL config field(s): {', '.join(unknown)}")
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise ConfigError(f"bad RL config: {err}") from None
+        """Build from a mapping (a JSON file, CLI flags); an unknown key is a ``ConfigError`` naming it."""
+        return config_from_dict(cls, values, "RL")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -296,6 +296,18 @@ class Engine:
                 "batch_size": done.batch_size, "decoder": plan.decoder.decoder}
 
 
+async def _run_to_completion(request: Request, engine, plan: Plan) -> tuple[dict[int, DoneEvent], list]:
+    """Submit a non-streaming plan and wait for all its choices; whatever happens (a disconnect, an error),
+    its jobs are cancelled and its concurrency slot is released."""
+    queue, jobs, slot = engine.submit(plan, want_steps=False)
+    try:
+        return await _wait_all(request, queue, len(jobs)), jobs
+    finally:
+        for job in jobs:
+            job.cancelled.set()
+        slot.release()
+
+
 async def _wait_all(request: Request, queue: asyncio.Queue, count: int) -> dict[int, DoneEvent]:
     """Wait for every choice's DoneEvent, polling for a client disconnect so it can cancel the decode."""
     done: dict[int, DoneEvent] = {}
@@ -379,13 +391,7 @@ def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name
             submitted = engine.submit(plan, want_steps=True)
             return StreamingResponse(stream(plan, req, ident, created, chat, *submitted),
                                      media_type="text/event-stream", headers={"cache-control": "no-cache"})
-        queue, jobs, slot = engine.submit(plan, want_steps=False)
-        try:
-            done = await _wait_all(request, queue, len(jobs))
-        finally:
-            for job in jobs:
-                job.cancelled.set()
-            slot.release()
+        done, jobs = await _run_to_completion(request, engine, plan)
         choices, completion_tokens = [], 0
         for index in range(len(jobs)):
             event = done[index]
@@ -492,13 +498,7 @@ def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name
         # The middle is a placeholder run between two literal spans: the masks-anywhere path.
         plan = engine.plan(req.model_copy(update={"max_tokens": 0}),
                            prefix_ids + [engine.mask_id] * middle + suffix_ids, [(len(prefix_ids), middle)])
-        queue, jobs, slot = engine.submit(plan, want_steps=False)
-        try:
-            done = await _wait_all(request, queue, len(jobs))
-        finally:
-            for job in jobs:
-                job.cancelled.set()
-            slot.release()
+        done, jobs = await _run_to_completion(request, engine, plan)
         choices = []
         for index in range(len(jobs)):
             event = done[index]
