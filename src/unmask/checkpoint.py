@@ -69,9 +69,27 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 # config.json
 
 
-def config_to_hf(config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """The config.json of a Dream checkpoint (field names and extras as Dream's HF code expects)."""
+def config_to_hf(config: ModelConfig, dtype: torch.dtype = torch.float32, family: str = "dream") -> dict[str, Any]:
+    """The config.json of a Dream checkpoint (field names and extras as Dream's HF code expects), or with
+    ``family="qwen2"`` of a causal Qwen2 one (the autoregressive baseline: no mask token, no auto_map)."""
     fields = {name: getattr(config, name) for name in _CONFIG_FIELDS}
+    if family == "qwen2":
+        fields.pop("mask_token_id", None)
+        return {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "hidden_act": "silu",
+            "attention_dropout": 0.0,
+            "rope_scaling": None,
+            "use_cache": True,
+            "use_sliding_window": False,
+            "sliding_window": None,
+            "max_window_layers": config.num_hidden_layers,
+            "torch_dtype": str(dtype).removeprefix("torch."),
+            **fields,
+        }
+    if family != "dream":
+        raise CheckpointError(f"cannot write a {family!r} checkpoint; supported: dream, qwen2")
     return {
         "architectures": ["DreamModel"],
         "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
@@ -235,13 +253,14 @@ def load_model(directory: str | os.PathLike, *, dtype: str | torch.dtype | None 
     model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    model.family = family  # "qwen2": a causal model (the AR baseline); re-saving keeps the format
     return model.eval()
 
 
 def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=None,
                generation: DecodeConfig | dict[str, Any] | None = None,
                dtype: str | torch.dtype | None = None,
-               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, family: str | None = None) -> Path:
     """Write a complete HF directory atomically: build it beside the target, then swap it in.
 
     A crash mid-save leaves either the old directory or the new one, never a mix.
@@ -257,7 +276,8 @@ def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=Non
         if model.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
         _write_weights(state, staging, max_shard_bytes)
-        _write_json(staging / "config.json", config_to_hf(model.config, dtype))
+        family = family or getattr(model, "family", "dream")
+        _write_json(staging / "config.json", config_to_hf(model.config, dtype, family))
         _write_json(staging / "generation_config.json", generation_config_dict(model.config, generation))
         if tokenizer is not None:
             tokenizer.save(staging)

@@ -185,6 +185,7 @@ class DreamModel(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False
+        self.family = "dream"  # checkpoint format on save; "qwen2" for a causal model (the AR baseline)
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:

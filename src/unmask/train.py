@@ -59,6 +59,8 @@ from unmask.diffusion import (
     diffusion_loss,
     forward_mask,
     sample_t,
+    shift_logits,
+    token_logprobs,
 )
 from unmask.errors import ConfigError
 from unmask.model import DreamModel
@@ -70,6 +72,7 @@ STAGES = ("pretrain", "sft")
 NORMALIZERS = ("tokens", "sequence")
 T_METHODS = ("antithetic", "stratified", "uniform")
 DISTRIBUTED = ("ddp", "fsdp")
+OBJECTIVES = ("diffusion", "autoregressive")
 OPTIMIZER_FILE = "optimizer.pt"
 
 
@@ -85,6 +88,10 @@ class TrainConfig:
     data: str = field(default="stdlib", metadata=_doc("a directory of .py files, a .jsonl, or 'stdlib'"))
     data_max_bytes: int | None = field(default=2_000_000, metadata=_doc("read at most this much text"))
     stage: str = field(default="pretrain", metadata=_doc("pretrain | sft", choices=STAGES))
+    objective: str = field(
+        default="diffusion",
+        metadata=_doc("diffusion (masked ELBO) | autoregressive (causal next-token baseline)", choices=OBJECTIVES),
+    )
     preset: str = field(default="tiny", metadata=_doc("model preset for a fresh model"))
     init_from: str | None = field(default=None, metadata=_doc("continue from this HF model directory"))
     tokenizer: str | None = field(
@@ -159,6 +166,11 @@ class TrainConfig:
                 positive(name)
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.objective == "autoregressive" and self.adapt_from_ar:
+            raise ConfigError("adapt_from_ar turns a causal model into a diffusion one; it cannot be combined with "
+                              "objective autoregressive")
         if self.loss_normalizer not in NORMALIZERS:
             raise ConfigError(
                 f"loss_normalizer must be one of {', '.join(NORMALIZERS)}; got {self.loss_normalizer!r}"
@@ -273,6 +285,7 @@ def make_batch(
     cfg: TrainConfig,
     mask_token_id: int,
     generator: torch.Generator,
+    eos_token_id: int | None = None,
 ) -> Batch:
     """Noise clean rows (B, T) for optimiser step ``step``; all draws come from ``generator``.
 
@@ -283,6 +296,8 @@ def make_batch(
     B, T = clean.shape
     pos = torch.arange(T)[None, :]  # (1, T)
     start = prompt_lengths[:, None]  # (B, 1)
+    if cfg.objective == "autoregressive":
+        return _causal_batch(clean, start, sft=cfg.stage == "sft", stop_id=eos_token_id)
     key_valid = torch.ones(B, T, dtype=torch.bool)  # (B, T)
     fraction = 1.0
     if cfg.adapt_from_ar:
@@ -305,9 +320,32 @@ def make_batch(
     return Batch(noisy, clean, masked, maskable, t, attention, fraction)
 
 
+def _causal_batch(clean: torch.Tensor, start: torch.Tensor, *, sft: bool, stop_id: int | None) -> Batch:
+    """The autoregressive baseline's batch: clean inputs, causal attention, and every position from the
+    prompt on as a target (logits are shifted, so target ``j`` is predicted from tokens ``< j``). SFT rows
+    stop counting after the response's first stop token: an AR model stops there, the pads are not
+    learned."""
+    from unmask.autoregressive import causal_attention
+
+    B, T = clean.shape
+    pos = torch.arange(T)[None, :]
+    targets = pos >= start.clamp(min=1)  # (B, T)
+    if sft and stop_id is not None:
+        is_stop = (clean == stop_id) & targets
+        before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()  # stops strictly before each position
+        targets &= before == 0
+    attention = causal_attention(torch.ones(B, T, dtype=torch.bool))
+    return Batch(clean, clean, targets, targets, torch.ones(B), attention, 0.0)
+
+
 def _loss_sum(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Tensor:
     """Sum over rows of the per-row ELBO terms (numerator of the global normaliser); 0-d float32."""
     B, T = batch.targets.shape
+    if cfg.objective == "autoregressive":
+        nll = -token_logprobs(shift_logits(logits), batch.targets) * batch.masked  # (B, T)
+        if cfg.loss_normalizer == "tokens":
+            return nll.sum()
+        return (nll.sum(1) / batch.masked.sum(1).clamp(min=1)).sum()
     # "tokens": the batch-mean times B*T is sum_b S_b; "sequence": the per-row mean times B is sum_b S_b / n_b.
     normalizer, scale = ("batch", B * T) if cfg.loss_normalizer == "tokens" else ("sequence", B)
     loss, _ = diffusion_loss(logits, batch.targets, batch.masked, batch.t, maskable=batch.maskable,
@@ -360,7 +398,7 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
         _, family, raw = read_config(cfg.init_from)
         tokenizer = load_tokenizer(cfg.init_from, raw)
         model.config = _with_special_ids(model.config, tokenizer.special, cfg.init_from)
-        if family != "dream" and not cfg.adapt_from_ar:
+        if family != "dream" and not cfg.adapt_from_ar and cfg.objective == "diffusion":
             print(
                 f"note: {cfg.init_from} is a causal {family} checkpoint; --adapt-from-ar with --anneal-steps N "
                 "anneals its attention from causal to full (SPEC §2)",
@@ -438,8 +476,16 @@ def _check_model(cfg: TrainConfig, model: DreamModel) -> None:
     limit = model.config.max_position_embeddings
     if cfg.seq_len > limit:
         raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's max_position_embeddings ({limit})")
-    if model.config.mask_token_id is None:
+    if model.config.mask_token_id is None and cfg.objective == "diffusion":
         raise ConfigError("the model config has no mask_token_id; a diffusion model needs one")
+
+
+def _stop_id(cfg: TrainConfig, model_config: Any, tokenizer: Any) -> int | None:
+    """The token that ends an SFT response (what an AR model stops at)."""
+    special = getattr(tokenizer, "special", None)
+    if cfg.chat and special is not None and special.im_end is not None:
+        return special.im_end
+    return model_config.eos_token_id
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -482,6 +528,7 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep: int,
     optimizer_state: dict[str, Any] | None = None,
+    family: str = "dream",
 ) -> Path:
     """Write ``checkpoint-{step}`` atomically (staging directory, then ``os.replace``), update ``latest``
     and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to.
@@ -495,7 +542,7 @@ def save_checkpoint(
     staging = run_dir / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_model(model, staging, tokenizer=tokenizer)
+        save_model(model, staging, tokenizer=tokenizer, family=family)
         if optimizer_state is not None:
             torch.save(optimizer_state, staging / OPTIMIZER_FILE)
         torch.save(trainer_state, staging / "trainer_state.pt")
@@ -616,6 +663,7 @@ def evaluate(
     step: int,
     mask_token_id: int,
     device: torch.device,
+    stop_id: int | None = None,
 ) -> float | None:
     """Validation ELBO on the first ``eval_batches`` micro-batches with a fixed noise seed, so values at
     different steps are comparable and evaluation consumes none of the training randomness."""
@@ -635,6 +683,7 @@ def evaluate(
             cfg=cfg,
             mask_token_id=mask_token_id,
             generator=generator,
+            eos_token_id=stop_id,
         )
         batches.append(batch)
         b = batch.to(device)
@@ -684,6 +733,13 @@ def generate_samples(
     was_training = model.training
     model.eval()
     try:
+        if cfg.objective == "autoregressive":
+            from unmask.autoregressive import generate_ar
+
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = generate_ar(model, ids.to(device), attention.to(device), max_new_tokens=cfg.sample_tokens,
+                                  pad_id=pad_token_id)
+            return out.generated.cpu().tolist()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             result = generate(
                 model,
@@ -801,8 +857,10 @@ def _train(
     _check_model(cfg, model)
     if data.train.seq_len != cfg.seq_len:
         raise ConfigError(f"data rows have length {data.train.seq_len} but seq_len is {cfg.seq_len}")
-    mask_id = int(model.config.mask_token_id)
+    # The AR baseline never masks; its mask id (from the tokenizer) only keeps shared code paths uniform.
+    mask_id = int(model.config.mask_token_id) if model.config.mask_token_id is not None else -1
     model_config = model.config
+    stop_id = _stop_id(cfg, model_config, tokenizer)
     device = _resolve_device(cfg, rank)
     model = model.to(device=device, dtype=torch.float32)
     model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -875,6 +933,7 @@ def _train(
                     cfg=cfg,
                     mask_token_id=mask_id,
                     generator=noise,
+                    eos_token_id=stop_id,
                 )
             )
         denominator = _denominator(batches, cfg)
@@ -919,7 +978,8 @@ def _train(
         }
         # Under FSDP every forward is a collective, so all ranks validate (identically); only rank 0 writes.
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and (rank == 0 or fsdp):
-            val_loss = evaluate(model, data.val, cfg, step=step, mask_token_id=mask_id, device=device)
+            val_loss = evaluate(model, data.val, cfg, step=step, mask_token_id=mask_id, device=device,
+                                stop_id=stop_id)
             completions = generate_samples(model, prompts, cfg, pad_token_id=pad_id, device=device)
             if rank == 0:
                 record["val_loss"] = val_loss
@@ -957,6 +1017,7 @@ def _train(
                     trainer_state,
                     cfg.keep_checkpoints,
                     optimizer_state=optim_state,
+                    family="qwen2" if cfg.objective == "autoregressive" else "dream",
                 )
             del model_state, optim_state
             if world > 1:
