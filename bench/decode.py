@@ -37,6 +37,47 @@ DECODERS = {
 }
 
 
+def pass_at_1(tasks, tokenizer, generated: list[list[int]]) -> float:
+    pending = [(t.task_id, 0, clean_completion(tokenizer.decode(g), program_mode(t, False)))
+               for t, g in zip(tasks, generated)]
+    results = execute({t.task_id: t for t in tasks}, pending, mode_of=lambda t: program_mode(t, False),
+                      timeout=5.0, memory_mb=1024)
+    return round(sum(r.verdict == "passed" for r in results) / len(results), 4)
+
+
+def ar_row(args, tasks, prompts, pad, stops, sync) -> dict:
+    """The autoregressive baseline on the same prompts and batches: greedy, one token per forward."""
+    from unmask.autoregressive import generate_ar
+
+    model, tokenizer = unmask.load(args.ar_model, dtype=args.dtype, device=args.device)
+    if getattr(model, "family", "dream") != "qwen2":
+        raise SystemExit(f"--ar-model {args.ar_model} is not a causal (qwen2-format) checkpoint")
+    generate_ar(model, torch.tensor([prompts[0]], device=model.device), max_new_tokens=2)  # warm-up
+    forwards = row_forwards = useful = 0
+    seconds = 0.0
+    generated: list[list[int]] = []
+    for start in range(0, len(prompts), args.batch):
+        chunk = prompts[start:start + args.batch]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
+        sync()
+        began = time.perf_counter()
+        out = generate_ar(model, ids, mask, max_new_tokens=args.max_new_tokens, stop_ids=stops, pad_id=pad)
+        sync()
+        seconds += time.perf_counter() - began
+        forwards += out.forward_passes
+        row_forwards += out.forward_passes * len(chunk)
+        useful += out.useful_tokens  # tokens before the first stop, as the diffusion rows count them
+        generated += out.generated.tolist()
+    row = {"forward_passes": forwards, "canvas_forwards": forwards, "tokens_per_forward": 1.0,
+           "useful_tokens": useful, "useful_tokens_per_s": round(useful / seconds, 2), "seconds": round(seconds, 3),
+           "model": args.ar_model}
+    if not args.no_exec:
+        row["pass@1"] = pass_at_1(tasks, tokenizer, generated)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model directory (e.g. from `unmask init DIR --preset small`)")
@@ -54,6 +95,9 @@ def main() -> None:
     parser.add_argument("--no-exec", action="store_true", help="skip the sandbox (timing only)")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ar-model", default=None,
+                        help="also time an autoregressive baseline (a causal model of the same preset, "
+                             "e.g. from recipes/ar-baseline.sh): greedy, KV cache, stops at EOS")
     args = parser.parse_args()
 
     from unmask.data.synthetic import synthetic_tasks
@@ -108,17 +152,19 @@ def main() -> None:
                       "tokens_per_forward": round(committed / row_forwards, 3), "useful_tokens": useful,
                       "useful_tokens_per_s": round(useful / seconds, 2), "seconds": round(seconds, 3)}
         if not args.no_exec:
-            pending = [(t.task_id, 0, clean_completion(tokenizer.decode(g), program_mode(t, False)))
-                       for t, g in zip(tasks, generated)]
-            results = execute({t.task_id: t for t in tasks}, pending, mode_of=lambda t: program_mode(t, False),
-                              timeout=5.0, memory_mb=1024)
-            rows[name]["pass@1"] = round(sum(r.verdict == "passed" for r in results) / len(results), 4)
+            rows[name]["pass@1"] = pass_at_1(tasks, tokenizer, generated)
+    if args.ar_model:
+        rows["autoregressive"] = ar_row(args, tasks, prompts, pad, stops, sync)
     ref = rows["reference"]
     for row in rows.values():
         row["wall_ratio_vs_reference"] = round(ref["seconds"] / row["seconds"], 3)  # > 1: faster
         row["forward_ratio_vs_reference"] = round(ref["forward_passes"] / row["forward_passes"], 3)
         if "pass@1" in row:
             row["pass@1_delta"] = round(row["pass@1"] - ref["pass@1"], 4)
+    if "autoregressive" in rows:
+        ar_rate = rows["autoregressive"]["useful_tokens_per_s"]
+        for row in rows.values():
+            row["tokens_per_s_vs_autoregressive"] = round(row["useful_tokens_per_s"] / ar_rate, 3)
     if "lossless" in outputs:
         rows["lossless"]["identical_to_reference"] = outputs["lossless"] == outputs["reference"]
     result = {

@@ -32,7 +32,7 @@ def causal_attention(key_valid: torch.Tensor) -> torch.Tensor:
 @dataclass
 class ARResult:
     """generated (B, L): new tokens, pad after a row's first stop token; forward_passes: sequential model
-    calls (prefill included); useful_tokens: tokens up to and including each row's first stop token."""
+    calls (prefill included); useful_tokens: tokens before each row's first stop token, summed over rows."""
 
     generated: torch.Tensor
     forward_passes: int
@@ -91,8 +91,9 @@ def generate_ar(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         token = _pick(logits, temperature, generator)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         ids[:, end] = token
-        useful += int((~done).sum())
-        done |= torch.isin(token, stops)
+        is_stop = torch.isin(token, stops)
+        useful += int((~done & ~is_stop).sum())
+        done |= is_stop
         if bool(done.all()):
             break
     return ARResult(ids[:, prompt_len:], forwards, useful)
