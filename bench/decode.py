@@ -23,11 +23,14 @@ import torch
 import unmask
 from unmask.config import DecoderConfig
 from unmask.decoding import decode
+from unmask.decoding.eos import pad_after_stop
 from unmask.evaluate import clean_completion, execute, program_mode, prompt_text
 
 DECODERS = {
     "reference": DecoderConfig(),
     "lossless": DecoderConfig(lossless=True),
+    # exact text: stops once every row's text (up to its first stop token) is final; the tail is pad
+    "lossless+early-stop": DecoderConfig(lossless=True, early_stop=True),
     "blocks": DecoderConfig(decoder="blocks"),
     "blocks+prefix": DecoderConfig(decoder="blocks", cache="prefix"),
     "parallel": DecoderConfig(decoder="parallel"),
@@ -81,7 +84,10 @@ def ar_row(args, tasks, prompts, pad, stops, sync) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model directory (e.g. from `unmask init DIR --preset small`)")
-    parser.add_argument("--tasks", type=int, default=8, help="held-out synthetic tasks (prompts)")
+    parser.add_argument("--tasks", type=int, default=8, help="tasks (prompts) of the benchmark")
+    parser.add_argument("--benchmark", default="synthetic",
+                        help="synthetic (the procedural held-out split) or any `unmask eval` benchmark, e.g. "
+                             "humaneval for timing on real prompts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=None, help="default: max-new-tokens (one token per step)")
@@ -106,7 +112,12 @@ def main() -> None:
     config = model.generation_defaults.replace(max_new_tokens=args.max_new_tokens,
                                                steps=args.steps or args.max_new_tokens, alg=args.alg,
                                                temperature=args.temperature)
-    tasks = synthetic_tasks("heldout", args.tasks, args.seed)
+    if args.benchmark == "synthetic":
+        tasks = synthetic_tasks("heldout", args.tasks, args.seed)
+    else:
+        from unmask.evaluate import EvalConfig, load_tasks
+
+        tasks = load_tasks(EvalConfig(benchmark=args.benchmark, limit=args.tasks, seed=args.seed))
     prompts = [tokenizer.encode(prompt_text(t, tokenizer, chat=False)) for t in tasks]
     pad, stops = tokenizer.special.pad, tokenizer.special.stop_ids()
     names = [n.strip() for n in args.decoders.split(",")]
@@ -167,10 +178,13 @@ def main() -> None:
             row["tokens_per_s_vs_autoregressive"] = round(row["useful_tokens_per_s"] / ar_rate, 3)
     if "lossless" in outputs:
         rows["lossless"]["identical_to_reference"] = outputs["lossless"] == outputs["reference"]
+    if "lossless+early-stop" in outputs:  # the same text: tokens up to the first stop, pad after it
+        cut = pad_after_stop(torch.tensor(outputs["reference"]), stops, pad).tolist()
+        rows["lossless+early-stop"]["identical_text_to_reference"] = outputs["lossless+early-stop"] == cut
     result = {
         "bench": "decode", "model": args.model, "params_m": round(model.config.num_parameters() / 1e6, 2),
         "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(),
-        "cpu_threads": torch.get_num_threads(), "tasks": len(tasks), "batch": args.batch,
+        "cpu_threads": torch.get_num_threads(), "benchmark": args.benchmark, "tasks": len(tasks), "batch": args.batch,
         "max_new_tokens": config.max_new_tokens, "steps": config.steps, "alg": config.alg,
         "temperature": config.temperature, "block_length": args.block_length, "threshold": args.threshold,
         "early_stop": not args.no_early_stop, "decoders": rows,

@@ -66,7 +66,9 @@ def passes(tasks, codes) -> list[bool]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--n", type=int, default=40, help="held-out tasks")
+    ap.add_argument("--n", type=int, default=40, help="tasks")
+    ap.add_argument("--split", default="heldout", choices=("heldout", "train"),
+                    help="procedural split: held-out compositions, or fresh tasks of the training distribution")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--decoder", default="reference", choices=("reference", "blocks", "parallel"))
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
     model, tokenizer = unmask.load(args.model)
     config = DecodeConfig(max_new_tokens=args.max_new_tokens, steps=args.max_new_tokens, temperature=0.0)
     decoder = DecoderConfig(decoder=args.decoder)
-    tasks = synthetic_tasks("heldout", args.n, args.seed)
+    tasks = synthetic_tasks(args.split, args.n, args.seed)
     rng = random.Random(args.seed)
     start = time.perf_counter()
 
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
                                "forwards_per_task": forwards / max(1, count)}
     n = len(tasks)
     report = {
-        "bench": "edit_report", "model": args.model, "tasks": n, "seed": args.seed, "decoder": args.decoder,
+        "bench": "edit_report", "model": args.model, "split": args.split, "tasks": n, "seed": args.seed, "decoder": args.decoder,
         "canonical_pass": sum(canonical_ok) / n,
         "infill_pass@1": {k: sum(v) / n for k, v in infill_pass.items()},
         # infills run as one batch: every row is in every forward, so a row's compute is the batch's forwards
