@@ -268,6 +268,17 @@ def test_repair_helpers_by_hand():
               '  File "program.py", line 12, in check\n  File "program.py", line 4, in f\nZeroDivisionError\n')
     assert traceback_lines(stderr, code_line_offset=2, num_lines=3) == [1]  # line 4 of the program = code line 2
     assert choose_spans(spans, [-1.0, -5.0, -3.0], [], 2) == [spans[1], spans[2]]
+
+
+def test_repair_spans_start_on_a_token_boundary(tokenizer):
+    # "    return y - 1" is "   " + " return" + …: the span takes the glued space, so a hole filled with the
+    # token the tokenizer itself uses (" return") keeps the indentation; the text before it ends in whole tokens.
+    spans = line_spans(CODE, tokenizer=tokenizer)
+    assert [CODE[a:b] for a, b in spans] == ["def f(x):", " y = x * 2", " return y - 1"]
+    for a, _ in spans[1:]:
+        line_start = CODE.rindex("\n", 0, a) + 1
+        ids = tokenizer.encode(CODE[line_start:a])
+        assert tokenizer.decode(ids) == CODE[line_start:a] == "   "
     assert choose_spans(spans, [-1.0, -5.0, -3.0], [0], 2) == [spans[0], spans[1]]  # implicated first
     segments = masked_segments(CODE, [spans[2]], lambda s: s.split())
     assert segments == [CODE[:spans[2][0]], Hole(4), "\n"]
@@ -297,8 +308,26 @@ def test_repair_edits_only_the_chosen_spans(text_model, tokenizer):
         # the code after the round is the fixed pieces, in order, with anything between them (the new middles)
         assert re.fullmatch("(.*?)".join(re.escape(p) for p in fixed), rnd.code, flags=re.DOTALL)
         assert rnd.diff == unified(code, rnd.code)
-        code = rnd.code
+        assert rnd.kept == rnd.passed  # revert_failed (the default): only a passing round is kept
+        if rnd.kept:
+            code = rnd.code
     assert code == result.code and code.startswith("import math\n\ndef f(x):\n")
+
+
+def test_repair_reverts_failed_rounds_and_tries_other_spans(text_model, tokenizer):
+    buggy = "def f(x):\n    y = x * 3\n    z = y + 0\n    return z - 1\n"
+    build = lambda c: c + "\nassert f(3) == 1234\n"  # noqa: E731 — no edit can pass: every round fails
+    editable = (buggy.index("    y"), len(buggy))
+    result = repair(text_model, tokenizer, buggy, build, editable=editable, config=RepairConfig(rounds=5),
+                    decode=DecodeConfig(max_new_tokens=8, steps=8), seed=0)
+    assert not result.passed and result.code == buggy  # every failed round was undone
+    chosen = [tuple(r.spans) for r in result.rounds]
+    assert len(result.rounds) == 3 and len(set(chosen)) == 3  # each of the 3 body lines tried once, then stop
+    assert all(not r.kept for r in result.rounds)
+    assert result.rounds[0].forwards > result.rounds[1].forwards  # the scores of unchanged code are reused
+    kept = repair(text_model, tokenizer, buggy, build, editable=editable,
+                  config=RepairConfig(rounds=2, revert_failed=False), decode=DecodeConfig(max_new_tokens=8, steps=8))
+    assert all(r.kept for r in kept.rounds) and kept.code == kept.rounds[-1].code
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -278,7 +278,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
     def show(index: int, record) -> None:
         print(f"--- round {index + 1}: re-masked {len(record.spans)} span(s), tests "
-              f"{'pass' if record.passed else 'fail (' + record.error_kind + ')'}, {record.forwards} forwards")
+              f"{'pass' if record.passed else 'fail (' + record.error_kind + ')'}, {record.forwards} forwards"
+              + ("" if record.kept else "; undone, the next round tries other spans"))
         sys.stdout.write(record.diff or "(no change)\n")
 
     result = repair(model, tokenizer, code, lambda c: c + "\n\n" + tests, config=rcfg, decode=config,

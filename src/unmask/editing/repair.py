@@ -3,14 +3,17 @@
     unmask repair --model DIR --tests tests.py buggy.py --rounds 3
 
 One round: (1) run ``build(code)`` in the sandbox; stop if it passes. (2) Candidate spans are the lines of the
-editable character range, each trimmed of surrounding whitespace (indentation and the newline stay fixed).
+editable character range, each trimmed of surrounding whitespace (indentation and the newline stay fixed;
+a span starts on a token boundary, see ``line_spans``).
 (3) Lines named in the traceback (``File "program.py", line N`` mapped back into ``code``, innermost first)
 are chosen first, then the lines the model is least sure of: a line's score is the mean log-probability of
 its tokens when each is masked (``stride`` canvases, each masking every stride-th token: a strided
 pseudo-likelihood, ``stride`` forwards). (4) The chosen spans become holes of the *same token count* as the
 text they replace (a bug like a changed operator or constant rarely changes the length) and are filled by
 ``editing.infill`` with the chosen decoder; everything outside them is kept byte for byte. (5) The diff of the
-round is recorded, and the tests run again.
+round is recorded, and the tests run again. (6) If they still fail, the round is undone (``revert_failed``,
+the default) and the next round tries the next most suspicious spans of the same code; a passing round ends
+the repair. With ``revert_failed=False`` every round builds on the previous one.
 
 Compute is counted in forwards (canvases evaluated per sample): scoring + decoding.
 """
@@ -40,6 +43,9 @@ class RepairConfig:
     spans_per_round: int = 1
     stride: int = 4
     use_traceback: bool = True
+    # A round whose tests still fail is undone and the next most suspicious spans are tried instead: pass/fail
+    # cannot tell a half-fix from a new bug, and keeping every failed rewrite compounds the damage.
+    revert_failed: bool = True
     timeout: float = 5.0
     memory_mb: int = 1024
 
@@ -60,6 +66,7 @@ class RepairRound:
     passed: bool  # tests after the round
     error_kind: str
     forwards: int
+    kept: bool = True  # False: the tests still failed and the round was undone (``revert_failed``)
 
 
 @dataclass
@@ -74,8 +81,14 @@ class RepairResult:
         return sum(r.forwards for r in self.rounds)
 
 
-def line_spans(code: str, editable: tuple[int, int] | None = None) -> list[tuple[int, int]]:
-    """Character ranges of every line's content (stripped of surrounding whitespace) inside ``editable``."""
+def line_spans(code: str, editable: tuple[int, int] | None = None, tokenizer=None) -> list[tuple[int, int]]:
+    """Character ranges of every line's content (stripped of surrounding whitespace) inside ``editable``.
+
+    With a ``tokenizer`` a span starts at the last token boundary at or before the content, in the line's own
+    tokenisation. Byte-level BPEs (GPT-2's, Qwen2's, ours) glue one space to the next word (``"    return"``
+    is ``"   " + " return"``): a hole starting at ``return`` would be filled with ``" return"`` and shift the
+    indentation by one, which Python rejects.
+    """
     lo, hi = editable if editable is not None else (0, len(code))
     spans = []
     start = 0
@@ -83,11 +96,28 @@ def line_spans(code: str, editable: tuple[int, int] | None = None) -> list[tuple
         a, b = max(start, lo), min(start + len(line), hi)
         text = code[a:b]
         if text.strip():
-            a += len(text) - len(text.lstrip())
+            content = a + len(text) - len(text.lstrip())
+            a = content if tokenizer is None else max(a, _token_boundary(code[start:start + len(line)],
+                                                                          content - start, tokenizer) + start)
             b -= len(text) - len(text.rstrip())
             spans.append((a, b))
         start += len(line)
     return spans
+
+
+def _token_boundary(line: str, offset: int, tokenizer) -> int:
+    """The last token boundary <= ``offset`` in ``tokenizer.encode(line)``; ``offset`` if the pieces do not
+    spell the line (a tokenizer that normalises text)."""
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode(line)]
+    if "".join(pieces) != line:
+        return offset
+    best, pos = 0, 0
+    for piece in pieces:
+        if pos > offset:
+            break
+        best = pos
+        pos += len(piece)
+    return best
 
 
 def traceback_lines(stderr: str, code_line_offset: int, num_lines: int) -> list[int]:
@@ -197,13 +227,21 @@ def repair(model, tokenizer, code: str, build: Callable[[str], str], *, editable
 
     outcome, offset = test(code)
     result = RepairResult(code, outcome.passed, outcome.passed)
+    tried: set[tuple[int, int]] = set()  # spans of ``code`` already re-denoised without success (reverted)
+    scored: tuple[str, list[float], int] | None = None  # scores of ``code``: unchanged after a revert
     for index in range(config.rounds):
         if outcome.passed:
             break
-        spans = line_spans(code, editable)
+        all_spans = line_spans(code, editable, tokenizer)
+        if scored is None or scored[0] != code:
+            all_scores, forwards = span_confidence(model, tokenizer, code, all_spans, config.stride)
+            scored = (code, all_scores, forwards)
+        else:
+            forwards = 0
+        keep = [i for i, span in enumerate(all_spans) if span not in tried]
+        spans, scores = [all_spans[i] for i in keep], [scored[1][i] for i in keep]
         if not spans:
             break
-        scores, forwards = span_confidence(model, tokenizer, code, spans, config.stride)
         implicated: list[int] = []
         if config.use_traceback:
             line_starts = [0]
@@ -215,15 +253,20 @@ def repair(model, tokenizer, code: str, build: Callable[[str], str], *, editable
         fill = infill(model, tokenizer, [masked_segments(code, chosen, tokenizer.encode)], length=1,
                       config=decode, decoder=decoder, generator=generator)[0]
         new_code = fill.text
-        outcome, offset = test(new_code)
-        record = RepairRound(chosen, unified(code, new_code), new_code, outcome.passed, outcome.error_kind,
-                             forwards + fill.forwards)
+        new_outcome, new_offset = test(new_code)
+        kept = new_outcome.passed or not config.revert_failed
+        record = RepairRound(chosen, unified(code, new_code), new_code, new_outcome.passed, new_outcome.error_kind,
+                             forwards + fill.forwards, kept)
         result.rounds.append(record)
         if on_round is not None:
             on_round(index, record)
+        if not kept:  # undo the round; its spans are not chosen again while the code stays the same
+            tried.update(chosen)
+            continue
         if editable is not None:
             # The span lengths may change: the editable range moves with them.
             editable = (editable[0], editable[1] + len(new_code) - len(code))
-        code = new_code
+        code, outcome, offset = new_code, new_outcome, new_offset
+        tried.clear()
     result.code, result.passed = code, outcome.passed
     return result
