@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--sweep-thresholds", default="",
+                        help="comma-separated extra thresholds: one parallel+dual row each (the speed/quality curve)")
     parser.add_argument("--batch", type=int, default=4, help="prompts decoded together (left padding)")
     parser.add_argument("--decoders", default=",".join(DECODERS), help="comma-separated subset of the names above")
     parser.add_argument("--no-early-stop", action="store_true", help="fast decoders run to the end")
@@ -134,8 +136,12 @@ def main() -> None:
     decode(model, torch.tensor([prompts[0]], device=model.device), config=config.replace(max_new_tokens=8, steps=2))
     rows: dict[str, dict] = {}
     outputs: dict[str, list[list[int]]] = {}
-    for name in names:
-        decoder = DECODERS[name].replace(block_length=args.block_length, threshold=args.threshold)
+    settings = {name: DECODERS[name].replace(block_length=args.block_length, threshold=args.threshold)
+                for name in names}
+    for tau in (float(x) for x in args.sweep_thresholds.split(",") if x.strip()):
+        settings[f"parallel+dual τ={tau:g}"] = DECODERS["parallel+dual"].replace(block_length=args.block_length,
+                                                                                threshold=tau)
+    for name, decoder in settings.items():
         if decoder.decoder != "reference" and not args.no_early_stop:
             decoder = decoder.replace(early_stop=True)
         forwards = row_forwards = canvases = committed = useful = 0
