@@ -206,6 +206,15 @@ def test_infill_with_a_preferring_model_fills_the_span_with_its_token(tokenizer)
         assert r.middle_ids == [[token] * 4] and r.text == "a = (" + " x" * 4 + ")\n"
 
 
+def test_holes_with_their_own_length_are_decoded_once(text_model, tokenizer):
+    config = DecodeConfig(max_new_tokens=8, steps=8)
+    fixed = infill(text_model, tokenizer, [["a = (", Hole(3), ")\n"], ["b = ", Hole(5), "\n"]], config=config)
+    assert [r.forwards for r in fixed] == [5, 5]  # one decode, one token per step over the longest hole
+    assert all(r.candidates == {} for r in fixed)
+    searched = infill(text_model, tokenizer, [["a = (", Hole(), ")\n"]], config=config, max_length=8)
+    assert sorted(searched[0].candidates) == [4, 8] and searched[0].forwards == 4 + 1 + 8 + 1
+
+
 def test_infill_bad_length_is_a_clear_error(text_model, tokenizer):
     with pytest.raises(ValueError, match="positive integer or 'auto'"):
         infill(text_model, tokenizer, [["a", Hole()]], length=0)

@@ -145,6 +145,8 @@ def infill(model, tokenizer, requests: Sequence[Sequence[Segment]], *, length: i
         grid = [length]
     else:
         raise ValueError(f"length must be a positive integer or 'auto', got {length!r}")
+    if all(seg.length is not None for r in requests for seg in r if isinstance(seg, Hole)):
+        grid = grid[:1]  # every hole has its own length: the rule has nothing to choose, decode once
 
     best: list[InfillResult | None] = [None] * len(requests)
     tried: list[dict[int, float]] = [{} for _ in requests]
