@@ -122,7 +122,8 @@ def main(argv=None) -> int:
                                "forwards_per_task": forwards / max(1, count)}
     n = len(tasks)
     report = {
-        "bench": "edit_report", "model": args.model, "split": args.split, "tasks": n, "seed": args.seed, "decoder": args.decoder,
+        "bench": "edit_report", "model": args.model, "split": args.split, "tasks": n, "seed": args.seed,
+        "decoder": args.decoder,
         "canonical_pass": sum(canonical_ok) / n,
         "infill_pass@1": {k: sum(v) / n for k, v in infill_pass.items()},
         # infills run as one batch: every row is in every forward, so a row's compute is the batch's forwards
