@@ -11,6 +11,7 @@ UNMASK=${UNMASK:-.venv/bin/unmask}
 RUN=${RUN:-runs/ar-baseline}
 TOKENIZER=${TOKENIZER:-models/unmask-small}   # the diffusion model's tokenizer, so the two see the same ids
 SFT_DATA=${SFT_DATA:-runs/default-model/sft.jsonl}
+SFT_STEPS=${SFT_STEPS:-3000}                   # the diffusion model's SFT steps
 mkdir -p "$RUN"
 
 $UNMASK train --config recipes/default-pretrain.yaml --objective autoregressive --tokenizer "$TOKENIZER" \
@@ -19,5 +20,5 @@ $UNMASK convert "$RUN/pretrain/$(cat "$RUN/pretrain/latest")" "$RUN/pretrained" 
 
 [[ -f "$SFT_DATA" ]] || $UNMASK tasks synthetic-train --n 20000 --seed 1 --format sft --out "$SFT_DATA"
 $UNMASK train --config recipes/default-sft.yaml --objective autoregressive --run-dir "$RUN/sft" \
-    --init-from "$RUN/pretrained" --data "$SFT_DATA" --resume
+    --init-from "$RUN/pretrained" --data "$SFT_DATA" --max-steps "$SFT_STEPS" --resume
 $UNMASK convert "$RUN/sft/$(cat "$RUN/sft/latest")" "$RUN/model" --dtype bfloat16 --force
