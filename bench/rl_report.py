@@ -63,6 +63,9 @@ def job_numbers(job: Path) -> dict | None:
         row["rollout_pass_rate"] = [x["pass_rate"] for x in lines]
         row["reward_curve"] = [x["reward_mean"] for x in lines]
         row["kl_last"] = lines[-1]["kl"]
+        row["kl_max"] = max(x["kl"] for x in lines)
+        row["grad_norm_mean"] = statistics.fmean(x["grad_norm"] for x in lines)
+        row["grad_norm_max"] = max(x["grad_norm"] for x in lines)
         row["clip_fraction_mean"] = statistics.fmean(x["clip_fraction"] for x in lines)
     return row
 
@@ -110,6 +113,21 @@ def table(arms: dict[str, dict[int, dict]]) -> str:
             f"| {_fmt([r['sampled_pass@10'] for r in runs])} | {_fmt([r['train_dist_pass@1'] for r in runs])} "
             f"| {_fmt([r['global@1'] for r in runs], pct=False, digits=3)} "
             f"| {_fmt([r['local@1'] for r in runs], pct=False, digits=3)} | {wall} |")
+    return "\n".join(lines)
+
+
+def dynamics_table(arms: dict[str, dict[int, dict]]) -> str:
+    """How each estimator's updates behaved: gradient norms and the k3 KL to the reference, seeds pooled."""
+    lines = ["| arm | mean grad norm | max grad norm | max KL | final KL | mean clip fraction |",
+             "|---|---|---|---|---|---|"]
+    for arm in [a for a in ARMS if a in arms and a != "sft"]:
+        runs = [arms[arm][s] for s in sorted(arms[arm]) if "grad_norm_mean" in arms[arm][s]]
+        if not runs:
+            continue
+        lines.append(f"| {arm} | {statistics.fmean(r['grad_norm_mean'] for r in runs):.2f} "
+                     f"| {max(r['grad_norm_max'] for r in runs):.2f} | {max(r['kl_max'] for r in runs):.3f} "
+                     f"| {statistics.fmean(r['kl_last'] for r in runs):.3f} "
+                     f"| {statistics.fmean(r['clip_fraction_mean'] for r in runs):.4f} |")
     return "\n".join(lines)
 
 
@@ -167,6 +185,8 @@ def main() -> None:
     if not arms:
         raise SystemExit(f"no finished job in {args.root}")
     print(table(arms))
+    print()
+    print(dynamics_table(arms))
     if args.png_dir:
         made = plots(arms, args.png_dir)
         if made:
