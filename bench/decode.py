@@ -40,6 +40,16 @@ DECODERS = {
 }
 
 
+def batches(prompts: list[list[int]], size: int, pad: int, device):
+    """(start, ids, attention mask) of each left-padded chunk of ``size`` prompts, in order."""
+    for start in range(0, len(prompts), size):
+        chunk = prompts[start:start + size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        yield start, ids, mask
+
+
 def pass_at_1(tasks, tokenizer, generated: list[list[int]]) -> float:
     pending = [(t.task_id, 0, clean_completion(tokenizer.decode(g), program_mode(t, False)))
                for t, g in zip(tasks, generated)]
@@ -56,21 +66,16 @@ def ar_row(args, tasks, prompts, pad, stops, sync) -> dict:
     if getattr(model, "family", "dream") != "qwen2":
         raise SystemExit(f"--ar-model {args.ar_model} is not a causal (qwen2-format) checkpoint")
     generate_ar(model, torch.tensor([prompts[0]], device=model.device), max_new_tokens=2)  # warm-up
-    forwards = row_forwards = useful = 0
+    forwards = useful = 0
     seconds = 0.0
     generated: list[list[int]] = []
-    for start in range(0, len(prompts), args.batch):
-        chunk = prompts[start:start + args.batch]
-        width = max(len(p) for p in chunk)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
+    for _, ids, mask in batches(prompts, args.batch, pad, model.device):
         sync()
         began = time.perf_counter()
         out = generate_ar(model, ids, mask, max_new_tokens=args.max_new_tokens, stop_ids=stops, pad_id=pad)
         sync()
         seconds += time.perf_counter() - began
         forwards += out.forward_passes
-        row_forwards += out.forward_passes * len(chunk)
         useful += out.useful_tokens  # tokens before the first stop, as the diffusion rows count them
         generated += out.generated.tolist()
     row = {"forward_passes": forwards, "canvas_forwards": forwards, "tokens_per_forward": 1.0,
@@ -147,11 +152,7 @@ def main() -> None:
         forwards = row_forwards = canvases = committed = useful = 0
         seconds = 0.0
         generated: list[list[int]] = []
-        for start in range(0, len(prompts), args.batch):
-            chunk = prompts[start:start + args.batch]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
+        for start, ids, mask in batches(prompts, args.batch, pad, model.device):
             sync()
             began = time.perf_counter()
             out = decode(model, ids, mask, config=config, decoder=decoder, stop_ids=stops,
@@ -159,7 +160,7 @@ def main() -> None:
             sync()
             seconds += time.perf_counter() - began
             forwards += out.stats.forward_passes
-            row_forwards += out.stats.forward_passes * len(chunk)  # per-sequence view of the batched calls
+            row_forwards += out.stats.forward_passes * len(ids)  # per-sequence view of the batched calls
             canvases += out.stats.canvas_forwards
             committed += out.stats.tokens_committed
             useful += out.stats.useful_tokens or 0
