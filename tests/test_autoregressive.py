@@ -135,3 +135,15 @@ def test_autoregressive_objective_rejects_adaptation_flags():
         TrainConfig(objective="autoregressive", adapt_from_ar=True)
     with pytest.raises(ConfigError, match="objective must be one of"):
         TrainConfig(objective="causal")
+
+
+def test_sampling_a_causal_checkpoint_as_diffusion_says_what_to_do_instead():
+    from unmask.decoding import decode
+
+    model = tiny()
+    model.config = model.config.replace(mask_token_id=None)
+    model.family = "qwen2"
+    for sample in (lambda: unmask.generate(model, torch.tensor([[5, 6]]), max_new_tokens=4, steps=4),
+                   lambda: decode(model, torch.tensor([[5, 6]]), max_new_tokens=4, steps=4)):
+        with pytest.raises(ConfigError, match="causal qwen2 checkpoint.*generate_ar"):
+            sample()

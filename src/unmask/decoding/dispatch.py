@@ -26,7 +26,14 @@ from unmask.config import DecodeConfig, DecoderConfig
 from unmask.decoding.blocks import LogitsProbe, block_stream
 from unmask.decoding.eos import pad_after_stop, rows_finished, useful_lengths
 from unmask.decoding.lossless import lossless_stream
-from unmask.decoding.reference import DecodeResult, DecodeStats, DecodeStep, _check_canvas, denoise_stream
+from unmask.decoding.reference import (
+    DecodeResult,
+    DecodeStats,
+    DecodeStep,
+    _check_canvas,
+    denoise_stream,
+    require_mask_id,
+)
 from unmask.decoding.trace import DecodeTrace
 from unmask.errors import ConfigError
 
@@ -63,10 +70,7 @@ def _settings(model, config: DecodeConfig | None, decoder: DecoderConfig | None,
     if decoder.decoder == "blocks" and config.alg == "origin":
         raise ConfigError("the blocks decoder ranks positions by confidence: use --alg maskgit_plus, topk_margin "
                           "or entropy (origin has no confidence)")
-    mask_id = model.config.mask_token_id
-    if mask_id is None:
-        raise ValueError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model")
-    return config, decoder, mask_id
+    return config, decoder, require_mask_id(model)
 
 
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,

@@ -36,6 +36,7 @@ from unmask.config import DecodeConfig
 from unmask.decoding.sampling import sample_tokens
 from unmask.decoding.trace import DecodeTrace
 from unmask.diffusion import shift_logits
+from unmask.errors import ConfigError
 from unmask.model import padding_attention_mask, positions_from_mask
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,18 @@ def denoise(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = N
     return DecodeResult(final.clone(), region_start, stats, record)
 
 
+def require_mask_id(model) -> int:
+    """The model's mask id, or a ``ConfigError`` that says what to do with a model that has none."""
+    mask_id = model.config.mask_token_id
+    if mask_id is None:
+        hint = (" (it is a causal qwen2 checkpoint: decode it left to right with "
+                "unmask.autoregressive.generate_ar, or time it with bench/decode.py --ar-model)"
+                if getattr(model, "family", "dream") == "qwen2" else "")
+        raise ConfigError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model"
+                          + hint)
+    return int(mask_id)
+
+
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              config: DecodeConfig | None = None, generator: torch.Generator | None = None, seed: int | None = None,
              trace: bool = False, **params) -> DecodeResult:
@@ -243,9 +256,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     """
     base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
     config = base.replace(**params) if params else base
-    mask_id = model.config.mask_token_id
-    if mask_id is None:
-        raise ValueError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model")
+    mask_id = require_mask_id(model)
     _check_canvas(input_ids, attention_mask)
     if generator is None:
         generator = torch.Generator(device=model.device)
