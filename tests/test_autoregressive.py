@@ -147,3 +147,25 @@ def test_sampling_a_causal_checkpoint_as_diffusion_says_what_to_do_instead():
                    lambda: decode(model, torch.tensor([[5, 6]]), max_new_tokens=4, steps=4)):
         with pytest.raises(ConfigError, match="causal qwen2 checkpoint.*generate_ar"):
             sample()
+
+
+def test_eval_decodes_a_causal_model_left_to_right(tokenizer, tmp_path):
+    from unmask.config import DecodeConfig
+    from unmask.evaluate import EvalConfig, clean_completion, evaluate_model, load_tasks, program_mode, prompt_text
+
+    config = ModelConfig.from_name("test", vocab_size=tokenizer.vocab_size, mask_token_id=None,
+                                   pad_token_id=tokenizer.special.pad, eos_token_id=tokenizer.special.eos,
+                                   bos_token_id=tokenizer.special.eos)
+    model = DreamModel(config)
+    model.init_weights(torch.Generator().manual_seed(8))
+    model.family = "qwen2"
+    model.eval()
+    cfg = EvalConfig(benchmark="synthetic", limit=3, synthetic_tasks=3, batch_size=2)
+    evaluate_model(model, tokenizer, cfg, DecodeConfig(max_new_tokens=6, steps=6), tmp_path / "ev", progress=False)
+    rows = {r["task_id"]: r for r in map(json.loads, (tmp_path / "ev" / "results.jsonl").read_text().splitlines())}
+    for task in load_tasks(cfg):  # each row alone, greedy: what the harness must have run
+        ids = torch.tensor([tokenizer.encode(prompt_text(task, tokenizer, False))])
+        out = generate_ar(model, ids, max_new_tokens=6, stop_ids=tokenizer.special.stop_ids(),
+                          pad_id=tokenizer.special.pad)
+        text = clean_completion(tokenizer.decode(out.generated[0].tolist()), program_mode(task, False))
+        assert rows[task.task_id]["completion"] == text

@@ -39,18 +39,19 @@ class ARResult:
     useful_tokens: int
 
 
-def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row from (B, V) logits: argmax at temperature 0, else a categorical draw."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def _pick(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """Next token per row from (B, V) logits, with the diffusion sampler's rule (argmax at temperature 0)."""
+    from unmask.decoding.sampling import sample_tokens
+
+    return sample_tokens(logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)[0]
 
 
 @torch.inference_mode()
 def generate_ar(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 max_new_tokens: int, stop_ids: Sequence[int] = (), pad_id: int = 0, temperature: float = 0.0,
-                generator: torch.Generator | None = None, use_cache: bool = True) -> ARResult:
+                top_p: float | None = None, top_k: int | None = None, generator: torch.Generator | None = None,
+                use_cache: bool = True) -> ARResult:
     """Decode ``max_new_tokens`` tokens after left-padded prompts (B, P), one per forward.
 
     ``use_cache=False`` recomputes the whole causal forward at every step: the slow, obviously correct
@@ -88,7 +89,7 @@ def generate_ar(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
             logits = model(ids[:, end - 1:end], attention_mask=mask, position_ids=positions[:, end - 1:end],
                            kv_cache=cache, cache_position=end - 1)[:, -1]
         forwards += 1
-        token = _pick(logits, temperature, generator)
+        token = _pick(logits, temperature, top_p, top_k, generator)
         token = torch.where(done, torch.full_like(token, pad_id), token)
         ids[:, end] = token
         is_stop = torch.isin(token, stops)

@@ -238,17 +238,28 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
                 bar.update(1)
             continue
         generator = torch.Generator(device=model.device).manual_seed(chunk_seed(config.seed, ci))
-        if all(program_mode(tasks[t], config.chat) == "infilling" for t, _ in chunk):
+        infilling = all(program_mode(tasks[t], config.chat) == "infilling" for t, _ in chunk)
+        if infilling and getattr(model, "family", "dream") == "qwen2":
+            raise ConfigError(f"{config.benchmark} needs infilling, which a causal (qwen2) model cannot do")
+        if infilling:
             texts = infill_middles([tasks[t] for t, _ in chunk], model, tokenizer, decode, decoder, edit, generator)
         else:
             prompts = [tokenizer.encode(prompt_text(tasks[t], tokenizer, config.chat)) for t, _ in chunk]
             width = max(len(p) for p in prompts)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-            out = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
-                              stop_ids=tokenizer.special.stop_ids())
+            if getattr(model, "family", "dream") == "qwen2":  # a causal model (the AR baseline): left to right
+                from unmask.autoregressive import generate_ar
+
+                generated = generate_ar(model, ids, mask, max_new_tokens=decode.max_new_tokens,
+                                        stop_ids=tokenizer.special.stop_ids(), pad_id=pad,
+                                        temperature=decode.temperature, top_p=decode.top_p, top_k=decode.top_k,
+                                        generator=generator).generated
+            else:
+                generated = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
+                                        stop_ids=tokenizer.special.stop_ids()).generated
             texts = [clean_completion(tokenizer.decode(row), program_mode(tasks[t], config.chat))
-                     for (t, _), row in zip(chunk, out.generated.tolist())]
+                     for (t, _), row in zip(chunk, generated.tolist())]
         pending = []
         for (t, s), text in zip(chunk, texts):
             task = tasks[t]
