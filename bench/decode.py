@@ -63,7 +63,7 @@ def ar_row(args, tasks, prompts, pad, stops, sync) -> dict:
     from unmask.autoregressive import generate_ar
 
     model, tokenizer = unmask.load(args.ar_model, dtype=args.dtype, device=args.device)
-    if getattr(model, "family", "dream") != "qwen2":
+    if not model.causal:
         raise SystemExit(f"--ar-model {args.ar_model} is not a causal (qwen2-format) checkpoint")
     generate_ar(model, torch.tensor([prompts[0]], device=model.device), max_new_tokens=2)  # warm-up
     forwards = useful = 0

@@ -95,7 +95,7 @@ def test_next_token_loss_equals_per_prefix_computation():
                           [8, 9, 10, 11, 12, 13, 14, 0, 0, 0]])  # prompt 3
     prompt_lengths = torch.tensor([2, 3])
     batch = make_batch(clean, prompt_lengths, step=0, cfg=cfg, mask_token_id=V - 1,
-                       generator=torch.Generator(), eos_token_id=0)
+                       generator=torch.Generator(), stop_id=0)
     # targets: the response up to and including its first EOS, nothing after
     assert batch.masked[0].tolist() == [False, False, True, True, True, False, False, False, False, False]
     assert batch.masked[1].tolist() == [False, False, False, True, True, True, True, True, False, False]

@@ -173,22 +173,17 @@ def write_sft(path: Path) -> None:
     path.write_text("".join(json.dumps(e) + "\n" for e in examples))
 
 
-def test_sft_never_masks_the_prompt_and_scores_only_the_response(tmp_path):
+def sft_config(tmp_path, **changes) -> TrainConfig:
+    """An SFT run on ``write_sft``'s pairs: test preset, a 300-token BPE, rows of 64."""
     data_file = tmp_path / "sft.jsonl"
     write_sft(data_file)
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "sft"),
-        stage="sft",
-        data=str(data_file),
-        preset="test",
-        vocab_size=300,
-        seq_len=64,
-        batch_size=4,
-        max_steps=3,
-        eval_every=0,
-        progress=False,
-        val_fraction=0.2,
-    )
+    values = dict(run_dir=str(tmp_path / "sft"), stage="sft", data=str(data_file), preset="test", vocab_size=300,
+                  seq_len=64, batch_size=4, progress=False)
+    return TrainConfig(**{**values, **changes})
+
+
+def test_sft_never_masks_the_prompt_and_scores_only_the_response(tmp_path):
+    cfg = sft_config(tmp_path, max_steps=3, eval_every=0, val_fraction=0.2)
     model, tokenizer, data = prepare(cfg)
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "add 0 and 1"}])
     prompts = [f"add {i} and {i + 1}" for i in range(12)]
@@ -490,24 +485,8 @@ def test_gradient_checkpointing_gives_the_same_loss_gradients_and_training(tmp_p
 
 
 def test_samples_are_logged_at_each_validation_and_do_not_disturb_training(tmp_path):
-    data_file = tmp_path / "sft.jsonl"
-    write_sft(data_file)
-    cfg = TrainConfig(
-        run_dir=str(tmp_path / "sft"),
-        stage="sft",
-        data=str(data_file),
-        preset="test",
-        vocab_size=300,
-        seq_len=64,
-        batch_size=4,
-        max_steps=5,
-        eval_every=2,
-        eval_batches=1,
-        sample_prompts=2,
-        sample_tokens=6,
-        progress=False,
-        val_fraction=0.3,
-    )
+    cfg = sft_config(tmp_path, max_steps=5, eval_every=2, eval_batches=1, sample_prompts=2, sample_tokens=6,
+                     val_fraction=0.3)
     model, tokenizer, data = prepare(cfg)
     assert len(data.val) >= 2
     modes = []  # (training, grad enabled) of every forward

@@ -39,14 +39,6 @@ class ARResult:
     useful_tokens: int
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row from (B, V) logits, with the diffusion sampler's rule (argmax at temperature 0)."""
-    from unmask.decoding.sampling import sample_tokens
-
-    return sample_tokens(logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)[0]
-
-
 @torch.inference_mode()
 def generate_ar(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 max_new_tokens: int, stop_ids: Sequence[int] = (), pad_id: int = 0, temperature: float = 0.0,
@@ -55,8 +47,11 @@ def generate_ar(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     """Decode ``max_new_tokens`` tokens after left-padded prompts (B, P), one per forward.
 
     ``use_cache=False`` recomputes the whole causal forward at every step: the slow, obviously correct
-    path that the cached one must match token for token.
+    path that the cached one must match token for token. Tokens are drawn with the diffusion sampler's rule
+    (``sample_tokens``: argmax at temperature 0, else temperature / top-p / top-k).
     """
+    from unmask.decoding.sampling import sample_tokens  # not at module level: unmask.decoding imports us
+
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got {tuple(input_ids.shape)}")
     if max_new_tokens < 1:
@@ -89,7 +84,7 @@ def generate_ar(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
             logits = model(ids[:, end - 1:end], attention_mask=mask, position_ids=positions[:, end - 1:end],
                            kv_cache=cache, cache_position=end - 1)[:, -1]
         forwards += 1
-        token = _pick(logits, temperature, top_p, top_k, generator)
+        token = sample_tokens(logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)[0]
         token = torch.where(done, torch.full_like(token, pad_id), token)
         ids[:, end] = token
         is_stop = torch.isin(token, stops)

@@ -239,7 +239,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
             continue
         generator = torch.Generator(device=model.device).manual_seed(chunk_seed(config.seed, ci))
         infilling = all(program_mode(tasks[t], config.chat) == "infilling" for t, _ in chunk)
-        if infilling and getattr(model, "family", "dream") == "qwen2":
+        if infilling and getattr(model, "causal", False):
             raise ConfigError(f"{config.benchmark} needs infilling, which a causal (qwen2) model cannot do")
         if infilling:
             texts = infill_middles([tasks[t] for t, _ in chunk], model, tokenizer, decode, decoder, edit, generator)
@@ -248,7 +248,7 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
             width = max(len(p) for p in prompts)
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-            if getattr(model, "family", "dream") == "qwen2":  # a causal model (the AR baseline): left to right
+            if getattr(model, "causal", False):  # the AR baseline: left to right
                 from unmask.autoregressive import generate_ar
 
                 generated = generate_ar(model, ids, mask, max_new_tokens=decode.max_new_tokens,

@@ -200,6 +200,11 @@ class DreamModel(nn.Module):
                 module.weight.fill_(1.0)
 
     @property
+    def causal(self) -> bool:
+        """A Qwen2-format checkpoint (the autoregressive baseline): decoded left to right, never denoised."""
+        return self.family == "qwen2"
+
+    @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
 

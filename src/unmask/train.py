@@ -285,7 +285,7 @@ def make_batch(
     cfg: TrainConfig,
     mask_token_id: int,
     generator: torch.Generator,
-    eos_token_id: int | None = None,
+    stop_id: int | None = None,
 ) -> Batch:
     """Noise clean rows (B, T) for optimiser step ``step``; all draws come from ``generator``.
 
@@ -297,7 +297,7 @@ def make_batch(
     pos = torch.arange(T)[None, :]  # (1, T)
     start = prompt_lengths[:, None]  # (B, 1)
     if cfg.objective == "autoregressive":
-        return _causal_batch(clean, start, sft=cfg.stage == "sft", stop_id=eos_token_id)
+        return _causal_batch(clean, start, sft=cfg.stage == "sft", stop_id=stop_id)
     key_valid = torch.ones(B, T, dtype=torch.bool)  # (B, T)
     fraction = 1.0
     if cfg.adapt_from_ar:
@@ -683,7 +683,7 @@ def evaluate(
             cfg=cfg,
             mask_token_id=mask_token_id,
             generator=generator,
-            eos_token_id=stop_id,
+            stop_id=stop_id,
         )
         batches.append(batch)
         b = batch.to(device)
@@ -857,7 +857,7 @@ def _train(
     _check_model(cfg, model)
     if data.train.seq_len != cfg.seq_len:
         raise ConfigError(f"data rows have length {data.train.seq_len} but seq_len is {cfg.seq_len}")
-    # The AR baseline never masks; its mask id (from the tokenizer) only keeps shared code paths uniform.
+    # The AR baseline never masks: without a mask id in its config, -1 keeps the shared code paths uniform.
     mask_id = int(model.config.mask_token_id) if model.config.mask_token_id is not None else -1
     model_config = model.config
     stop_id = _stop_id(cfg, model_config, tokenizer)
@@ -933,7 +933,7 @@ def _train(
                     cfg=cfg,
                     mask_token_id=mask_id,
                     generator=noise,
-                    eos_token_id=stop_id,
+                    stop_id=stop_id,
                 )
             )
         denominator = _denominator(batches, cfg)

@@ -240,7 +240,7 @@ def require_mask_id(model) -> int:
     if mask_id is None:
         hint = (" (it is a causal qwen2 checkpoint: decode it left to right with "
                 "unmask.autoregressive.generate_ar, or time it with bench/decode.py --ar-model)"
-                if getattr(model, "family", "dream") == "qwen2" else "")
+                if getattr(model, "causal", False) else "")
         raise ConfigError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model"
                           + hint)
     return int(mask_id)

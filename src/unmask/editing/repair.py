@@ -228,18 +228,17 @@ def repair(model, tokenizer, code: str, build: Callable[[str], str], *, editable
     outcome, offset = test(code)
     result = RepairResult(code, outcome.passed, outcome.passed)
     tried: set[tuple[int, int]] = set()  # spans of ``code`` already re-denoised without success (reverted)
-    scored: tuple[str, list[float], int] | None = None  # scores of ``code``: unchanged after a revert
+    candidates: list[tuple[tuple[int, int], float]] | None = None  # (span, score) of ``code``; None = stale
     for index in range(config.rounds):
         if outcome.passed:
             break
-        all_spans = line_spans(code, editable, tokenizer)
-        if scored is None or scored[0] != code:
+        forwards = 0  # a reverted round leaves ``code`` and so its spans and scores unchanged
+        if candidates is None:
+            all_spans = line_spans(code, editable, tokenizer)
             all_scores, forwards = span_confidence(model, tokenizer, code, all_spans, config.stride)
-            scored = (code, all_scores, forwards)
-        else:
-            forwards = 0
-        keep = [i for i, span in enumerate(all_spans) if span not in tried]
-        spans, scores = [all_spans[i] for i in keep], [scored[1][i] for i in keep]
+            candidates = list(zip(all_spans, all_scores))
+        spans = [span for span, _ in candidates if span not in tried]
+        scores = [score for span, score in candidates if span not in tried]
         if not spans:
             break
         implicated: list[int] = []
@@ -266,6 +265,8 @@ def repair(model, tokenizer, code: str, build: Callable[[str], str], *, editable
         if editable is not None:
             # The span lengths may change: the editable range moves with them.
             editable = (editable[0], editable[1] + len(new_code) - len(code))
+        if new_code != code:
+            candidates = None
         code, outcome, offset = new_code, new_outcome, new_offset
         tried.clear()
     result.code, result.passed = code, outcome.passed
