@@ -13,7 +13,7 @@ import unmask
 from unmask.config import DecodeConfig, DecoderConfig
 from unmask.decoding import decode
 from unmask.decoding.blocks import block_schedule, block_spans, select_factor, select_threshold, select_topk
-from unmask.decoding.eos import pad_after_stop, rows_finished, useful_lengths
+from unmask.decoding.eos import demote_early_stops, pad_after_stop, rows_finished, useful_lengths
 from unmask.diffusion import shift_logits
 from unmask.errors import ConfigError
 from unmask.model import KVCache
@@ -284,3 +284,67 @@ def test_draft_and_verify_accepts_drafts(peaked):
     assert torch.equal(fast.sequences, ref.sequences)
     assert 2 * fast.stats.forward_passes <= ref.stats.forward_passes  # measured: 12 of 24
     assert fast.stats.canvas_forwards > fast.stats.forward_passes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# stop_last: no end token is committed while a mask lies to its left
+
+
+def test_demote_early_stops_by_hand():
+    conf = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.9, 0.8, 0.7, 0.6]])
+    candidates = torch.tensor([[0, 5, 0, 6], [7, 0, 0, 0]])
+    masked = torch.tensor([[True, True, True, True], [False, True, True, True]])
+    ranked = demote_early_stops(conf, candidates, masked, [0])
+    # row 0: position 0 is the leftmost mask (never demoted); position 2 is a stop with masks to its left
+    assert ranked[0].tolist()[:2] == pytest.approx([0.9, 0.8]) and ranked[0, 2] < -1000 and ranked[0, 3] == 0.6
+    # row 1: position 1 is the leftmost mask; 2 and 3 are stops behind it, and keep their order among themselves
+    assert ranked[1, 1] == pytest.approx(0.8) and ranked[1, 3] < ranked[1, 2] < -1000
+    assert ranked[1, 0] == pytest.approx(0.9)  # not masked: untouched
+
+
+def _stops_committed_early(result, stop: int) -> int:
+    """Commits of ``stop`` that left a mask to their left after their step, over all rows and steps."""
+    bad = 0
+    for steps in result.trace.steps:
+        start = result.region_start
+        masked = set(range(start, result.sequences.shape[1]))  # the generated region starts fully masked
+        for record in steps:
+            masked -= set(record.positions)
+            bad += sum(tok == stop and any(m < pos for m in masked) for pos, tok in zip(record.positions,
+                                                                                           record.tokens))
+    return bad
+
+
+@pytest.mark.parametrize("decoder", [DecoderConfig(), DecoderConfig(lossless=True),
+                                     DecoderConfig(decoder="blocks", block_length=4),
+                                     DecoderConfig(decoder="parallel", block_length=8, threshold=0.5)],
+                         ids=["reference", "lossless", "blocks", "parallel"])
+def test_stop_last_never_commits_an_end_token_before_the_text(peaked, decoder):
+    ids, mask = padded(PROMPTS)
+    params = dict(max_new_tokens=16, steps=16, alg="maskgit_plus")
+    seen_early = 0
+    for seed in range(3):
+        plain = decode(peaked, ids, mask, decoder=decoder, seed=seed, trace=True, **params)
+        # the stop token: the most frequent generated token, so the plain decode commits it early somewhere
+        stop = int(torch.mode(plain.generated.flatten()).values)
+        seen_early += _stops_committed_early(plain, stop)
+        guarded = decode(peaked, ids, mask, decoder=decoder, seed=seed, trace=True, stop_ids=[stop],
+                         stop_last=True, **params)
+        assert _stops_committed_early(guarded, stop) == 0
+        assert not bool((guarded.generated == MASK_ID).any())  # every position still gets filled
+    assert seen_early > 0  # without the guard the same decodes do commit end tokens early
+
+
+def test_stop_last_keeps_lossless_exact(peaked):
+    ids, mask = padded(PROMPTS)
+    for seed in range(3):
+        params = dict(max_new_tokens=12, steps=12, alg="entropy", stop_last=True, temperature=0.7 * (seed % 2))
+        ref = decode(peaked, ids, mask, seed=seed, trace=True, stop_ids=[0, 4], **params)
+        fast = decode(peaked, ids, mask, decoder=DecoderConfig(lossless=True), seed=seed, trace=True,
+                      stop_ids=[0, 4], **params)
+        assert fast.sequences.tolist() == ref.sequences.tolist() and trace_tuples(fast) == trace_tuples(ref)
+
+
+def test_stop_last_with_origin_is_a_clear_error():
+    with pytest.raises(ConfigError, match="origin"):
+        DecodeConfig(alg="origin", stop_last=True)

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 from unmask.cli import main
 from unmask.config import ModelConfig
-from unmask.diffusion import annealed_attention_mask, mask_probability, shift_logits, token_logprobs
+from unmask.diffusion import mask_probability, shift_logits, token_logprobs
 from unmask.errors import ConfigError
 from unmask.model import DreamModel
-from unmask.train import TrainConfig, TrainData, _loss_sum, lr_factor, make_batch, prepare, train
+from unmask.train import Batch, TrainConfig, TrainData, _loss_sum, lr_factor, make_batch, prepare, train
 from unmask.training_data import TokenRows
 
 V = 32
@@ -138,21 +138,50 @@ def test_attention_anneals_from_causal_to_full_on_schedule(tmp_path):
     result = train(cfg, model=model, data=TrainData(rows, rows))
     assert len(seen) == 6
     T = 32
-    for k in range(4):  # step k (0-based) trains with fraction k / 4: causal at 0, widening band after
-        expected = annealed_attention_mask(T, k / 4)
-        assert seen[k].shape == (8, 1, T, T) and all(torch.equal(seen[k][b, 0], expected) for b in range(8))
-    assert torch.equal(seen[0][0, 0], torch.ones(T, T, dtype=torch.bool).tril())  # exactly causal first
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    future = ~causal
+    opened = []
+    for k in range(4):  # step k (0-based): causal OR Bernoulli(k / 4) future keys, one draw for the batch
+        mask = seen[k][0, 0]
+        assert seen[k].shape == (8, 1, T, T) and all(torch.equal(seen[k][b, 0], mask) for b in range(8))
+        assert bool(mask[causal].all())  # the causal part is always visible
+        opened.append(float(mask[future].float().mean()))
+    assert torch.equal(seen[0][0, 0], causal)  # exactly causal first
+    # 496 future pairs per draw: the visible share is within 4.5 standard deviations of k / 4
+    for k in (1, 2, 3):
+        assert abs(opened[k] - k / 4) < 4.5 * math.sqrt((k / 4) * (1 - k / 4) / 496)
     assert seen[4] is None and seen[5] is None  # full attention from step anneal_steps on
     assert [r["anneal_fraction"] for r in result.history] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
 
 
+def test_annealing_draws_a_fresh_mask_every_step(tmp_path):
+    """DiffuLLaMA-style annealing: a new Bernoulli draw of future keys each step, not one fixed band."""
+    rows = cyclic_rows()
+    seen: list[torch.Tensor | None] = []
+    model = tiny_model()
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    cfg = config(tmp_path, adapt_from_ar=True, anneal_steps=20, prefix_prob=0.0, truncate_prob=0.0,
+                 max_steps=4, eval_every=0)
+    train(cfg, model=model, data=TrainData(rows, rows))
+    masks = [m[0, 0] for m in seen[1:4]]  # fractions 0.05 .. 0.15: 25 to 75 of 496 future keys expected
+    assert all(bool((m & ~torch.ones_like(m).tril()).any()) for m in masks)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+
+
+def test_adapt_from_ar_without_anneal_steps_is_an_error():
+    with pytest.raises(ConfigError, match="anneal_steps"):
+        TrainConfig(adapt_from_ar=True, anneal_steps=0)
+
+
 def test_adaptation_truncation_becomes_padding():
-    cfg = TrainConfig(seq_len=16, adapt_from_ar=True, anneal_steps=0, prefix_prob=1.0, truncate_prob=1.0)
+    cfg = TrainConfig(seq_len=16, adapt_from_ar=True, anneal_steps=1, prefix_prob=1.0, truncate_prob=1.0)
     rows = cyclic_rows(4, 16)
     batch = make_batch(
         rows.ids,
         rows.prompt_lengths,
-        step=0,
+        step=1,  # annealing is over: full attention, so the key mask is the truncation alone
         cfg=cfg,
         mask_token_id=MASK,
         generator=torch.Generator().manual_seed(0),
@@ -650,3 +679,43 @@ def test_new_fields_and_special_ids_fail_clearly():
     assert kept.eos_token_id == 5  # ids the checkpoint states win over the tokenizer's
     with pytest.raises(ConfigError, match=r"q: its tokenizer's special ids do not fit the model \(mask_token_id=500"):
         _with_special_ids(bare, SpecialIds(mask=500, pad=0, eos=0), "q")
+
+
+def test_sft_pads_with_the_pad_token_after_one_end_token(tmp_path):
+    """Rows are [prompt][response][eos][<|dlm_pad|> ...]: one end token, then a pad distinct from it, and the
+    checkpoint's config declares that pad (so the decoders stop at it)."""
+    cfg = sft_config(tmp_path, max_steps=2, eval_every=2, val_fraction=0.2, chat=False, sample_prompts=0)
+    model, tokenizer, data = prepare(cfg)
+    special = tokenizer.special
+    assert special.dlm_pad is not None and special.dlm_pad != special.eos
+    assert model.config.pad_token_id == special.dlm_pad
+    for row, p in zip(data.train.ids.tolist(), data.train.prompt_lengths.tolist()):
+        tail = row[p:]
+        assert tail.count(special.eos) == 1  # the response ends once
+        end = tail.index(special.eos)
+        assert set(tail[end + 1:]) == {special.dlm_pad} and special.dlm_pad not in tail[:end]
+    result = train(cfg, model=model, tokenizer=tokenizer, data=data)
+    record = result.history[-1]
+    # logged beside the whole-row loss, and a different number (the pads are left out; value: by hand below)
+    assert math.isfinite(record["val_response_loss"]) and record["val_response_loss"] != record["val_loss"]
+    saved = json.loads((tmp_path / "sft" / "checkpoint-0000002" / "config.json").read_text())
+    assert saved["pad_token_id"] == special.dlm_pad and saved["eos_token_id"] == special.eos
+
+
+def test_response_loss_by_hand():
+    """The response-only validation loss is the ELBO over maskable, non-pad positions, per such token."""
+    from unmask.train import _ResponseLoss
+
+    targets = torch.tensor([[9, 5, 6, 0, 4, 4], [9, 9, 7, 0, 4, 4]])
+    maskable = torch.tensor([[False, True, True, True, True, True], [False, False, True, True, True, True]])
+    masked = torch.tensor([[False, True, False, True, True, False], [False, False, True, False, True, True]])
+    t = torch.tensor([0.5, 0.25])
+    batch = Batch(targets, targets, masked, maskable, t, None, 1.0)
+    logits = torch.randn(2, 6, 12, generator=torch.Generator().manual_seed(0))
+    lp = token_logprobs(shift_logits(logits), targets)
+    keep = maskable & (targets != 4)
+    expected = sum(-float(lp[b, n]) / float(mask_probability(t[b]))
+                   for b in range(2) for n in range(6) if masked[b, n] and keep[b, n]) / int(keep.sum())
+    acc = _ResponseLoss()
+    acc.add(logits, batch, pad_id=4, eps=1e-3)
+    assert acc.value() == pytest.approx(expected, rel=1e-5)

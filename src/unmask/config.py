@@ -122,8 +122,15 @@ class DecodeConfig:
                                                       choices=ALGS))
     alg_temp: float = field(default=0.0, metadata=_doc("> 0 draws the commit order from softmax(conf/alg_temp)"))
     eps: float = field(default=1e-3, metadata=_doc("last timestep of linspace(1, eps, steps + 1)"))
+    stop_last: bool = field(default=False, metadata=_doc(
+        "never commit an eos/pad while a mask lies to its left (off = Dream's sampler exactly)"))
 
     def __post_init__(self) -> None:
+        if not isinstance(self.stop_last, bool):
+            raise ConfigError(f"stop_last must be true or false, got {self.stop_last!r}")
+        if self.stop_last and self.alg == "origin":
+            raise ConfigError("stop_last reorders commits by confidence; alg origin has none (use entropy, "
+                              "maskgit_plus or topk_margin)")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
         if not isinstance(self.steps, int) or self.steps <= 0:

@@ -372,7 +372,8 @@ def sft_collate(
 def attention_anneal_fraction(step: int, anneal_steps: int) -> float:
     """Fraction of the way from causal (0.0) to full (1.0) attention: ``min(1, step / anneal_steps)``.
 
-    ``anneal_steps == 0`` means no annealing (full attention from step 0).
+    ``anneal_steps == 0`` means no annealing (full attention from step 0). DiffuLLaMA's ratio is
+    ``(step + 1) / N``; starting at 0 instead keeps the first step exactly the parent's causal attention.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")

@@ -221,8 +221,9 @@ def _qwen2_from_vocab_merges(directory: Path) -> HFTokenizer:
 def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) -> Tokenizer:
     """Train a byte-level BPE (Qwen2 pre-tokenisation) with the Dream-style special tokens.
 
-    The specials take the first ids (0.. in ``SPECIAL_TOKENS`` order); ``<|endoftext|>`` serves as eos,
-    pad and bos, as in Qwen2.5/Dream.
+    The specials take the first ids (0.. in ``SPECIAL_TOKENS`` order); ``<|endoftext|>`` serves as eos and
+    bos, as in Qwen2.5/Dream, and ``<|dlm_pad|>`` pads (as DiffuCoder-Instruct: a pad distinct from the end
+    token keeps the long pad run of SFT rows from teaching the model to commit the end first).
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise TokenizerError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} for a byte-level BPE")
@@ -232,6 +233,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) 
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     backend.train_from_iterator(texts, trainer=trainer)
     ids = {t: backend.token_to_id(t) for t in SPECIAL_TOKENS}
-    special = SpecialIds(mask=ids[MASK], pad=ids[ENDOFTEXT], eos=ids[ENDOFTEXT], bos=ids[ENDOFTEXT],
+    special = SpecialIds(mask=ids[MASK], pad=ids[DLM_PAD], eos=ids[ENDOFTEXT], bos=ids[ENDOFTEXT],
                          im_start=ids[IM_START], im_end=ids[IM_END], dlm_pad=ids[DLM_PAD])
     return Tokenizer(backend, special, CHATML_TEMPLATE)

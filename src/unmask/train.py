@@ -168,6 +168,9 @@ class TrainConfig:
             raise ConfigError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}")
+        if self.adapt_from_ar and self.anneal_steps == 0:
+            raise ConfigError("adapt_from_ar needs anneal_steps > 0: the causal model's attention is opened to full "
+                              "over that many steps (DiffuCoder anneals over 10k steps; try half of max_steps)")
         if self.objective == "autoregressive" and self.adapt_from_ar:
             raise ConfigError("adapt_from_ar turns a causal model into a diffusion one; it cannot be combined with "
                               "objective autoregressive")
@@ -314,7 +317,10 @@ def make_batch(
     )
     attention = None
     if fraction < 1.0 or not bool(key_valid.all()):
-        base = annealed_attention_mask(T, fraction)  # (T, T) [query, key]
+        # DiffuLLaMA/DiffuCoder stage 1: causal OR a fresh Bernoulli(fraction) draw of future keys every step
+        # (exactly causal at 0, drawn only while annealing so the noise stream is unchanged afterwards).
+        anneal = generator if 0.0 < fraction < 1.0 else None
+        base = annealed_attention_mask(T, fraction, generator=anneal)  # (T, T) [query, key]
         attention = base[None, None] & key_valid[:, None, None, :]  # (B, 1, T, T)
         attention = attention | torch.eye(T, dtype=torch.bool)[None, None]  # pad queries see themselves
     return Batch(noisy, clean, masked, maskable, t, attention, fraction)
@@ -424,6 +430,9 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
 
     special = tokenizer.special
     if cfg.stage == "sft":
+        pad = sft_pad_id(special)
+        if model.config.pad_token_id != pad:  # the checkpoint declares the pad its rows were trained with
+            model.config = model.config.replace(pad_token_id=pad)
 
         def encode(pairs: list[tuple[str, str]]) -> TokenRows:
             encoded = []
@@ -435,7 +444,7 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
                     else prompt
                 )
                 encoded.append((tokenizer.encode(text), tokenizer.encode(response) + [end]))
-            return sft_rows(encoded, cfg.seq_len, pad_id=special.pad)
+            return sft_rows(encoded, cfg.seq_len, pad_id=pad)
 
         data = TrainData(encode(train_items), encode(val_items))
     else:
@@ -449,6 +458,17 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
             "(too little text, or every prompt is longer than seq_len)"
         )
     return model, tokenizer, data
+
+
+def sft_pad_id(special: Any) -> int:
+    """The token SFT rows are padded with: ``<|dlm_pad|>`` where the tokenizer's pad is its eos.
+
+    With pad = eos, ~80% of a row's loss terms are end tokens and the model learns to commit the end run
+    first (the decoders then squeeze the code into what is left); DiffuCoder-Instruct pads with
+    ``<|dlm_pad|>`` and keeps a single eos after the response."""
+    if special.pad == special.eos and getattr(special, "dlm_pad", None) is not None:
+        return int(special.dlm_pad)
+    return int(special.pad)
 
 
 def _with_special_ids(config: Any, special: Any, source: str) -> Any:
@@ -664,16 +684,23 @@ def evaluate(
     mask_token_id: int,
     device: torch.device,
     stop_id: int | None = None,
-) -> float | None:
-    """Validation ELBO on the first ``eval_batches`` micro-batches with a fixed noise seed, so values at
-    different steps are comparable and evaluation consumes none of the training randomness."""
+    pad_id: int | None = None,
+) -> tuple[float | None, float | None]:
+    """(validation loss, validation loss on response tokens) on the first ``eval_batches`` micro-batches with
+    a fixed noise seed, so values at different steps are comparable and evaluation consumes none of the
+    training randomness.
+
+    The second value (diffusion SFT with a ``pad_id``) counts only the response and its end token, not the
+    trailing pads: the pads are most of a row and nearly free to predict, so the whole-row loss hides how
+    well the code itself is learned. It is None where it does not apply."""
     if len(data) == 0:
-        return None
+        return None, None
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed + 7919)
     batches = []
     total = torch.zeros((), dtype=torch.float64)
+    response = _ResponseLoss() if (cfg.stage == "sft" and cfg.objective == "diffusion" and pad_id is not None) else None
     for rows in val_batches(len(data), cfg.batch_size, cfg.eval_batches):
         idx = torch.tensor(list(rows))
         batch = make_batch(
@@ -690,8 +717,30 @@ def evaluate(
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(b.input_ids, attention_mask=b.attention_mask)
         total += _loss_sum(logits, b, cfg).double().cpu()
+        if response is not None:
+            response.add(logits, b, pad_id, cfg.mask_eps)
     model.train(was_training)
-    return float(total / _denominator(batches, cfg))
+    return float(total / _denominator(batches, cfg)), (None if response is None else response.value())
+
+
+class _ResponseLoss:
+    """Running ELBO restricted to the response tokens (maskable and not pad): a sum and a token count."""
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, logits: torch.Tensor, batch: Batch, pad_id: int, eps: float) -> None:
+        keep = batch.maskable & (batch.targets != pad_id)  # (B, T)
+        count = int(keep.sum())
+        if count == 0:
+            return
+        loss, _ = diffusion_loss(logits, batch.targets, batch.masked & keep, batch.t, maskable=keep,
+                                 normalizer="tokens", eps=eps)
+        self.total += float(loss) * count
+        self.count += count
+
+    def value(self) -> float | None:
+        return self.total / self.count if self.count else None
 
 
 def sample_prompts(data: TokenRows, cfg: TrainConfig) -> list[list[int]]:
@@ -978,11 +1027,13 @@ def _train(
         }
         # Under FSDP every forward is a collective, so all ranks validate (identically); only rank 0 writes.
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and (rank == 0 or fsdp):
-            val_loss = evaluate(model, data.val, cfg, step=step, mask_token_id=mask_id, device=device,
-                                stop_id=stop_id)
+            val_loss, val_response = evaluate(model, data.val, cfg, step=step, mask_token_id=mask_id,
+                                              device=device, stop_id=stop_id, pad_id=pad_id)
             completions = generate_samples(model, prompts, cfg, pad_token_id=pad_id, device=device)
             if rank == 0:
                 record["val_loss"] = val_loss
+                if val_response is not None:
+                    record["val_response_loss"] = val_response
                 if prompts:
                     _write_samples(samples_path, step, prompts, completions, tokenizer)
         if step % cfg.log_every == 0 or "val_loss" in record or step == end:

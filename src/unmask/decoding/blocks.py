@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from unmask.config import DecodeConfig, DecoderConfig
+from unmask.decoding.eos import demote_early_stops
 from unmask.decoding.reference import DecodeStep
 from unmask.decoding.sampling import sample_tokens
 from unmask.diffusion import shift_logits
@@ -119,7 +120,8 @@ def select_topk_rows(conf: torch.Tensor, ks: list[int], alg_temp: float,
 @torch.inference_mode()
 def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
                  decoder: DecoderConfig, region_start: int, mask_token_id: int,
-                 generator: torch.Generator | None = None, probe: LogitsProbe | None = None) -> Iterator[DecodeStep]:
+                 generator: torch.Generator | None = None, probe: LogitsProbe | None = None,
+                 stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
     """Decode every mask of ``canvas`` (B, S) block by block, yielding after each step.
 
     Masks may be anywhere except column 0 (position 0 must be a real token, because of the shift).
@@ -180,15 +182,18 @@ def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | Non
             scores[candidates] = conf
             tokens = torch.zeros_like(candidates, dtype=torch.long)
             tokens[candidates] = x0
+            # Earlier blocks are fully committed, so "a mask to the left" can only be inside this window.
+            ranking = (demote_early_stops(scores, tokens, candidates, stop_ids) if config.stop_last and stop_ids
+                       else scores)
             if decoder.decoder == "blocks":
                 left = candidates.sum(dim=1).tolist()
                 ks = [sched[inner] if inner < len(sched) else n for sched, n in zip(schedules, left)]
-                pick = select_topk_rows(scores, [min(k, n) for k, n in zip(ks, left)], config.alg_temp,
+                pick = select_topk_rows(ranking, [min(k, n) for k, n in zip(ks, left)], config.alg_temp,
                                         generator) & candidates
             elif decoder.factor is not None:
-                pick = select_factor(scores, candidates, decoder.factor)
+                pick = select_factor(ranking, candidates, decoder.factor)
             else:
-                pick = select_threshold(scores, candidates, decoder.threshold)
+                pick = select_threshold(ranking, candidates, decoder.threshold)
             view = x[:, b0:b1]
             view[pick] = tokens[pick]
             committed = torch.zeros(x.shape, dtype=torch.bool, device=x.device)

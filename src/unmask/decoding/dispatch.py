@@ -24,7 +24,7 @@ import torch
 
 from unmask.config import DecodeConfig, DecoderConfig
 from unmask.decoding.blocks import LogitsProbe, block_stream
-from unmask.decoding.eos import pad_after_stop, rows_finished, useful_lengths
+from unmask.decoding.eos import default_stop_ids, pad_after_stop, rows_finished, useful_lengths
 from unmask.decoding.lossless import lossless_stream
 from unmask.decoding.reference import (
     DecodeResult,
@@ -38,24 +38,19 @@ from unmask.decoding.trace import DecodeTrace
 from unmask.errors import ConfigError
 
 
-def default_stop_ids(model_config) -> tuple[int, ...]:
-    """eos and pad of the model config (the ids the checkpoint declares), without duplicates."""
-    ids = (model_config.eos_token_id, model_config.pad_token_id)
-    return tuple(dict.fromkeys(i for i in ids if i is not None))
-
-
 def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
                   decoder: DecoderConfig, region_start: int, mask_token_id: int,
-                  generator: torch.Generator | None = None, probe: LogitsProbe | None = None) -> Iterator[DecodeStep]:
+                  generator: torch.Generator | None = None, probe: LogitsProbe | None = None,
+                  stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
     """The chosen decoder's stream of steps over a canvas whose masks start at ``region_start``."""
     if decoder.decoder == "reference":
         if decoder.lossless:
             return lossless_stream(model, canvas, attention_mask, config=config, mask_token_id=mask_token_id,
-                                   generator=generator, draft=decoder.draft)
+                                   generator=generator, draft=decoder.draft, stop_ids=stop_ids)
         return denoise_stream(model, canvas, attention_mask, config=config, mask_token_id=mask_token_id,
-                              generator=generator)
+                              generator=generator, stop_ids=stop_ids)
     return block_stream(model, canvas, attention_mask, config=config, decoder=decoder, region_start=region_start,
-                        mask_token_id=mask_token_id, generator=generator, probe=probe)
+                        mask_token_id=mask_token_id, generator=generator, probe=probe, stop_ids=stop_ids)
 
 
 def _settings(model, config: DecodeConfig | None, decoder: DecoderConfig | None, params: dict
@@ -104,7 +99,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     start = time.perf_counter()
     final = canvas
     for event in decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=prompt_len,
-                               mask_token_id=mask_id, generator=generator, probe=probe):
+                               mask_token_id=mask_id, generator=generator, probe=probe, stop_ids=stops):
         stats.forward_passes += event.forwards
         stats.canvas_forwards += event.canvases
         stats.tokens_committed += int(event.committed.sum())

@@ -13,6 +13,38 @@ from collections.abc import Sequence
 import torch
 
 
+def default_stop_ids(model_config) -> tuple[int, ...]:
+    """eos and pad of the model config (the ids the checkpoint declares), without duplicates."""
+    ids = (model_config.eos_token_id, model_config.pad_token_id)
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+# Far below any confidence (entropy >= -log V, probabilities and margins >= 0) yet finite, so a demoted masked
+# position still ranks above the -inf of committed positions.
+_DEMOTION = 1e4
+
+
+def demote_early_stops(confidence: torch.Tensor, candidates: torch.Tensor, masked: torch.Tensor,
+                       stop_ids: Sequence[int]) -> torch.Tensor:
+    """``confidence`` (B, T) with every masked position whose candidate is a stop token *and* that has a
+    masked position to its left ranked below all other masked positions, leftmost first.
+
+    With pad = eos and confidence ordering, the trailing end run is the most confident part of a canvas, so
+    the reference sampler commits it first, from the right, and the code is written last into whatever room
+    is left (stages go missing, lines repeat). Demoting those positions writes the text first and ends it
+    after. The leftmost masked position is never demoted, so a step always has a candidate; when a step must
+    commit more positions than are undemoted (the last step commits all), demoted ones follow left to right
+    (scores 1e4 apart, far beyond the Gumbel noise of ``alg_temp``), so after every step no committed stop
+    token has a mask to its left.
+    """
+    is_stop = torch.isin(candidates, torch.tensor(list(stop_ids), dtype=candidates.dtype, device=candidates.device))
+    masks = masked.long()
+    mask_to_left = (torch.cumsum(masks, dim=-1) - masks) > 0  # (B, T)
+    column = torch.arange(confidence.shape[-1], device=confidence.device, dtype=confidence.dtype)
+    demoted = -_DEMOTION * (1.0 + column)  # (T,) left of right
+    return torch.where(is_stop & masked & mask_to_left, demoted.expand_as(confidence), confidence)
+
+
 def first_stop(region: torch.Tensor, stop_ids: Sequence[int]) -> torch.Tensor:
     """(B,) index of the first stop token in each row of ``region`` (B, L); L where there is none."""
     is_stop = torch.isin(region, torch.tensor(list(stop_ids), dtype=region.dtype, device=region.device))

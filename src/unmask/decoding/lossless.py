@@ -72,7 +72,7 @@ def skip_step(masked: torch.Tensor, step: int, timesteps: torch.Tensor, config: 
 @torch.inference_mode()
 def lossless_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                     config: DecodeConfig, mask_token_id: int, generator: torch.Generator | None = None,
-                    draft: int = 4) -> Iterator[DecodeStep]:
+                    draft: int = 4, stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
     """Same events (canvas, committed, confidence per step) as ``reference.denoise_stream``, fewer forwards."""
     _check_canvas(canvas, attention_mask)
     if draft <= 0:
@@ -119,12 +119,13 @@ def lossless_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | 
                         if len(drafts) == draft:
                             break
                     if needs:
-                        reference_step(stale, guess, m, future, timesteps, config, g, mask_token_id)
+                        reference_step(stale, guess, m, future, timesteps, config, g, mask_token_id, stop_ids)
                     else:
                         skip_step(m, future, timesteps, config, g)
             out = forward(drafts)
             known = [(c, out[i]) for i, c in enumerate(drafts)]
             logits, forwards, canvases = out[0], 1, len(drafts)
         stale = logits
-        committed, conf = reference_step(logits, x, masked, step, timesteps, config, generator, mask_token_id)
+        committed, conf = reference_step(logits, x, masked, step, timesteps, config, generator, mask_token_id,
+                                         stop_ids)
         yield DecodeStep(step, x, committed, conf, forwards=forwards, canvases=canvases)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from unmask.config import DecodeConfig
+from unmask.decoding.eos import default_stop_ids, demote_early_stops
 from unmask.decoding.sampling import sample_tokens
 from unmask.decoding.trace import DecodeTrace
 from unmask.diffusion import shift_logits
@@ -106,10 +107,12 @@ class DecodeResult:
 
 def reference_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Tensor, step: int,
                    timesteps: torch.Tensor, config: DecodeConfig, generator: torch.Generator | None,
-                   mask_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   mask_token_id: int, stop_ids: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """Commit tokens for one step. Pure apart from the generator; returns (committed (B,T) bool, conf (B,T)).
 
     logits: (B, T, V) ALIGNED predictions; canvas: (B, T) ids, updated in place; masked: (B, T) bool.
+    With ``config.stop_last``, candidates in ``stop_ids`` that have a mask to their left are ranked last
+    (``eos.demote_early_stops``); the reported confidence stays the model's.
     """
     t, s = timesteps[step], timesteps[step + 1]
     last = step == config.steps - 1
@@ -138,6 +141,9 @@ def reference_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Ten
     full_conf[masked] = conf
     candidates = torch.zeros_like(canvas)
     candidates[masked] = x0
+    ranking = full_conf
+    if config.stop_last and stop_ids:
+        ranking = demote_early_stops(full_conf, candidates, masked, stop_ids)
     counts = reveal_counts(masked.sum(-1), t, s, last)  # (B,)
     counts_list = counts.tolist()
     for row_group in _same_count_groups(counts_list):
@@ -145,7 +151,7 @@ def reference_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Ten
         if k == 0:
             continue
         rows = torch.tensor(row_group, device=canvas.device)
-        scores = full_conf[rows]  # (b, T)
+        scores = ranking[rows]  # (b, T)
         if config.alg_temp > 0:
             # k draws without replacement from softmax(scores / alg_temp), as Gumbel-top-k: the same
             # (Plackett-Luce) distribution as torch.multinomial, but it cannot fail when softmax underflows
@@ -188,11 +194,12 @@ def _check_canvas(canvas: torch.Tensor, attention_mask: torch.Tensor | None) -> 
 
 @torch.inference_mode()
 def denoise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                   config: DecodeConfig, mask_token_id: int, generator: torch.Generator | None = None
-                   ) -> Iterator[DecodeStep]:
+                   config: DecodeConfig, mask_token_id: int, generator: torch.Generator | None = None,
+                   stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
     """Denoise every mask in ``canvas`` (B, T), yielding the canvas after each step.
 
-    The caller's tensor is not modified. Pads (attention_mask == 0) are never masks to fill.
+    The caller's tensor is not modified. Pads (attention_mask == 0) are never masks to fill. ``stop_ids``
+    are the end tokens ``config.stop_last`` holds back.
     """
     _check_canvas(canvas, attention_mask)
     x = canvas.to(model.device, dtype=torch.long).clone()
@@ -208,13 +215,15 @@ def denoise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | N
         if real is not None:
             masked &= real
         logits = shift_logits(model(x, attention_mask=mask4, position_ids=positions))  # (B, T, V)
-        committed, conf = reference_step(logits, x, masked, step, timesteps, config, generator, mask_token_id)
+        committed, conf = reference_step(logits, x, masked, step, timesteps, config, generator, mask_token_id,
+                                         stop_ids)
         yield DecodeStep(step, x, committed, conf)
 
 
 def denoise(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *, config: DecodeConfig,
             mask_token_id: int, generator: torch.Generator | None = None, trace: bool = False,
-            region_start: int = 0, on_step: Callable[[DecodeStep], None] | None = None) -> DecodeResult:
+            region_start: int = 0, on_step: Callable[[DecodeStep], None] | None = None,
+            stop_ids: tuple[int, ...] = ()) -> DecodeResult:
     """Run ``denoise_stream`` to the end; optionally record a decode trace and call ``on_step`` after each
     step (e.g. a live view; its time counts in the stats)."""
     stats = DecodeStats()
@@ -222,7 +231,7 @@ def denoise(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = N
     start = time.perf_counter()
     final = canvas
     for event in denoise_stream(model, canvas, attention_mask, config=config, mask_token_id=mask_token_id,
-                                generator=generator):
+                                generator=generator, stop_ids=stop_ids):
         stats.forward_passes += 1
         stats.tokens_committed += int(event.committed.sum())
         if record is not None:
@@ -268,4 +277,4 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         full_mask = torch.cat([attention_mask.long(), torch.ones_like(masks)], dim=1)
     return denoise(model, canvas, full_mask, config=config, mask_token_id=mask_id, generator=generator,
-                   trace=trace, region_start=prompt_len)
+                   trace=trace, region_start=prompt_len, stop_ids=default_stop_ids(model.config))
