@@ -4,9 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
+SANDBOX_STAMP := $(VENV)/.sandbox-deps
 DEMO_MODEL ?= models/unmask-small
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup sandbox-deps demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,12 +17,22 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# Best effort, tried once per venv (delete the stamp to retry): bubblewrap gives the sandbox its namespaces.
+# Without it the sandbox and its tests run in the rlimits fallback, which works on its own.
+$(SANDBOX_STAMP): | $(STAMP)
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null 2>&1; } || \
+	  echo "note: bubblewrap not installed; the sandbox runs in its rlimits fallback (apt-get install -y bubblewrap)"
+	@touch $@
+
+sandbox-deps: $(SANDBOX_STAMP)
+
 demo: $(STAMP)
 	mkdir -p runs
 	$(BIN)/unmask generate $(DEMO_MODEL) --prompt-file examples/heldout_prompt.py --trace runs/demo-trace.json
 	$(BIN)/unmask eval --model $(DEMO_MODEL) --benchmark synthetic --synthetic-tasks 24 --out runs/demo-eval
 
-test: $(STAMP)
+test: $(STAMP) $(SANDBOX_STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -30,6 +30,31 @@ def test_summary_pass_at_k_matches_hand_values():
     assert s["pass@k"] == pytest.approx({"pass@1": 0.25, "pass@2": 5 / 12})
     assert s["verdicts"] == {"passed": 2, "failed": 2, "timeout": 4}
     assert s["error_kinds"] == {"timeout": 4, "AssertionError": 2}
+    assert s["infra_errors"] == 0
+
+
+def test_infra_errors_are_counted_apart_and_left_out_of_pass_at_k():
+    """A sandbox failure is no verdict about the program: it must not count as a failed sample."""
+    verdicts = {"a": ["passed", "failed", "infra_error", "infra_error"], "b": ["passed", "passed", "infra_error"],
+                "c": ["infra_error", "infra_error"]}
+    rows = [SampleResult(t, i, "", v, {"passed": "", "failed": "AssertionError", "infra_error": "infra"}[v], 0.0)
+            for t, vs in verdicts.items() for i, v in enumerate(vs)]
+    s = summarize(rows, ks=(1, 2, 3))
+    # scored: a has n=2, c=1 (pass@1 0.5, pass@2 1.0); b has n=2, c=2; c has none and is left out
+    assert s["pass@k"] == pytest.approx({"pass@1": 0.75, "pass@2": 1.0})
+    assert s["infra_errors"] == 5 and s["verdicts"]["infra_error"] == 5
+    assert (s["tasks"], s["samples"], s["samples_per_task"]) == (3, 9, 2)
+    only_infra = summarize([SampleResult("a", 0, "", "infra_error", "infra", 0.0)])
+    assert only_infra["pass@k"] == {} and only_infra["infra_errors"] == 1
+
+
+def test_summary_table_says_when_samples_got_no_verdict():
+    from unmask.evaluate import summary_table
+
+    rows = [SampleResult("a", 0, "", "passed", "", 0.0), SampleResult("a", 1, "", "infra_error", "infra", 0.0)]
+    table = summary_table({"benchmark": "x", **summarize(rows, ks=(1,))})
+    assert "1 samples got no verdict" in str(table.caption)
+    assert summary_table({"benchmark": "x", **summarize(rows[:1], ks=(1,))}).caption is None
 
 
 @pytest.mark.parametrize("benchmark,limit", [("humaneval", 6), ("humaneval+", 3), ("mbpp", 6), ("mbpp+", 4),

@@ -118,6 +118,19 @@ def test_infra_error_is_missing_not_zero(monkeypatch: pytest.MonkeyPatch) -> Non
     assert totals == [None, 2.5]
 
 
+def test_a_sandbox_that_cannot_score_gives_missing_rewards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real sandbox, broken (its preflight cannot pass): correct code must get None, never 0."""
+    from unmask.sandbox import preflight
+
+    monkeypatch.setattr(preflight, "PROGRAM", "import no_such_module_for_the_preflight\n")
+    preflight.forget()
+    try:
+        scores = R.code_reward(["    return 2 * x\n", "    return 0\n"], task=TASK, mode="humaneval", workers=2)
+    finally:
+        preflight.forget()
+    assert scores == [None, None]
+
+
 def test_registry_and_errors() -> None:
     assert R.get_reward("code") is R.code_reward and R.get_reward("code_format") is R.code_format_reward
     with pytest.raises(ValueError, match="unknown reward"):

@@ -1,8 +1,10 @@
 """Adversarial tests for unmask.sandbox: hostile programs, exact verdicts, and an unharmed host.
 
-Each hostile program runs once per design (a fresh sandbox per program — the default `run` path — and the
-pooled zygotes of `run_many`); the runs are shared by module-scoped fixtures so the file stays fast.
-Tests that need namespaces skip, with the probe's reason, where the kernel or bwrap refuses.
+Each hostile program runs once per mode (bubblewrap namespaces, and the rlimits fallback forced even where
+bubblewrap works) and per design (a fresh sandbox per program — the default `run` path — and the pooled
+zygotes of `run_many`); the runs are shared by module-scoped fixtures so the file stays fast. The namespaces
+mode skips, with the probe's reason, where the kernel or bwrap refuses; checks of what only namespaces give
+(network, world-writable places, pids) skip in the fallback, saying so.
 """
 
 from __future__ import annotations
@@ -18,8 +20,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unmask.sandbox import ExecutionResult, Limits, classify, exception_from_stderr, isolation, run, run_many
-from unmask.sandbox.launcher import UID_BASE, UID_SPAN, ZYGOTE_SCRIPT
+from unmask.sandbox import (
+    ExecutionResult,
+    Limits,
+    _zygote,
+    classify,
+    exception_from_stderr,
+    isolation,
+    launcher,
+    preflight,
+    run,
+    run_many,
+)
+from unmask.sandbox.launcher import UID_BASE, UID_SPAN, ZYGOTE_SCRIPT, Isolation
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox drops privileges and needs root")
 
@@ -30,6 +43,25 @@ SECRET_VALUE = "s3cr3t-env-" + os.urandom(8).hex()
 SECRET_FILE_TEXT = "s3cr3t-file-" + os.urandom(8).hex()
 CANARY_TEXT = "canary-" + os.urandom(8).hex()
 NEEDS_NS = "needs_ns"
+MODES = ("namespaces", "rlimits")
+ONLY_NS = "only namespaces give this isolation (the fallback shares the host's network, pids and world-writable places)"
+STDLIB_PROGRAM = ("import glob, subprocess, threading\nbox = []\nt = threading.Thread(target=box.append, args=(1,))\n"
+                  "t.start()\nt.join()\nassert box == [1]\nassert subprocess.run(['true']).returncode == 0\n"
+                  "assert glob.glob('*') == []\n")
+
+
+def _isolation_or_skip(mode: str) -> Isolation:
+    """The isolation of ``mode``; skips, with the probe's reason, where this machine cannot give it."""
+    try:
+        return isolation(mode)
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(params=MODES)
+def mode(request) -> str:
+    _isolation_or_skip(request.param)
+    return request.param
 
 
 def _sandbox_processes(zygotes: bool = True) -> list[tuple[int, int, str]]:
@@ -88,11 +120,11 @@ def host():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def hostile_programs(h: dict) -> list[tuple[str, str, str, str, str | None]]:
+def hostile_programs(h: dict, namespaces: bool) -> list[tuple[str, str, str, str, str | None]]:
     """(id, program, expected status, expected error_kind, requirement) — requirement NEEDS_NS or None."""
     pc, sc, secret, port = h["private"] / "canary.txt", h["shared"] / "canary.txt", h["secret"], h["port"]
     # the read-only mount answers before the permission check (EROFS → OSError); without it, EACCES
-    denied = "OSError" if isolation().namespaces else "PermissionError"
+    denied = "OSError" if namespaces else "PermissionError"
     return [
         ("pass_two_asserts", "def f(x):\n    return x * 2\nassert f(2) == 4\nassert f(0) == 0\n",
          "passed", "", None),
@@ -177,15 +209,26 @@ def hostile_programs(h: dict) -> list[tuple[str, str, str, str, str | None]]:
         ("sys_exit_nonzero", "import sys\nsys.exit(3)\n", "failed", "SystemExit", None),
         ("stdin_input", "input()\n", "failed", "EOFError", None),
         ("stdin_read", "import sys\nassert sys.stdin.read() == ''\n", "passed", "", None),
+        # modules the zygote does not preload: the fallback's uid must reach the interpreter to import them
+        ("stdlib_imports", STDLIB_PROGRAM, "passed", "", None),
+        # ... but reaching it must not make it writable
+        ("interpreter_not_writable",
+         "import os, sys\nhits = []\nfor d in sys.path[1:]:\n    try:\n"
+         "        open(os.path.join(d, 'pwned.py'), 'w').close()\n        hits.append(d)\n"
+         "    except OSError:\n        pass\nassert not hits, hits\n", "passed", "", None),
     ]
 
 
-@pytest.fixture(scope="module", params=["fresh", "pooled"])
+@pytest.fixture(scope="module", params=[(m, d) for m in MODES for d in ("fresh", "pooled")],
+                ids=lambda p: "-".join(p))
 def design_runs(request, host):
-    """Run every hostile program once with this design; check the host right after."""
-    cases = hostile_programs(host)
+    """Run every hostile program once in this mode and design; check the host right after. What only
+    namespaces isolate is not run in the fallback: it would reach the host (and its verdict test skips)."""
+    mode, design = request.param
+    namespaces = _isolation_or_skip(mode).namespaces
+    cases = [c for c in hostile_programs(host, namespaces) if c[4] != NEEDS_NS or namespaces]
     programs = [c[1] for c in cases]
-    results = run_many(programs, timeout=TIMEOUT, memory_mb=MEMORY_MB, fresh=request.param == "fresh")
+    results = run_many(programs, timeout=TIMEOUT, memory_mb=MEMORY_MB, fresh=design == "fresh", mode=mode)
     leftovers = _sandbox_processes()
     accepted = []
     while True:
@@ -198,14 +241,14 @@ def design_runs(request, host):
 
 
 CASE_IDS = [c[0] for c in hostile_programs({"private": Path("/x"), "shared": Path("/x"),
-                                            "secret": Path("/x"), "port": 1})]
+                                            "secret": Path("/x"), "port": 1}, namespaces=True)]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
 def test_hostile_program_verdict(design_runs, case_id):
+    if case_id not in design_runs["cases"]:
+        pytest.skip(ONLY_NS)
     (name, program, status, kind, needs), result = design_runs["cases"][case_id]
-    if needs == NEEDS_NS and not isolation().namespaces:
-        pytest.skip(f"needs namespaces, unavailable here: {isolation().reason}")
     assert (result.status, result.error_kind) == (status, kind), (design_runs["design"], result)
     assert result.status != "infra_error"
 
@@ -215,8 +258,7 @@ def test_host_unharmed(design_runs, host):
     assert design_runs["accepted"] == [], "a sandboxed program reached the loopback listener"
     for d in ("private", "shared"):
         assert (host[d] / "canary.txt").read_text() == CANARY_TEXT
-    if isolation().namespaces:
-        assert sorted(p.name for p in host["shared"].iterdir()) == ["canary.txt"]
+    assert sorted(p.name for p in host["shared"].iterdir()) == ["canary.txt"]
     assert host["secret"].read_text() == SECRET_FILE_TEXT
 
 
@@ -246,7 +288,7 @@ def test_timeouts_are_enforced_promptly(design_runs):
             assert TIMEOUT <= result.duration < TIMEOUT + 1.0, (name, result.duration)
 
 
-def test_no_state_leaks_between_programs():
+def test_no_state_leaks_between_programs(mode):
     """One zygote, sequential programs: the second must not see the first's modules, files or globals."""
     first = ("import json, sys, os\njson.LEAK = 1\nsys.modules['leaky_module'] = json\nLEAK_GLOBAL = 1\n"
              "open('left_behind.txt', 'w').write('x')\nos.environ['LEAK'] = '1'\n")
@@ -254,25 +296,25 @@ def test_no_state_leaks_between_programs():
               "assert 'leaky_module' not in sys.modules\n"
               "assert 'LEAK_GLOBAL' not in globals()\nassert os.listdir('.') == []\n"
               "assert 'LEAK' not in os.environ\n")
-    results = run_many([first, second, second], timeout=5.0, memory_mb=MEMORY_MB, workers=1)
+    results = run_many([first, second, second], timeout=5.0, memory_mb=MEMORY_MB, workers=1, mode=mode)
     assert [r.status for r in results] == ["passed"] * 3, results
-    if isolation().namespaces:  # the run directories of earlier programs are gone
+    if mode == "namespaces":  # the run directories of earlier programs are gone
         from unmask.sandbox.launcher import _python_dirs
 
         # a checkout or venv under /tmp is re-exposed read-only inside the sandbox: not a leftover
         exposed = sorted({Path(d).relative_to("/tmp").parts[0] for d in _python_dirs() if d.startswith("/tmp/")})
         program = f"import os\nassert len(set(os.listdir('/tmp')) - set({exposed!r})) == 1\n"
-        assert run(program, timeout=5.0).passed
+        assert run(program, timeout=5.0, mode=mode).passed
 
 
-def test_leftovers_killed_while_zygote_lives():
+def test_leftovers_killed_while_zygote_lives(mode):
     """The per-run sweep, not the end of the namespace, kills daemons and fork-bomb children."""
     from unmask.sandbox import Zygote
 
     daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
               "        time.sleep(60)\n    os._exit(0)\nos.wait()\n")
     spawner = "import subprocess\nfor _ in range(5):\n    subprocess.Popen(['sleep', '60'])\n"
-    with Zygote() as z:
+    with Zygote(iso=isolation(mode)) as z:
         assert z.execute(daemon, timeout=5.0, memory_mb=MEMORY_MB).passed
         assert _sandbox_processes(zygotes=False) == []
         assert z.execute(spawner, timeout=5.0, memory_mb=MEMORY_MB).passed
@@ -280,11 +322,11 @@ def test_leftovers_killed_while_zygote_lives():
         assert z.alive
 
 
-def test_pool_survives_hostile_neighbours():
+def test_pool_survives_hostile_neighbours(mode):
     programs = ["import os\nos.kill(-1, 9)\nos.kill(os.getpid(), 9)\n", "assert 2 + 2 == 4\n",
                 "import os\nos._exit(0)\n",
                 "while True:\n    pass\n", "assert 3 * 3 == 9\n"] * 2
-    results = run_many(programs, timeout=TIMEOUT, memory_mb=MEMORY_MB, workers=2)
+    results = run_many(programs, timeout=TIMEOUT, memory_mb=MEMORY_MB, workers=2, mode=mode)
     expected = ["failed", "passed", "failed", "timeout", "passed"] * 2
     assert [r.status for r in results] == expected
     assert _sandbox_processes() == []
@@ -362,17 +404,16 @@ def test_forged_report_never_passes(text):
 
 
 def test_fallback_logs_a_warning(monkeypatch, caplog):
-    from unmask.sandbox import launcher
-
-    launcher.isolation.cache_clear()
+    launcher.probe.cache_clear()
     monkeypatch.setattr(launcher.shutil, "which", lambda name: None)
+    monkeypatch.delenv(launcher.ENV_MODE, raising=False)
     try:
         with caplog.at_level("WARNING", logger="unmask.sandbox"):
             iso = launcher.isolation()
         assert iso.mode == "rlimits" and "bwrap not found" in iso.reason
         assert any("falling back" in r.getMessage() for r in caplog.records)
     finally:
-        launcher.isolation.cache_clear()
+        launcher.probe.cache_clear()
 
 
 def test_rlimits_fallback_still_isolates_basics():
@@ -391,3 +432,128 @@ def test_rlimits_fallback_still_isolates_basics():
     leftover = [p for p in Path(tempfile.gettempdir()).glob("unmask-sandbox-*")
                 if stat.S_IMODE(p.stat().st_mode) == 0o711]
     assert leftover == []
+
+
+# -------------------------------------------------------------------------- the fallback's interpreter
+def test_fallback_imports_the_standard_library():
+    """The fallback's uid owns nothing, so an interpreter below a 0700 directory (pyenv in /root) was out of its
+    reach and every import the zygote had not preloaded failed: a sandbox fault scored as the program's."""
+    result = run(STDLIB_PROGRAM, timeout=10.0, memory_mb=MEMORY_MB, mode="rlimits")
+    assert (result.status, result.error_kind) == ("passed", ""), result
+
+
+@pytest.mark.parametrize("sandbox_mode", ["auto", "rlimits"])
+def test_installed_packages_import(sandbox_mode):
+    pytest.importorskip("numpy")
+    program = "import numpy as np\nassert int(np.arange(4).sum()) == 6\n"
+    result = run(program, timeout=20.0, memory_mb=1024, mode=sandbox_mode)
+    assert (result.status, result.error_kind) == ("passed", ""), result
+
+
+def _fake_modes(modes: dict[str, int]):
+    def mode_of(path: str) -> int:
+        if path not in modes:
+            raise FileNotFoundError(path)
+        return modes[path]
+
+    return mode_of
+
+
+def test_unreachable_dirs_finds_what_others_cannot_search():
+    d = stat.S_IFDIR
+    mode_of = _fake_modes({"/": d | 0o755, "/sbx-home": d | 0o700, "/sbx-home/py": d | 0o755,
+                           "/sbx-home/py/lib": d | 0o755, "/sbx-home/py/lib/dyn": d | 0o755,
+                           "/sbx-usr": d | 0o755, "/sbx-usr/lib": d | 0o755, "/sbx-usr/lib/f.zip": stat.S_IFREG | 0o644,
+                           "/sbx-usr/closed": d | 0o750, "/sbx-usr/closed/lib": d | 0o755})
+    paths = ["/sbx-home/py/lib", "/sbx-home/py/lib/dyn", "/sbx-usr/lib", "/sbx-usr/lib/f.zip",
+             "/sbx-usr/closed/lib", "/sbx-home/py/missing.zip", "", "relative/lib"]
+    assert _zygote.unreachable_dirs(paths, mode_of) == ["/sbx-home/py/lib", "/sbx-home/py/lib/dyn",
+                                                         "/sbx-usr/closed/lib"]
+    # the directory itself may deny others: anchoring cannot help there (the preflight reports it)
+    assert not _zygote.unreachable("/sbx-home", mode_of)
+
+
+def test_rewrite_uses_the_longest_anchor():
+    anchors = {"/p/lib": "/proc/self/fd/4", "/p/lib/dyn": "/proc/self/fd/5"}
+    assert _zygote.rewrite("/p/lib", anchors) == "/proc/self/fd/4"
+    assert _zygote.rewrite("/p/lib/json", anchors) == "/proc/self/fd/4/json"
+    assert _zygote.rewrite("/p/lib/dyn/_x.so", anchors) == "/proc/self/fd/5/_x.so"
+    assert _zygote.rewrite("/p/library", anchors) == "/p/library"
+    assert _zygote.rewrite("/q/lib", anchors) == "/q/lib"
+
+
+# ----------------------------------------------------------------------------------------------- preflight
+@pytest.fixture
+def fresh_preflight():
+    preflight.forget()
+    yield
+    preflight.forget()
+
+
+def _scripted(*statuses: str):
+    """An ``execute`` that answers the given statuses in turn and counts its calls."""
+    calls = []
+
+    def execute(program, *, timeout, memory_mb):
+        calls.append(program)
+        status = statuses[len(calls) - 1]
+        kind = {"passed": "", "failed": "ModuleNotFoundError", "timeout": "timeout"}[status]
+        stderr = "Traceback (most recent call last):\nModuleNotFoundError: No module named 'threading'\n"
+        return ExecutionResult(status, 1, "", "" if status == "passed" else stderr, False, 0.1, kind)
+
+    return execute, calls
+
+
+def test_preflight_pass_is_checked_once(fresh_preflight):
+    execute, calls = _scripted("passed")
+    iso = Isolation("rlimits", "test")
+    assert preflight.problem(iso, execute) is None
+    assert preflight.problem(iso, execute) is None
+    assert calls == [preflight.PROGRAM]
+
+
+def test_preflight_failure_names_cause_and_fix_and_is_remembered(fresh_preflight):
+    execute, calls = _scripted("failed")
+    iso = Isolation("rlimits", "bwrap not found")
+    message = preflight.problem(iso, execute)
+    assert "No module named 'threading'" in message and "rlimits" in message
+    assert "Fix: install bubblewrap" in message
+    assert preflight.problem(iso, execute) == message and len(calls) == 1
+
+
+def test_preflight_timeout_is_not_remembered(fresh_preflight):
+    execute, calls = _scripted("timeout", "passed")
+    iso = Isolation("namespaces", "test")
+    assert "timeout" in preflight.problem(iso, execute)
+    assert preflight.problem(iso, execute) is None and len(calls) == 2
+
+
+def test_failed_preflight_makes_every_run_an_infra_error(mode, fresh_preflight, monkeypatch):
+    """A sandbox that cannot give a correct verdict must say so for every program, never score it."""
+    monkeypatch.setattr(preflight, "PROGRAM", "import no_such_module_for_the_preflight\n")
+    results = run_many(["assert True\n", "assert False\n"], timeout=5.0, memory_mb=MEMORY_MB, mode=mode)
+    results.append(run("assert True\n", timeout=5.0, memory_mb=MEMORY_MB, mode=mode))
+    assert [r.status for r in results] == ["infra_error"] * 3
+    for r in results:
+        assert "preflight" in r.stderr and "no_such_module_for_the_preflight" in r.stderr and "Fix:" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------- mode switch
+def test_mode_switch(monkeypatch):
+    monkeypatch.setenv(launcher.ENV_MODE, "rlimits")
+    assert isolation() == Isolation("rlimits", f"forced by {launcher.ENV_MODE}")
+    assert isolation("auto") == launcher.probe()  # the argument wins over the environment
+    monkeypatch.setenv(launcher.ENV_MODE, "chroot")
+    with pytest.raises(ValueError, match="chroot"):
+        isolation()
+    with pytest.raises(ValueError, match="sandbox mode"):
+        run("pass")
+
+
+def test_required_namespaces_never_fall_back(monkeypatch):
+    monkeypatch.setattr(launcher, "probe", lambda: Isolation("rlimits", "no bwrap here (test)"))
+    with pytest.raises(RuntimeError, match="no bwrap here"):
+        isolation("namespaces")
+    single = run("assert True\n", mode="namespaces")
+    assert single.status == "infra_error" and "no bwrap here" in single.stderr
+    assert [r.status for r in run_many(["pass", "pass"], mode="namespaces")] == ["infra_error"] * 2

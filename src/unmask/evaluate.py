@@ -161,19 +161,24 @@ def append_results(path: Path, results: Sequence[SampleResult]) -> None:
 
 
 def summarize(results: Sequence[SampleResult], ks: Sequence[int] = (1, 10)) -> dict[str, Any]:
-    """pass@k (unbiased estimator, averaged over tasks) for every k <= the samples per task."""
+    """pass@k (unbiased estimator, averaged over tasks) for every k <= the scored samples per task.
+
+    An ``infra_error`` is no verdict (the sandbox failed, not the program): it is counted in ``infra_errors``
+    and left out of pass@k, which averages over the tasks with at least one scored sample.
+    """
     per_task: dict[str, list[bool]] = {}
     for r in results:
-        per_task.setdefault(r.task_id, []).append(r.verdict == "passed")
-    if not per_task:
-        return {"tasks": 0, "samples": 0, "pass@k": {}, "verdicts": {}, "error_kinds": {}}
-    n_min = min(len(v) for v in per_task.values())
+        if r.verdict != "infra_error":
+            per_task.setdefault(r.task_id, []).append(r.verdict == "passed")
+    n_min = min((len(v) for v in per_task.values()), default=0)
     passk = {f"pass@{k}": sum(pass_at_k(len(v), sum(v), k) for v in per_task.values()) / len(per_task)
              for k in ks if k <= n_min}
     return {
-        "tasks": len(per_task), "samples": len(results), "samples_per_task": n_min, "pass@k": passk,
+        "tasks": len({r.task_id for r in results}), "samples": len(results), "samples_per_task": n_min,
+        "pass@k": passk,
         "verdicts": dict(Counter(r.verdict for r in results)),
         "error_kinds": dict(Counter(r.error_kind for r in results if r.verdict != "passed").most_common()),
+        "infra_errors": sum(r.verdict == "infra_error" for r in results),
     }
 
 
@@ -396,4 +401,7 @@ def summary_table(summary: dict[str, Any]):
         table.add_row(f"verdict {key}", str(value))
     for key, value in list(summary["error_kinds"].items())[:8]:
         table.add_row(f"error {key or '(none)'}", str(value))
+    if summary.get("infra_errors"):  # the sandbox failed on these: say so where the numbers are read
+        table.caption = (f"[red]{summary['infra_errors']} samples got no verdict (sandbox infra_error): "
+                         "left out of pass@k[/red]")
     return table

@@ -22,20 +22,45 @@ completion on a separate pipe (fd 3) with a random per-run nonce checked by the 
 marker, ``sys.exit(0)``, ``exit()``, ``raise SystemExit`` or ``os._exit(0)`` before the end is "failed"
 with error_kind "early_exit". A fault of the sandbox itself is "infra_error", never a failed program.
 
-Protects against (tested in tests/test_sandbox.py): infinite loops in Python or C, ignored signals,
-memory and fork bombs, daemons that try to outlive the run, killing the parent, writing or deleting
-outside the private directory, network access (no interfaces besides a down loopback), reading the
-parent's environment or root-only files, output floods and invalid UTF-8, reading stdin, early exits.
+Protects against (tested in tests/test_sandbox.py, in both modes below unless said): infinite loops in
+Python or C, ignored signals, memory and fork bombs, daemons that try to outlive the run, killing the parent,
+writing or deleting outside the private directory (world-writable places: namespaces only), network access
+(no interfaces besides a down loopback: namespaces only), reading the parent's environment or root-only
+files, output floods and invalid UTF-8, reading stdin, early exits.
 
 Does NOT protect against: kernel exploits or bubblewrap bugs (this is not a VM); a program that finds the
 nonce in its own memory (e.g. via ``gc``) and writes it to fd 3 — the marker stops accidental and naive
 early exits, not a deliberate attacker reading its own address space; reading world-readable files of the
 host (the root is visible read-only, except ``/root``); CPU/memory contention with concurrent runs (no
 cgroup limits — the rlimits are per process, except processes which are per uid); side channels.
-Without namespaces (no bwrap, or the kernel refuses; a warning is logged once on logger
-"unmask.sandbox") the network is NOT isolated, the host's /tmp and other world-writable places are
-writable by the program, and only rlimits + the uid drop + the uid sweep remain. When not root there is
-no uid drop either and leftover processes are killed by process group only.
+
+Modes: "namespaces" (all of the above) where bubblewrap works, else the "rlimits" fallback, with a warning
+logged once on logger "unmask.sandbox". ``mode=`` of run/run_many, else $UNMASK_SANDBOX, chooses: "auto"
+(the default), "rlimits" (force the fallback, e.g. to test it where bubblewrap works) or "namespaces" (never
+fall back: where bubblewrap cannot work every run is an infra_error).
+
+The fallback runs the zygote on the host. Each child still gets the rlimits, its own uid, no_new_privs, a
+private 0700 directory (under a root-owned 0711 one), the scrubbed environment and the uid sweep. But the
+network is NOT isolated, the host's /tmp and other world-writable places are writable by the program, and
+there is no pid namespace. When not root there is no uid drop either and leftover processes are killed by
+process group only. The interpreter: the sandbox uid owns nothing and is in no group, so an interpreter or
+virtualenv installed below a directory others may not search (pyenv under ``/root``, mode 0700) is out of
+its reach — every import the zygote had not preloaded (threading, subprocess, glob, numpy) would fail and be
+scored as the program's fault. So the child, while still root, opens each such ``sys.path`` directory
+(O_PATH, close-on-exec) and rewrites ``sys.path`` and the loaded packages' ``__path__`` to
+``/proc/self/fd/N``: a lookup through a process's own descriptor starts inside the directory, so the
+directories above it are never checked, while the files' own permissions still are (nothing there becomes
+writable; only world-readable files can be read). What this widens: the program can read the world-readable
+part of those directories and of their parents up to the one that denied search (``..`` climbs from a
+descriptor: all of ``/root/.pyenv``, never the rest of ``/root``). What it cannot do: start a new Python
+interpreter (``sys.executable`` lies behind the same directory and exec needs its path: PermissionError),
+show source lines of preloaded standard-library modules in tracebacks, or import after the program closes
+descriptors 4 and up itself.
+
+Preflight (:mod:`unmask.sandbox.preflight`): before the first program of a process in each mode, a small
+program that imports and uses the standard library (threading, subprocess, glob, json, ...) runs in the
+sandbox. If it does not pass, the sandbox cannot give correct verdicts, and every run is an infra_error
+whose message names the cause and the fix — never a "failed" program.
 """
 
 from __future__ import annotations
@@ -72,17 +97,36 @@ def _check_program(program: object, where: str = "program") -> None:
         raise TypeError(f"{where} must be a str of Python source, got {type(program).__name__}")
 
 
-def run(program: str, *, timeout: float = 5.0, memory_mb: int = 1024, limits: Limits | None = None
-        ) -> ExecutionResult:
-    """Run one program in a fresh sandbox (new namespaces, new interpreter) and return its verdict."""
+def _resolve(mode: str | None) -> Isolation | str:
+    """The isolation for ``mode`` (see :func:`isolation`), or why the sandbox cannot start in it."""
+    try:
+        return isolation(mode)
+    except RuntimeError as exc:  # namespaces required but unavailable: no verdict is possible
+        return f"could not start the sandbox: {exc}"
+
+
+def run(program: str, *, timeout: float = 5.0, memory_mb: int = 1024, limits: Limits | None = None,
+        mode: str | None = None) -> ExecutionResult:
+    """Run one program in a fresh sandbox (new namespaces, new interpreter) and return its verdict.
+
+    ``mode``: "auto", "namespaces" or "rlimits" (default: $UNMASK_SANDBOX, else auto).
+    """
     _check_program(program)
     _validate(timeout, memory_mb)
+    iso = _resolve(mode)
+    if isinstance(iso, str):
+        return infra_error(iso)
+    return _run_fresh(program, float(timeout), memory_mb, limits, iso)
+
+
+def _run_fresh(program: str, timeout: float, memory_mb: int, limits: Limits | None, iso: Isolation
+               ) -> ExecutionResult:
     try:
-        zygote = Zygote(limits)
+        zygote = Zygote(limits, iso)
     except (OSError, RuntimeError) as exc:
         return infra_error(f"could not start the sandbox: {exc}")
     with zygote:
-        return zygote.execute(program, timeout=float(timeout), memory_mb=memory_mb)
+        return zygote.execute(program, timeout=timeout, memory_mb=memory_mb)
 
 
 def run_many(
@@ -94,10 +138,12 @@ def run_many(
     progress: bool = False,
     limits: Limits | None = None,
     fresh: bool = False,
+    mode: str | None = None,
 ) -> list[ExecutionResult]:
     """Run many programs on ``workers`` pre-forked zygotes (default: one per core); results in input order.
 
-    ``fresh=True`` starts a new sandbox per program instead (slower, the simplest path).
+    ``fresh=True`` starts a new sandbox per program instead (slower, the simplest path). ``mode`` as in
+    :func:`run`.
     """
     if isinstance(programs, str):
         raise TypeError("programs must be a sequence of str, got a single str")
@@ -110,6 +156,9 @@ def run_many(
         workers = os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
+    iso = _resolve(mode)
+    if isinstance(iso, str):
+        return [infra_error(iso) for _ in programs]
     n = len(programs)
     results: list[ExecutionResult | None] = [None] * n
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -131,11 +180,11 @@ def run_many(
                 except queue.Empty:
                     return
                 if fresh:
-                    results[i] = run(programs[i], timeout=timeout, memory_mb=memory_mb, limits=limits)
+                    results[i] = _run_fresh(programs[i], float(timeout), memory_mb, limits, iso)
                 else:
                     if zygote is None or not zygote.alive:
                         try:
-                            zygote = Zygote(limits)
+                            zygote = Zygote(limits, iso)
                         except (OSError, RuntimeError) as exc:
                             zygote = None
                             results[i] = infra_error(f"could not start the sandbox: {exc}")

@@ -3,8 +3,9 @@
 Run as a script (``python -I _zygote.py TMP_ROOT``) by :mod:`unmask.sandbox.launcher`, usually inside a
 bubblewrap namespace. It reads length-prefixed JSON requests on fd 0 and answers on fd 1. For each request it
 forks a child from its own clean state, the child drops to the request's unprivileged uid, applies rlimits and
-runs the program; the zygote relays capped output, enforces the wall clock, kills every process of that uid
-and reaps them before it answers. The zygote itself never runs untrusted code.
+runs the program (an interpreter installed where that uid cannot go is reached through descriptors the child
+opens while still root: see :func:`anchor_imports`); the zygote relays capped output, enforces the wall clock,
+kills every process of that uid and reaps them before it answers. The zygote itself never runs untrusted code.
 
 Only the standard library is used here: this file runs under ``python -I`` with no project on the path.
 The host imports :func:`sweep_uid` and the framing helpers from here too, so both sides share one copy.
@@ -19,6 +20,7 @@ import os
 import select
 import shutil
 import signal
+import stat
 import struct
 import sys
 import tempfile
@@ -108,8 +110,70 @@ def sweep_uid(uid: int) -> None:
     os.waitpid(pid, 0)
 
 
+# ---------------------------------------------------------------------------------- interpreter access
+# A program runs as a uid that owns nothing and is in no group, so only the "other" permission bits apply to
+# it. An interpreter installed below a directory others may not search (pyenv under /root, mode 0700) is then
+# out of its reach: every import the zygote did not preload would fail. So the child opens such sys.path
+# directories while it is still root and points the import system at /proc/self/fd/N. A process may always
+# follow its own descriptors, and a lookup through one starts inside the directory: only the permissions of
+# the directory and of what lies below it are checked, never those of the directories above it.
+
+
+def _mode(path: str) -> int:
+    return os.stat(path).st_mode
+
+
+def unreachable(path: str, mode_of=_mode) -> bool:
+    """True when a directory above ``path`` denies search to others, so a sandbox uid cannot reach it."""
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            if not mode_of(parent) & stat.S_IXOTH:
+                return True
+        except OSError:
+            return True
+        if os.path.dirname(parent) == parent:
+            return False
+        parent = os.path.dirname(parent)
+
+
+def unreachable_dirs(paths: list[str], mode_of=_mode) -> list[str]:
+    """The directories among ``paths`` (sys.path) that a sandbox uid cannot reach, by name or after symlinks."""
+    found = []
+    for path in paths:
+        try:
+            if not (os.path.isabs(path) and stat.S_ISDIR(mode_of(path))):
+                continue
+        except OSError:
+            continue  # sys.path may name what does not exist (python311.zip): nothing to import from there
+        if unreachable(path, mode_of) or unreachable(os.path.realpath(path), mode_of):
+            found.append(path)
+    return found
+
+
+def rewrite(path: str, anchors: dict[str, str]) -> str:
+    """``path`` with its longest anchored prefix replaced by that anchor's /proc/self/fd path."""
+    inside = [a for a in anchors if path == a or path.startswith(a.rstrip("/") + "/")]
+    if not inside:
+        return path
+    best = max(inside, key=len)
+    return anchors[best] + path[len(best):]
+
+
+def anchor_imports(dirs: list[str]) -> None:
+    """Open ``dirs`` (as root; O_PATH: a handle for lookups, nothing more) and send every import below them
+    (sys.path and the search path of each loaded package) through the descriptors."""
+    anchors = {d: f"/proc/self/fd/{os.open(d, os.O_PATH | os.O_DIRECTORY)}" for d in dirs}
+    sys.path[:] = [rewrite(p, anchors) for p in sys.path]
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):  # a namespace package's _NamespacePath follows its parent's by itself
+            search[:] = [rewrite(p, anchors) for p in search]
+    sys.path_importer_cache.clear()  # finders cached for the old names would keep using them
+
+
 # ----------------------------------------------------------------------------------------------- child
-def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int) -> None:
+def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int, anchored: list[str]) -> None:
     """Runs in the forked child: enter the sandbox, run the program, exit. Never returns."""
     nonce = req["nonce"]
     try:
@@ -125,6 +189,8 @@ def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int
                     os.close(fd)
                 except OSError:
                     pass
+        if anchored:  # while still root: the sandbox uid could not reach these directories by name
+            anchor_imports(anchored)
         import resource
 
         mem = req["memory_mb"] * 1024 * 1024
@@ -266,7 +332,7 @@ def _kill_leftovers(child: int, uid: int) -> None:
             pass
 
 
-def handle(req: dict, tmp_root: str) -> dict:
+def handle(req: dict, tmp_root: str, anchored: list[str]) -> dict:
     uid = req["uid"]
     cap = req["output_cap"]
     tmp = tempfile.mkdtemp(prefix="run-", dir=tmp_root)
@@ -281,7 +347,7 @@ def handle(req: dict, tmp_root: str) -> dict:
     pid = os.fork()
     if pid == 0:
         try:
-            _child(req, tmp, out_w, err_w, rep_w, devnull)
+            _child(req, tmp, out_w, err_w, rep_w, devnull, anchored)
         finally:
             os._exit(EXIT_SETUP_FAILED)
     for fd in (out_w, err_w, rep_w, devnull):
@@ -367,13 +433,14 @@ def main(argv: list[str]) -> int:
     _prctl(PR_SET_DUMPABLE, 0)
     for name in PRELOAD:
         __import__(name)
-    write_message(ctl_out, {"ready": True, "pid": os.getpid()})
+    anchored = unreachable_dirs(sys.path) if os.geteuid() == 0 else []  # without root there is no uid drop
+    write_message(ctl_out, {"ready": True, "pid": os.getpid(), "anchored": anchored})
     while True:
         req = read_message(ctl_in)
         if req is None:
             return 0
         try:
-            resp = handle(req, tmp_root)
+            resp = handle(req, tmp_root, anchored)
         except Exception as exc:  # a zygote failure is the sandbox's fault: say so, keep serving
             resp = {"infra": f"{type(exc).__name__}: {exc}"}
         write_message(ctl_out, resp)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from unmask.sandbox import _zygote
+from unmask.sandbox import _zygote, preflight
 from unmask.sandbox.result import ExecutionResult, classify, infra_error
 
 log = logging.getLogger("unmask.sandbox")
@@ -114,8 +114,12 @@ def bwrap_command(limits: Limits) -> list[str]:
     return cmd
 
 
+ENV_MODE = "UNMASK_SANDBOX"
+MODES = ("auto", "namespaces", "rlimits")
+
+
 @functools.lru_cache(maxsize=1)
-def isolation() -> Isolation:
+def probe() -> Isolation:
     """Probe once whether bubblewrap can make the namespaces; log a warning when falling back."""
     if os.geteuid() != 0:
         reason = "not running as root: children cannot be moved to a separate uid"
@@ -132,6 +136,24 @@ def isolation() -> Isolation:
             reason = f"bwrap failed: {exc}"
     log.warning("unmask.sandbox: no namespace isolation (%s); falling back to rlimits + uid drop", reason)
     return Isolation("rlimits", reason)
+
+
+def isolation(mode: str | None = None) -> Isolation:
+    """The isolation runs get: ``mode``, else $UNMASK_SANDBOX, else "auto" (namespaces where the machine allows).
+
+    "rlimits" forces the fallback (to test it where bubblewrap works); "namespaces" refuses to fall back
+    (RuntimeError), for deployments where the weaker fallback is not acceptable.
+    """
+    source = "argument" if mode else ENV_MODE
+    mode = mode or os.environ.get(ENV_MODE) or "auto"
+    if mode not in MODES:
+        raise ValueError(f"sandbox mode must be one of {MODES}, got {mode!r} ({source})")
+    if mode == "rlimits":
+        return Isolation("rlimits", f"forced by {source}")
+    found = probe()
+    if mode == "namespaces" and not found.namespaces:
+        raise RuntimeError(f"namespaces isolation required ({source}) but unavailable: {found.reason}")
+    return found
 
 
 class _UidPool:
@@ -185,6 +207,7 @@ class Zygote:
         if not ready or not ready.get("ready"):
             self.close()
             raise RuntimeError(f"sandbox zygote failed to start ({self.iso.mode})")
+        self.anchored: list[str] = ready.get("anchored", [])  # sys.path entries reached through descriptors
 
     @property
     def alive(self) -> bool:
@@ -202,6 +225,13 @@ class Zygote:
             return None
 
     def execute(self, program: str, *, timeout: float, memory_mb: int) -> ExecutionResult:
+        """The verdict of ``program``; an infra_error for every program while the preflight fails."""
+        problem = preflight.problem(self.iso, self._execute)
+        if problem is not None:
+            return infra_error(problem)
+        return self._execute(program, timeout=timeout, memory_mb=memory_mb)
+
+    def _execute(self, program: str, *, timeout: float, memory_mb: int) -> ExecutionResult:
         if not self.alive:
             return infra_error("sandbox zygote is not running")
         uid = UIDS.take()
