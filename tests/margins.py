@@ -22,7 +22,7 @@ so a misaligned recording fails instead of passing silently.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -112,10 +112,28 @@ def commit_margin(conf: torch.Tensor, committed: torch.Tensor, rule: Rule) -> fl
     raise ValueError(f"unknown selection rule {rule.select!r}")
 
 
+def filter_margin(logits: torch.Tensor, rule: Rule) -> float:
+    """How far the top-p / top-k filters were from keeping or dropping another token, for logits (n, V).
+
+    top-p keeps a token while the mass before it is ≤ top_p: the margin is the closest any token's preceding
+    mass came to top_p (probability units); top-k keeps logits ≥ the k-th largest: the k-th minus the
+    (k+1)-th logit. The filtered distribution is what the confidences are computed on.
+    """
+    found = math.inf
+    if rule.top_p is not None and rule.top_p < 1:
+        probs = logits.sort(dim=-1, descending=True).values.softmax(-1)
+        before = probs.cumsum(-1) - probs  # (n, V) mass of the more likely tokens
+        found = min(found, float((before[:, 1:] - rule.top_p).abs().min()))
+    if rule.top_k is not None and rule.top_k < logits.shape[-1]:
+        top = logits.topk(rule.top_k + 1, dim=-1).values
+        found = min(found, float((top[:, -2] - top[:, -1]).min()))
+    return found
+
+
 @dataclass(frozen=True)
 class Margin:
     value: float
-    kind: str  # "token" or "commit"
+    kind: str  # "token", "commit" or "filter"
     step: int
     row: int
 
@@ -123,8 +141,9 @@ class Margin:
         return f"{self.kind} margin {self.value:.3g} at step {self.step}, row {self.row}"
 
 
-def decision_margins(decision: Decision, rule: Rule) -> tuple[Margin, Margin]:
-    """(token margin, commit margin) of one decision; either is inf when the step decided no such thing."""
+def decision_margins(decision: Decision, rule: Rule) -> tuple[Margin, Margin, Margin]:
+    """(token, commit, filter) margins of one decision; inf where the step decided no such thing (the filters
+    matter only where confidences are compared: when the commit set was a choice)."""
     logits, committed = decision.logits.float().clone(), decision.committed.bool()
     if rule.mask_token_id is not None:
         logits[:, rule.mask_token_id] = torch.finfo(logits.dtype).min
@@ -135,12 +154,14 @@ def decision_margins(decision: Decision, rule: Rule) -> tuple[Margin, Margin]:
         token = float(token_margins(logits[committed]).min())
         if not torch.equal(x0[committed], decision.tokens[committed].to(x0.device)):
             token = -math.inf  # a committed token that is not the argmax: the logits do not explain the record
-    return (Margin(token, "token", decision.step, decision.row),
-            Margin(commit_margin(conf, committed, rule), "commit", decision.step, decision.row))
+    commit = commit_margin(conf, committed, rule)
+    filtered = filter_margin(logits, rule) if commit < math.inf else math.inf
+    return tuple(Margin(v, kind, decision.step, decision.row)
+                 for v, kind in ((token, "token"), (commit, "commit"), (filtered, "filter")))
 
 
 def smallest_margin(decisions: Iterable[Decision], rule: Rule) -> Margin:
-    """The smallest token or commit margin over ``decisions`` (inf if they decided nothing)."""
+    """The smallest token, commit or filter margin over ``decisions`` (inf if they decided nothing)."""
     found = Margin(math.inf, "none", -1, -1)
     for decision in decisions:
         for m in decision_margins(decision, rule):
@@ -164,89 +185,148 @@ def assert_margin(decisions: Iterable[Decision], rule: Rule, bound: float = MARG
 # -- recording a decode -------------------------------------------------------------------------------------
 
 
-def record_decisions(model, run: Callable[..., DecodeResult], ids: torch.Tensor, attention_mask=None, *,
-                     config: DecodeConfig, decoder: DecoderConfig | None = None, mask_token_id: int = MASK_ID,
-                     **kwargs) -> tuple[DecodeResult, list[Decision]]:
-    """Run ``run`` (``decode`` or ``decode_canvas``) and return its result and the decisions of its steps.
+class StepLog:
+    """What each step of a decode committed: pass ``on_step=log.on_step``; ``events``: (committed (B, S),
+    canvas after the step) per step."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_step(self, event) -> None:
+        self.events.append((event.committed.clone(), event.canvas.clone()))
+
+
+class Recorder(StepLog):
+    """Records the decisions of the decodes run inside it (one decode per recorder).
+
+        with Recorder(model, decoder) as rec:
+            result = unmask.generate(model, ids, ...)       # or decode(..., on_step=rec.on_step, probe=rec.probe)
+        assert_margin(rec.decisions(result.sequences), Rule.of(config, decoder))
 
     Every step of the reference decoder, and of the block decoders without a KV cache, is one full forward
     whose (shifted) logits the step reads: a forward hook records them. With a cache a step reads partial
-    forwards, so the block decoders' ``probe`` records the logits instead (``decode`` only). Candidates are
-    the masks of the step's canvas (for the block decoders: of the current block, the lowest one that still
-    has masks in some row, as ``block_stream`` walks them).
+    forwards; pass ``probe=rec.probe`` to ``decode`` and the logits the step used are recorded instead. What
+    a step committed is read from ``on_step`` events when given, else from the next step's canvas (and the
+    final one). Candidates are the canvas's masks (block decoders: those of the current block, the lowest
+    block that still has masks in some row, as ``block_stream`` walks them). Not for ``lossless``: its
+    forwards are not its steps (it makes exactly the reference decoder's decisions: record that one).
     """
-    decoder = decoder or DecoderConfig()
-    if decoder.lossless:
-        raise ValueError("lossless makes exactly the reference decoder's decisions: record DecoderConfig()")
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # per step: (canvas before it, aligned logits (B, S, V))
-    after: list[tuple[torch.Tensor, torch.Tensor]] = []  # per step: (committed (B, S), canvas after it)
 
-    def hook(module, args, output):
-        seen.append((args[0].clone(), shift_logits(output).float()))
+    def __init__(self, model, decoder: DecoderConfig | None = None, *, attention_mask: torch.Tensor | None = None,
+                 mask_token_id: int = MASK_ID) -> None:
+        super().__init__()
+        self.model, self.decoder = model, decoder or DecoderConfig()
+        if self.decoder.lossless:
+            raise ValueError("lossless makes exactly the reference decoder's decisions: record DecoderConfig()")
+        self.attention_mask, self.mask_token_id = attention_mask, mask_token_id
+        self.forwards: list[tuple[torch.Tensor, torch.Tensor]] = []  # (canvas, aligned logits (B, S, V))
+        self.probed: list[tuple[torch.Tensor, torch.Tensor]] = []  # the same, from the probe (cached decoders)
+        self._handle = None
 
-    def probe(x, b0, b1, logits):
+    def __enter__(self) -> Recorder:
+        self._handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def _hook(self, module, args, output) -> None:
+        self.forwards.append((args[0].clone(), shift_logits(output).float()))
+
+    def probe(self, x: torch.Tensor, b0: int, b1: int, logits: torch.Tensor) -> None:
         full = torch.zeros(*x.shape, logits.shape[-1])
         full[:, b0:b1] = logits.float()
-        seen.append((x.clone(), full))
+        self.probed.append((x.clone(), full))
 
-    def on_step(event):
-        after.append((event.committed.clone(), event.canvas.clone()))
-
-    extra = {}
-    handle = None
-    if decoder.decoder != "reference" and decoder.cache != "none":
-        if run is not decode:
-            raise ValueError("a cached block decoder is recorded through decode's probe")
-        extra["probe"] = probe
-    else:
-        handle = model.register_forward_hook(hook)
-    try:
-        result = run(model, ids, attention_mask, config=config, decoder=decoder, on_step=on_step, **extra, **kwargs)
-    finally:
-        if handle is not None:
-            handle.remove()
-    assert len(seen) == len(after), "one recorded forward per step"
-    real = None
-    if attention_mask is not None:
-        real = attention_mask.bool()
-        if real.shape[1] < seen[0][0].shape[1]:  # decode appends the region's masks (all real)
-            width = seen[0][0].shape[1] - real.shape[1]
-            real = torch.cat([real, torch.ones(real.shape[0], width, dtype=torch.bool)], 1)
-    blocks = None
-    if decoder.decoder != "reference":
-        first = seen[0][0] == mask_token_id
-        blocks = mask_blocks(first if real is None else first & real, decoder.block_length)  # (B, S)
-    decisions = []
-    for step, ((canvas, logits), (committed, canvas_after)) in enumerate(zip(seen, after)):
-        candidates = canvas == mask_token_id
-        if real is not None:
-            candidates &= real
-        if not bool(candidates.any()):
-            continue  # a reference step after the last mask (steps > masks) decides nothing
-        if blocks is not None:  # only the current block's masks are candidates
-            current = int(blocks[candidates].min())
-            candidates &= blocks == current
-        for row in range(canvas.shape[0]):
-            c = candidates[row]
-            if bool(c.any()):
-                decisions.append(Decision(logits[row][c], committed[row][c], canvas_after[row][c], step, row))
-    return result, decisions
+    def decisions(self, final: torch.Tensor | None = None) -> list[Decision]:
+        """Each step's decisions, per row; ``final``: the decoded canvas (needed without ``on_step``)."""
+        seen = self.probed or self.forwards
+        if self.decoder.decoder != "reference" and self.decoder.cache != "none" and not self.probed:
+            raise ValueError("a cached block decoder's steps read partial forwards: pass probe=rec.probe")
+        if any(canvas.shape != seen[0][0].shape for canvas, _ in seen):
+            raise ValueError("forwards of different shapes: one forward per step was expected (not lossless)")
+        if self.events:
+            if len(self.events) != len(seen):
+                raise ValueError(f"{len(seen)} forwards for {len(self.events)} steps: one per step was expected")
+            commits = self.events
+        else:
+            if final is None:
+                raise ValueError("without on_step events, give the final canvas")
+            after = [canvas for canvas, _ in seen[1:]] + [final.to(seen[0][0].device)]
+            commits = [((before == self.mask_token_id) & (nxt != self.mask_token_id), nxt)
+                       for (before, _), nxt in zip(seen, after)]
+        real = None
+        if self.attention_mask is not None:
+            real = self.attention_mask.bool()
+            if real.shape[1] < seen[0][0].shape[1]:  # decode appends the region's masks (all real)
+                width = seen[0][0].shape[1] - real.shape[1]
+                real = torch.cat([real, torch.ones(real.shape[0], width, dtype=torch.bool)], 1)
+        blocks = None
+        if self.decoder.decoder != "reference":
+            first = seen[0][0] == self.mask_token_id
+            blocks = mask_blocks(first if real is None else first & real, self.decoder.block_length)  # (B, S)
+        decisions = []
+        for step, ((canvas, logits), (committed, canvas_after)) in enumerate(zip(seen, commits)):
+            candidates = canvas == self.mask_token_id
+            if real is not None:
+                candidates &= real
+            if not bool(candidates.any()):
+                continue  # a reference step after the last mask (steps > masks) decides nothing
+            if blocks is not None:  # only the current block's masks are candidates
+                candidates &= blocks == int(blocks[candidates].min())
+            for row in range(canvas.shape[0]):
+                c = candidates[row]
+                if bool(c.any()):
+                    decisions.append(Decision(logits[row][c], committed[row][c], canvas_after[row][c], step, row))
+        return decisions
 
 
 def decode_with_margin(model, ids: torch.Tensor, attention_mask=None, *, canvas: bool = False,
                        bound: float = MARGIN, config: DecodeConfig | None = None,
-                       decoder: DecoderConfig | None = None, trace: bool = False, stop_ids=None,
-                       **params) -> DecodeResult:
+                       decoder: DecoderConfig | None = None, **kwargs) -> DecodeResult:
     """``decode`` (``decode_canvas`` with canvas=True) that asserts each decision had a margin ≥ ``bound``.
 
-    Parameters resolve as the decoders resolve them: the model's generation defaults (or ``DecodeConfig()``)
-    updated by ``params``. ``trace`` and ``stop_ids`` (``decode`` only) go to the decoder.
+    ``kwargs``: the decoders' own (seed, trace, stop_ids) and sampler parameters, resolved as the decoders
+    resolve them (the model's generation defaults, or ``DecodeConfig()``, updated by them). A lossless
+    decoder's margin is measured on the reference decoder, whose decisions it makes; its own result is
+    returned.
     """
+    own = {k: kwargs.pop(k) for k in ("seed", "trace", "stop_ids") if k in kwargs}
     base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
-    config = base.replace(**params) if params else base
+    config = base.replace(**kwargs) if kwargs else base
+    decoder = decoder or DecoderConfig()
+    run = decode_canvas if canvas else decode
+    recorded = decoder.replace(lossless=False)
     mask_id = model.config.mask_token_id
-    extra = {"trace": trace} if stop_ids is None else {"trace": trace, "stop_ids": stop_ids}
-    result, decisions = record_decisions(model, decode_canvas if canvas else decode, ids, attention_mask,
-                                         config=config, decoder=decoder, mask_token_id=mask_id, **extra)
-    assert_margin(decisions, Rule.of(config, decoder, mask_token_id=mask_id), bound)
+    with Recorder(model, recorded, attention_mask=attention_mask, mask_token_id=mask_id) as rec:
+        probe = {"probe": rec.probe} if recorded.cache != "none" else {}
+        result = run(model, ids, attention_mask, config=config, decoder=recorded, on_step=rec.on_step, **probe,
+                     **own)
+    assert_margin(rec.decisions(), Rule.of(config, recorded, mask_token_id=mask_id), bound)
+    if decoder.lossless:
+        result = run(model, ids, attention_mask, config=config, decoder=decoder, **own)
     return result
+
+
+def assert_same_decisions(rec: Recorder, other: StepLog, rule: Rule, bound: float = MARGIN) -> bool:
+    """Another decode of the same canvas made the recorded decode's decisions, within a tolerance.
+
+    Step by step and row by row, ``other`` (the other decode's ``on_step`` log) must commit the same positions
+    with the same tokens as ``rec`` (recorded with ``on_step=rec.on_step``), except that a row may part ways
+    at a decision whose margin on the recorded decode was below ``bound``: a near-tie, which a numerically
+    different computation may resolve the other way. From there on that row is not compared. Returns whether
+    every row agreed to the end (then the two results are equal).
+    """
+    assert rec.events, "record the decode with on_step=rec.on_step"
+    margins = {(d.step, d.row): min(m.value for m in decision_margins(d, rule)) for d in rec.decisions()}
+    live = set(range(rec.events[0][0].shape[0]))
+    for step, ((committed, canvas), (other_committed, other_canvas)) in enumerate(zip(rec.events, other.events)):
+        for row in sorted(live):
+            if torch.equal(committed[row], other_committed[row]) and torch.equal(canvas[row], other_canvas[row]):
+                continue
+            margin = margins.get((step, row), math.inf)
+            assert margin < bound, (f"step {step}, row {row}: the decodes differ at a decision whose margin was "
+                                    f"{margin:.3g} >= {bound:g}: not a near-tie, a real difference")
+            live.discard(row)
+    assert not live or len(rec.events) == len(other.events), "rows that agreed throughout took different step counts"
+    return len(live) == rec.events[0][0].shape[0]

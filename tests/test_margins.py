@@ -10,11 +10,13 @@ from conftest import MASK_ID, make_model
 from margins import (
     MARGIN,
     Decision,
+    Recorder,
     Rule,
+    StepLog,
     assert_margin,
+    assert_same_decisions,
     decision_margins,
     decode_with_margin,
-    record_decisions,
     smallest_margin,
 )
 
@@ -55,7 +57,7 @@ def test_a_near_tie_between_two_tokens_is_caught():
     logits = d.logits.clone()
     logits[0, 50] = logits[0, 1] - 1e-6  # position 0's runner-up token is 1e-6 below the committed one
     near = Decision(logits, d.committed, d.tokens)
-    token, _ = decision_margins(near, rule)
+    token, *_ = decision_margins(near, rule)
     assert token.kind == "token" and 0 < token.value < 1e-5
     with pytest.raises(AssertionError, match="token margin"):
         assert_margin([near], rule)
@@ -88,6 +90,24 @@ def test_threshold_and_factor_margins_by_hand():
     assert got == pytest.approx(min(0.91 - 2 / 3, 0.75 - 0.50, 0.91 - 0.50), abs=1e-5)
 
 
+def test_filter_margins_by_hand():
+    probs = torch.full((1, V), 1e-12)
+    probs[0, [1, 2, 3]] = torch.tensor([0.5, 0.3, 0.2])
+    logits = probs.log()
+    two = Decision(logits.repeat(2, 1), torch.tensor([True, False]), torch.tensor([1, 1]))
+    # the mass before the 2nd and 3rd token is 0.5 and 0.8: top-p 0.7 is 0.1 from keeping or dropping one
+    assert decision_margins(two, Rule(top_p=0.7))[2].value == pytest.approx(0.1, abs=1e-5)
+    assert decision_margins(two, Rule(top_p=0.8))[2].value < 1e-5  # 0.8 is on the edge
+    assert decision_margins(two, Rule())[2].value == math.inf  # no filter, nothing to decide
+    near_k = logits.clone()
+    near_k[0, 4] = near_k[0, 2] - 1e-5  # the 2nd and 3rd logits 1e-5 apart
+    assert decision_margins(Decision(near_k.repeat(2, 1), two.committed, two.tokens), Rule(top_k=2))[2].value < 2e-5
+    assert decision_margins(two, Rule(top_k=2))[2].value == pytest.approx(math.log(0.3 / 0.2), abs=1e-5)
+    # where nothing is ranked (every candidate committed) the filter changed no decision
+    every = Decision(two.logits, torch.tensor([True, True]), two.tokens)
+    assert decision_margins(every, Rule(top_p=0.8))[2].value == math.inf
+
+
 class Staircase(torch.nn.Module):
     """Hand-built logits: position j predicts token j % 100 + 1 with logit ``base + slope·j`` (0 elsewhere),
     whatever the input, so confidences rise with the position; a slope near 0 makes the positions tie."""
@@ -116,7 +136,15 @@ class Staircase(torch.nn.Module):
 def test_recorded_decodes_pass_with_a_margin_and_fail_on_a_tie(decoder, tie_slope):
     prompt = torch.tensor([[5, 6, 7]])
     config = DecodeConfig(max_new_tokens=8, steps=8, alg="maskgit_plus")
-    result, decisions = record_decisions(Staircase(0.5), decode, prompt, config=config, decoder=decoder)
+    model = Staircase(0.5)
+    with Recorder(model, decoder) as rec:
+        result = decode(model, prompt, config=config, decoder=decoder, on_step=rec.on_step)
+    decisions = rec.decisions()
+    # without on_step events the commits are read off the successive canvases: the same decisions
+    with Recorder(model, decoder) as bare:
+        decode(model, prompt, config=config, decoder=decoder)
+    assert [(d.step, d.committed.tolist(), d.tokens.tolist()) for d in bare.decisions(result.sequences)] == \
+        [(d.step, d.committed.tolist(), d.tokens.tolist()) for d in decisions]
     # one decision per step (one row); together they committed every position exactly once
     assert [d.step for d in decisions] == list(range(result.stats.forward_passes))
     assert sum(int(d.committed.sum()) for d in decisions) == 8
@@ -134,14 +162,38 @@ def test_cached_decoders_are_recorded_through_the_probe(decoder):
     # The logits of a cached step are not a full forward's: the probe records the ones the step read, so the
     # record explains every commit (a margin >= 0; a misaligned record would be negative).
     config = DecodeConfig(max_new_tokens=12, steps=12, alg="entropy")
-    _, decisions = record_decisions(make_model(8, sharpen=40.0), decode, torch.tensor([[5, 17, 33]]),
-                                    config=config, decoder=decoder)
+    model = make_model(8, sharpen=40.0)
+    with Recorder(model, decoder) as rec:
+        decode(model, torch.tensor([[5, 17, 33]]), config=config, decoder=decoder, on_step=rec.on_step,
+               probe=rec.probe)
+    decisions = rec.decisions()
     assert len(decisions) >= 3 and smallest_margin(decisions, Rule.of(config, decoder)).value > 0
+    with pytest.raises(ValueError, match="probe"), Recorder(model, decoder) as bare:
+        result = decode(model, torch.tensor([[5, 17, 33]]), config=config, decoder=decoder)
+        bare.decisions(result.sequences)
 
 
 def test_sampled_decodes_have_no_margin():
     with pytest.raises(ValueError, match="sampled"):
         Rule.of(DecodeConfig(temperature=0.5))
     with pytest.raises(ValueError, match="lossless"):
-        record_decisions(make_model(0), decode, torch.tensor([[5]]), config=DecodeConfig(max_new_tokens=2, steps=2),
-                         decoder=DecoderConfig(lossless=True))
+        Recorder(make_model(0), DecoderConfig(lossless=True))
+
+
+def test_same_decisions_may_part_only_at_a_near_tie():
+    prompt = torch.tensor([[5, 6, 7]])
+    config = DecodeConfig(max_new_tokens=6, steps=6, alg="maskgit_plus")
+    rule = Rule.of(config)
+
+    def compare(ref_model, other_model):
+        with Recorder(ref_model) as rec:
+            decode(ref_model, prompt, config=config, on_step=rec.on_step)
+        other = StepLog()
+        decode(other_model, prompt, config=config, on_step=other.on_step)
+        return assert_same_decisions(rec, other, rule)
+
+    assert compare(Staircase(0.5), Staircase(0.5)) is True  # the same decisions to the end
+    # confidences 1e-5 apart rank the other way: the rows part at the first ranked step, which was a near-tie
+    assert compare(Staircase(1e-5), Staircase(-1e-5)) is False
+    with pytest.raises(AssertionError, match="not a near-tie"):  # a clear decision that went the other way
+        compare(Staircase(0.5), Staircase(-0.5))
