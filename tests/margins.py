@@ -238,23 +238,31 @@ class Recorder(StepLog):
         full[:, b0:b1] = logits.float()
         self.probed.append((x.clone(), full))
 
-    def decisions(self, final: torch.Tensor | None = None) -> list[Decision]:
-        """Each step's decisions, per row; ``final``: the decoded canvas (needed without ``on_step``)."""
+    def steps(self, final: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(committed (B, S), canvas after) per step: the ``on_step`` events, or else read off the canvas each
+        forward saw and ``final``, the canvas the last step left (before any early-stop padding)."""
+        if self.events:
+            return self.events
+        if final is None:
+            raise ValueError("without on_step events, give the final canvas")
+        seen = self._seen()
+        after = [canvas for canvas, _ in seen[1:]] + [final.to(seen[0][0].device)]
+        return [((before == self.mask_token_id) & (nxt != self.mask_token_id), nxt)
+                for (before, _), nxt in zip(seen, after)]
+
+    def _seen(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         seen = self.probed or self.forwards
         if self.decoder.decoder != "reference" and self.decoder.cache != "none" and not self.probed:
             raise ValueError("a cached block decoder's steps read partial forwards: pass probe=rec.probe")
         if any(canvas.shape != seen[0][0].shape for canvas, _ in seen):
             raise ValueError("forwards of different shapes: one forward per step was expected (not lossless)")
-        if self.events:
-            if len(self.events) != len(seen):
-                raise ValueError(f"{len(seen)} forwards for {len(self.events)} steps: one per step was expected")
-            commits = self.events
-        else:
-            if final is None:
-                raise ValueError("without on_step events, give the final canvas")
-            after = [canvas for canvas, _ in seen[1:]] + [final.to(seen[0][0].device)]
-            commits = [((before == self.mask_token_id) & (nxt != self.mask_token_id), nxt)
-                       for (before, _), nxt in zip(seen, after)]
+        if self.events and len(self.events) != len(seen):
+            raise ValueError(f"{len(seen)} forwards for {len(self.events)} steps: one per step was expected")
+        return seen
+
+    def decisions(self, final: torch.Tensor | None = None) -> list[Decision]:
+        """Each step's decisions, per row; ``final``: the decoded canvas (needed without ``on_step``)."""
+        seen, commits = self._seen(), self.steps(final)
         real = None
         if self.attention_mask is not None:
             real = self.attention_mask.bool()
@@ -308,19 +316,20 @@ def decode_with_margin(model, ids: torch.Tensor, attention_mask=None, *, canvas:
     return result
 
 
-def assert_same_decisions(rec: Recorder, other: StepLog, rule: Rule, bound: float = MARGIN) -> bool:
+def assert_same_decisions(rec: Recorder, other: StepLog, rule: Rule, bound: float = MARGIN,
+                          final: torch.Tensor | None = None) -> bool:
     """Another decode of the same canvas made the recorded decode's decisions, within a tolerance.
 
     Step by step and row by row, ``other`` (the other decode's ``on_step`` log) must commit the same positions
-    with the same tokens as ``rec`` (recorded with ``on_step=rec.on_step``), except that a row may part ways
-    at a decision whose margin on the recorded decode was below ``bound``: a near-tie, which a numerically
-    different computation may resolve the other way. From there on that row is not compared. Returns whether
-    every row agreed to the end (then the two results are equal).
+    with the same tokens as ``rec`` (``final``: its decoded canvas, when it ran without ``on_step``), except
+    that a row may part ways at a decision whose margin on the recorded decode was below ``bound``: a near-tie,
+    which a numerically different computation may resolve the other way. From there on that row is not
+    compared. Returns whether every row agreed to the end (then the two results are equal).
     """
-    assert rec.events, "record the decode with on_step=rec.on_step"
-    margins = {(d.step, d.row): min(m.value for m in decision_margins(d, rule)) for d in rec.decisions()}
-    live = set(range(rec.events[0][0].shape[0]))
-    for step, ((committed, canvas), (other_committed, other_canvas)) in enumerate(zip(rec.events, other.events)):
+    steps = rec.steps(final)
+    margins = {(d.step, d.row): min(m.value for m in decision_margins(d, rule)) for d in rec.decisions(final)}
+    live = set(range(steps[0][0].shape[0]))
+    for step, ((committed, canvas), (other_committed, other_canvas)) in enumerate(zip(steps, other.events)):
         for row in sorted(live):
             if torch.equal(committed[row], other_committed[row]) and torch.equal(canvas[row], other_canvas[row]):
                 continue
@@ -328,5 +337,5 @@ def assert_same_decisions(rec: Recorder, other: StepLog, rule: Rule, bound: floa
             assert margin < bound, (f"step {step}, row {row}: the decodes differ at a decision whose margin was "
                                     f"{margin:.3g} >= {bound:g}: not a near-tie, a real difference")
             live.discard(row)
-    assert not live or len(rec.events) == len(other.events), "rows that agreed throughout took different step counts"
-    return len(live) == rec.events[0][0].shape[0]
+    assert not live or len(steps) == len(other.events), "rows that agreed throughout took different step counts"
+    return len(live) == steps[0][0].shape[0]
