@@ -292,6 +292,7 @@ def test_cli_generate_with_each_decoder(tmp_path, capsys):
                                       "--threshold", "0.5", "--early-stop"])]:
         assert main(["generate", *common, *extra]) == 0
         outputs[name] = json.loads(capsys.readouterr().out)
+    # sampled, and lossless batches drafts: equal unless a draw falls within ~1e-6 of a boundary (left to chance)
     assert outputs["lossless"]["generated_ids"] == outputs["reference"]["generated_ids"]
     assert outputs["parallel"]["decoder"]["cache"] == "dual" and outputs["parallel"]["stats"]["forward_passes"] >= 3
     assert len(outputs["parallel"]["generated_ids"]) == 12
@@ -303,6 +304,6 @@ def test_draft_and_verify_accepts_drafts(peaked):
     params = dict(max_new_tokens=24, steps=24, alg="maskgit_plus", temperature=1.0, seed=1)
     ref = unmask.generate(peaked, PROMPT, **params)
     fast = decode(peaked, PROMPT, decoder=DecoderConfig(lossless=True, draft=4), **params)
-    assert torch.equal(fast.sequences, ref.sequences)
+    assert torch.equal(fast.sequences, ref.sequences)  # sampled: see test_lossless_equals_the_reference_...
     assert 2 * fast.stats.forward_passes <= ref.stats.forward_passes  # measured: 12 of 24
     assert fast.stats.canvas_forwards > fast.stats.forward_passes
