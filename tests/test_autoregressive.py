@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from margins import MARGIN, token_margins
 
 import unmask
 from unmask.autoregressive import causal_attention, generate_ar
@@ -58,17 +59,30 @@ def test_causal_attention_hides_the_future():
 def test_cached_decoding_equals_recomputing_every_step(temperature):
     model = tiny(3)
     ids, mask = left_padded([[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]])
+    # The cached step attends one query over the cache, the recomputed one the whole prefix; a padded row
+    # differs from the row alone: logits equal only to ~1e-6. Greedy tokens are then equal because each
+    # step's top-1 logit leads the runner-up by far more (asserted on the recomputed and the lone decodes:
+    # >= 1.6e-3); sampled ones because a draw flips only within ~1e-6 of a boundary (left to chance).
+    used: list[torch.Tensor] = []  # the logits each forward's last position hands to the sampler
+    hook = model.register_forward_hook(lambda module, args, out: used.append(out[:, -1]))
     runs = []
-    for use_cache in (True, False):
-        gen = torch.Generator().manual_seed(11)
-        runs.append(generate_ar(model, ids, mask, max_new_tokens=10, temperature=temperature, generator=gen,
-                                use_cache=use_cache))
+    try:
+        for use_cache in (True, False):
+            used.clear()  # keep only the recomputing run's (and the lone runs') logits
+            gen = torch.Generator().manual_seed(11)
+            runs.append(generate_ar(model, ids, mask, max_new_tokens=10, temperature=temperature, generator=gen,
+                                    use_cache=use_cache))
+        alone = [generate_ar(model, torch.tensor([prompt]), max_new_tokens=10)
+                 for prompt in ([5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16])] if temperature == 0.0 else []
+    finally:
+        hook.remove()
+    if temperature == 0.0:
+        assert min(float(token_margins(logits).min()) for logits in used) >= MARGIN
     assert torch.equal(runs[0].generated, runs[1].generated)
     assert runs[0].forward_passes == runs[1].forward_passes
     if temperature == 0.0:  # greedy rows do not depend on their batch-mates
-        for row, prompt in enumerate([[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15, 16]]):
-            alone = generate_ar(model, torch.tensor([prompt]), max_new_tokens=10)
-            assert torch.equal(alone.generated[0], runs[0].generated[row])
+        for row, lone in enumerate(alone):
+            assert torch.equal(lone.generated[0], runs[0].generated[row])
 
 
 def test_early_stop_pads_after_the_first_stop_token():

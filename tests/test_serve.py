@@ -75,7 +75,10 @@ def client(server):
 
 
 def direct_text(server, prompt_ids, **params):
-    """What the Python API generates for these ids (reference decoder), cut at the first stop token."""
+    """What the Python API generates for these ids (reference decoder), cut at the first stop token.
+
+    A lone request is decoded as a batch of one, unpadded: the very forwards ``generate`` makes, so the
+    tokens are equal bit for bit, near-ties or not."""
     out = unmask.generate(server.model, torch.tensor([prompt_ids]), **params)
     return server.tokenizer.decode(out.generated[0].tolist(), cut=True)
 
