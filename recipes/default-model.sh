@@ -27,8 +27,8 @@ $UNMASK convert "$RUN/sft/$(cat "$RUN/sft/latest")" "$OUT" --dtype bfloat16 --fo
     --generation max_new_tokens=64 --generation steps=64 --generation alg=entropy --generation temperature=0.0
 
 # 4. Held-out pass@1 (200 procedural tasks whose compositions never occur in training), then the model card.
-$UNMASK eval --model "$OUT" --benchmark synthetic --synthetic-tasks 200 --samples 1 --out "$RUN/eval-heldout"
-$UNMASK eval --model "$OUT" --benchmark synthetic-train --synthetic-tasks 200 --seed 7 --samples 1 \
+$UNMASK eval "$OUT" --benchmark synthetic --synthetic-tasks 200 --samples 1 --out "$RUN/eval-heldout"
+$UNMASK eval "$OUT" --benchmark synthetic-train --synthetic-tasks 200 --seed 7 --samples 1 \
     --out "$RUN/eval-train-dist"
 $PY -m unmask.modelcard "$OUT" --pretrain "$RUN/pretrain" --sft "$RUN/sft" \
     --eval "$RUN/eval-heldout" --eval "$RUN/eval-train-dist" --command "bash recipes/default-model.sh"

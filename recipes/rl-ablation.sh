@@ -43,11 +43,11 @@ done
 DECODE="--max-new-tokens $TOKENS --steps $TOKENS --alg entropy --no-progress"
 
 evaluate() {  # model dir, job dir
-  $UNMASK eval --model "$1" --benchmark synthetic --synthetic-tasks "$HELDOUT" --samples 1 --temperature 0 \
+  $UNMASK eval "$1" --benchmark synthetic --synthetic-tasks "$HELDOUT" --samples 1 --temperature 0 \
     $DECODE --out "$2/eval-heldout"
-  $UNMASK eval --model "$1" --benchmark synthetic-train --synthetic-tasks "$TRAINDIST" --seed 7 --samples 1 \
+  $UNMASK eval "$1" --benchmark synthetic-train --synthetic-tasks "$TRAINDIST" --seed 7 --samples 1 \
     --temperature 0 $DECODE --out "$2/eval-train-dist"
-  $UNMASK arness --model "$1" --benchmark synthetic --synthetic-tasks "$SAMPLED" --limit "$SAMPLED" --samples 10 \
+  $UNMASK arness "$1" --benchmark synthetic --synthetic-tasks "$SAMPLED" --limit "$SAMPLED" --samples 10 \
     --temperatures 1.0 --top-p 0.95 --pass-k 1,10 $DECODE --out "$2/arness"
 }
 
@@ -60,7 +60,7 @@ run_job() {
     local arm=${job%-t*} rest=${job#*-t}
     local temp=${rest%-s*} seed=${rest#*-s}
     local start=$SECONDS
-    $UNMASK rl --model "$MODEL" --data synthetic-train --synthetic-tasks 2000 --estimator "$arm" \
+    $UNMASK rl "$MODEL" --data synthetic-train --synthetic-tasks 2000 --estimator "$arm" \
       --run-dir "$dir/rl" --resume --num-generations "$G" --prompts-per-step "$PROMPTS" --max-steps "$STEPS_RL" \
       --max-new-tokens "$TOKENS" --steps "$ROLLOUT_STEPS" --temperature "$temp" --alg entropy \
       --lr "$LR" --mu 2 --beta 0.01 --eps-clip 0.5 --ref-sync-every 64 --eval-every 0 --save-every 4 \

@@ -68,18 +68,55 @@ def test_plain_mode_prints_text_and_stats_to_stderr(model_dir, capsys):
     (["generate", "{model}", "--prompt-file", "/nonexistent/prompt.txt"], "cannot read prompt file"),
     (["generate", "{model}", ""], "prompt is empty"),
     (["init", "{model}"], "already exists"),
+    pytest.param(["generate", "{model}", "x", "--device", "cuda"], "CUDA is not available on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    (["generate", "{model}", "x", "--max-new-tokens", "5000"],
+     "the prompt (1 tokens) + 5000 new tokens (--max-new-tokens) = 5001 exceed the model's max_position_embeddings "
+     "(256)"),
+    (["generate", "{model}", "a = <|mask:300|>"], "exceed the model's max_position_embeddings (256)"),
+    (["generate", "{model}", "x", "--prompt-file", "{model}/config.json"], "two prompts given"),
+    (["generate", "{model}", "x", "--alg", "bogus"],
+     "invalid choice: 'bogus' (choose from 'origin', 'maskgit_plus', 'topk_margin', 'entropy')"),
+    (["generate", "{model}", "x", "--decoder", "bogus"], "(choose from 'reference', 'blocks', 'parallel')"),
+    (["generate", "{model}", "x", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["generate", "{model}", "x", "--model", "{model}"], "the model is given twice"),
+    (["generate", "--steps", "3"], "no model given"),
+    (["eval", "{model}", "--benchmark", "synthetic", "--limit", "1", "--max-new-tokens", "5000"],
+     "exceed the model's max_position_embeddings (256)"),
+    (["infill", "{model}", "--length", "5000"], "+ 5000 masked tokens = 5000 exceed the model's max_position_embed"),
+    (["repair", "{model}", "--tests", "t.py"], "no file to repair"),
+    (["bogus-verb"], "invalid choice: 'bogus-verb' (choose from 'init', 'generate'"),
 ])
-def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, argv, needle):
+def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, argv, needle, tmp_path, monkeypatch):
+    import unmask.decoding.dispatch as dispatch
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("decoding started although the input was refused")
+
+    monkeypatch.setattr(dispatch, "decode", no_work)
+    monkeypatch.chdir(tmp_path)  # an eval that wrongly ran would write runs/ here
     argv = [a.replace("{model}", str(model_dir)) for a in argv]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert captured.out == "" and not (tmp_path / "runs").exists()
 
 
 def test_argparse_errors_exit_2_from_the_console_script(model_dir):
     proc = subprocess.run([sys.executable, "-m", "unmask.cli", "generate", str(model_dir), "x", "--alg", "bogus"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice: 'bogus'" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "usage:" not in proc.stderr  # one line, not the 20-line usage
+
+
+def test_options_go_anywhere_and_the_model_may_be_an_option(model_dir, capsys):
+    flags = ["--max-new-tokens", "8", "--steps", "8", "--seed", "1"]
+    before = run_json(capsys, str(model_dir), *flags, "def f(x):")  # options before the prompt (issue #14)
+    after = run_json(capsys, str(model_dir), "def f(x):", *flags)
+    option = run_json(capsys, "--model", str(model_dir), *flags, "def f(x):")
+    assert before["generated_ids"] == after["generated_ids"] == option["generated_ids"]
+    assert before["prompt"] == option["prompt"] == "def f(x):" and len(before["generated_ids"]) == 8
 
 
 def test_eval_verb_writes_results_and_refuses_a_mismatched_rerun(model_dir, capsys, tmp_path):

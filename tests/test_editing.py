@@ -241,8 +241,7 @@ def test_canonical_middles_pass_and_empty_middles_fail(benchmark, tmp_path):
 
 
 def test_eval_infilling_is_a_real_infill_with_the_oracle_length(tokenizer, tmp_path):
-    from unmask.editing.config import EditConfig
-    from unmask.evaluate import EvalConfig, evaluate_model, load_tasks, read_results
+    from unmask.evaluate import EditConfig, EvalConfig, evaluate_model, load_tasks, read_results
 
     token = tokenizer.encode(" x")[0]
     model = PreferModel(token)

@@ -82,6 +82,37 @@ def test_evalplus_solution_samples_are_scored_like_completions(tmp_path):
     assert summary["error_kinds"] == {"RuntimeError": 1}
 
 
+@pytest.mark.parametrize("benchmark", ["humaneval", "mbpp"])
+def test_a_file_mixing_solutions_and_completions_is_read_per_row(benchmark, tmp_path):
+    # EvalPlus reads each row on its own: "solution" is the whole program, "completion" follows the prompt.
+    config = EvalConfig(benchmark=benchmark, limit=4, timeout=20.0)
+    tasks = load_tasks(config)
+    full = [t.canonical_solution if benchmark == "mbpp" else t.prompt + t.canonical_solution for t in tasks]
+    body = [t.canonical_solution for t in tasks]
+    rows = []
+    for i, t in enumerate(tasks):
+        rows.append({"task_id": t.task_id, "solution": full[i]})
+        rows.append({"task_id": t.task_id, "completion": body[i]})
+    rows[2]["solution"] = "raise RuntimeError('a broken solution')\n"
+    rows[5]["completion"] = "\n\nraise RuntimeError('a broken completion')\n"
+    summary = evaluate_samples(rows, config, tmp_path)
+    verdicts = [r.verdict for r in read_results(tmp_path / "results.jsonl")]
+    assert verdicts == ["passed"] * 2 + ["failed"] + ["passed"] * 2 + ["failed"] + ["passed"] * 2
+    assert summary["pass@k"]["pass@1"] == pytest.approx(0.75)
+
+
+def test_a_prompt_beyond_the_context_is_refused_before_any_work(tiny, tmp_path):
+    from unmask.errors import ConfigError
+
+    model, tokenizer = tiny
+    config = EvalConfig(benchmark="synthetic", limit=2, synthetic_tasks=2)
+    with pytest.raises(ConfigError, match=r"new tokens \(--max-new-tokens\) = \d+ exceed the model's "
+                                          r"max_position_embeddings \(256\)"):
+        evaluate_model(model, tokenizer, config, DecodeConfig(max_new_tokens=250, steps=4), tmp_path / "run",
+                       progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from unmask.cli import main

@@ -193,7 +193,9 @@ def test_cli_rl_end_to_end_with_sandboxed_rewards(tmp_path, tokenizer, tiny_setu
     assert record["reward_missing"] == 0 and record["completion_length"] > 0
     assert (run / "eval-0000001" / "summary.json").is_file() and (run / "checkpoint-0000001").is_dir()
     assert json.loads((run / "rl_config.json").read_text())["estimator"] == "diffu-grpo"
-    with pytest.raises(SystemExit):  # argparse rejects an unknown estimator by its choices
-        main([*argv[:-2], "--estimator", "exact"])
+    capsys.readouterr()
+    assert main([*argv[:-2], "--estimator", "exact"]) == 2  # argparse rejects it by its choices: one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid choice: 'exact'" in err and "diffu-grpo" in err
     assert main([*argv[:-2], "--estimator", "coupled", "--run-dir", str(run)]) == 2  # run dir holds checkpoints
     assert "already holds checkpoints" in capsys.readouterr().err

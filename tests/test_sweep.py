@@ -326,12 +326,12 @@ def test_cli_trace_analysis_equals_the_library(model_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
-    (["arness"], "give --model DIR to run a temperature sweep, or --trace FILE"),
+    (["arness"], "give MODEL to run a temperature sweep, or --trace FILE"),
     (["arness", "--model", "{model}", "--temperature", "0.5"], "use --temperatures"),
     (["arness", "--model", "{model}", "--temperatures", "a,b"], "--temperatures must be a comma-separated list"),
     (["arness", "--model", "{model}", "--temperatures", "0.2,0.2"], "repeated value"),
     (["arness", "--trace", "/nonexistent/t.json"], "trace file not found"),
-    (["arness", "--trace", "{trace}", "--positions", "content"], "pass --model DIR"),
+    (["arness", "--trace", "{trace}", "--positions", "content"], "pass MODEL"),
     (["arness", "--trace", "{trace}", "--row", "2"], "row must be an int"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, argv, needle):

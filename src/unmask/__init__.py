@@ -4,7 +4,7 @@ The small, stable Python API (HF-like)::
 
     model, tokenizer = unmask.load("models/unmask-tiny", dtype="float32")
     logits = model(input_ids, attention_mask)          # raw (B, T, V), Dream's shift convention
-    out = unmask.generate(model, input_ids, attention_mask, max_new_tokens=64, steps=64, seed=0)
+    out = unmask.generate(model, input_ids, attention_mask, max_new_tokens=64, steps=64, seed=0)  # its decoder
     out.sequences, out.generated, out.trace, out.stats
 """
 
@@ -23,11 +23,13 @@ def load(path: str | os.PathLike, *, dtype="auto", device="cpu"):
     ``dtype="auto"`` computes in float32 on CPU (bf16 matmuls there are slow and coarse) and keeps the
     stored dtype on accelerators; ``None`` always keeps the stored dtype; or name one ("bfloat16", ...).
 
-    The model carries the directory's generation_config.json as ``model.generation_defaults``, which
-    ``generate`` uses for parameters the caller does not pass.
+    The model carries the directory's generation_config.json as ``model.generation_defaults`` (the sampler:
+    steps, alg, temperature, …) and ``model.decoder_defaults`` (the recommended decoder: reference unless the
+    file names one), which ``generate`` and every ``unmask`` verb use for what the caller does not pass.
+    A device this machine does not have is a ``ConfigError`` before anything is read.
     """
     from unmask.checkpoint import load_model, read_config, read_generation_config
-    from unmask.config import DecodeConfig
+    from unmask.config import DecodeConfig, DecoderConfig
     from unmask.tokenizer import load_tokenizer
 
     if dtype == "auto":
@@ -35,7 +37,9 @@ def load(path: str | os.PathLike, *, dtype="auto", device="cpu"):
     model = load_model(path, dtype=dtype, device=device)
     _, _, raw = read_config(path)
     tokenizer = load_tokenizer(path, raw)
-    model.generation_defaults = DecodeConfig.from_dict(read_generation_config(path))
+    generation = read_generation_config(path)
+    model.generation_defaults = DecodeConfig.from_dict(generation)
+    model.decoder_defaults = DecoderConfig.from_dict(generation)
     return model, tokenizer
 
 
@@ -44,14 +48,17 @@ def save(model, path: str | os.PathLike, *, tokenizer=None, **kwargs):
     from unmask.checkpoint import save_model
 
     kwargs.setdefault("generation", getattr(model, "generation_defaults", None))
+    kwargs.setdefault("decoder", getattr(model, "decoder_defaults", None))
     return save_model(model, path, tokenizer=tokenizer, **kwargs)
 
 
 def generate(model, input_ids, attention_mask=None, **params):
-    """Reference sampler (Dream semantics); see ``unmask.decoding.reference.generate``."""
-    from unmask.decoding.reference import generate as _generate
+    """Decode ``max_new_tokens`` after the prompts with the model's recommended decoder (its
+    generation_config.json; Dream's reference sampler unless the file names another) or ``decoder=``
+    (a ``DecoderConfig``); see ``unmask.decoding.dispatch.decode`` for the parameters."""
+    from unmask.decoding.dispatch import decode
 
-    return _generate(model, input_ids, attention_mask, **params)
+    return decode(model, input_ids, attention_mask, **params)
 
 
 def denoise(model, canvas, attention_mask=None, **params):

@@ -15,6 +15,7 @@ model class. Qwen2 (causal AR checkpoints, the starting point of AR→diffusion 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from unmask.config import DecodeConfig, ModelConfig
+from unmask.config import DecodeConfig, DecoderConfig, ModelConfig
 from unmask.errors import CheckpointError, ConfigError
 from unmask.model import DreamModel
 
@@ -63,6 +64,27 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if key not in _DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
     return _DTYPES[key]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a ConfigError saying why this machine cannot use it.
+
+    Checked before anything is read: safetensors' own failure on a missing device reads like a corrupt file.
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} asked for, but CUDA is not available on this machine "
+                              "(torch.cuda.is_available() is False); use device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r} asked for, but this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r} asked for, but MPS is not available on this machine")
+    return resolved
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -211,11 +233,11 @@ def load_model(directory: str | os.PathLike, *, dtype: str | torch.dtype | None 
 
     dtype: None keeps the stored dtype; otherwise each tensor is cast as it is read.
     """
+    device = str(check_device(device))
     directory = _check_directory(directory)
     config, family, _ = read_config(directory)
     key_map = KEY_MAPS[family]
     dtype = parse_dtype(dtype)
-    device = str(torch.device(device))
 
     with torch.device("meta"):
         model = DreamModel(config)
@@ -258,12 +280,13 @@ def load_model(directory: str | os.PathLike, *, dtype: str | torch.dtype | None 
 
 
 def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=None,
-               generation: DecodeConfig | dict[str, Any] | None = None,
+               generation: DecodeConfig | dict[str, Any] | None = None, decoder: DecoderConfig | None = None,
                dtype: str | torch.dtype | None = None,
                max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, family: str | None = None) -> Path:
     """Write a complete HF directory atomically: build it beside the target, then swap it in.
 
-    A crash mid-save leaves either the old directory or the new one, never a mix.
+    A crash mid-save leaves either the old directory or the new one, never a mix. ``generation`` (sampler) and
+    ``decoder`` are the defaults written to generation_config.json; a dict ``generation`` may hold both.
     """
     directory = Path(directory)
     dtype = parse_dtype(dtype) or model.dtype
@@ -278,7 +301,8 @@ def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=Non
         _write_weights(state, staging, max_shard_bytes)
         family = family or getattr(model, "family", "dream")
         _write_json(staging / "config.json", config_to_hf(model.config, dtype, family))
-        _write_json(staging / "generation_config.json", generation_config_dict(model.config, generation))
+        generation_config = generation_config_dict(model.config, generation, decoder)
+        _write_json(staging / "generation_config.json", generation_config)
         if tokenizer is not None:
             tokenizer.save(staging)
         for path in staging.iterdir():
@@ -290,16 +314,19 @@ def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=Non
     return directory
 
 
-def generation_config_dict(config: ModelConfig, generation: DecodeConfig | dict[str, Any] | None) -> dict[str, Any]:
+def generation_config_dict(config: ModelConfig, generation: DecodeConfig | dict[str, Any] | None,
+                           decoder: DecoderConfig | None = None) -> dict[str, Any]:
+    """The generation_config.json of a model: its special ids, the sampler defaults (Dream's keys) and, when
+    one is recommended (not the plain reference sampler), the decoder's fields."""
     if isinstance(generation, dict):
+        decoder = decoder or DecoderConfig.from_dict(generation)
         generation = DecodeConfig.from_dict(generation)
     generation = generation or DecodeConfig()
+    recommended = {} if decoder is None or decoder == DecoderConfig() else dataclasses.asdict(decoder)
     return {
         "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id, "mask_token_id": config.mask_token_id,
-        "max_new_tokens": generation.max_new_tokens, "steps": generation.steps,
-        "temperature": generation.temperature, "top_p": generation.top_p, "top_k": generation.top_k,
-        "alg": generation.alg, "alg_temp": generation.alg_temp, "eps": generation.eps,
+        **dataclasses.asdict(generation), **recommended,
     }
 
 

@@ -206,6 +206,20 @@ class DecoderConfig:
     def replace(self, **changes: Any) -> DecoderConfig:
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DecoderConfig:
+        """Build from a mapping, ignoring unrelated keys (a generation_config.json may recommend a decoder)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def override_decoder(base: DecoderConfig, changes: dict[str, Any]) -> DecoderConfig:
+    """``base`` (e.g. a model's recommended decoder) updated by ``changes``. Naming another decoder starts from
+    that decoder's defaults: a recommended block length or KV cache belongs to the recommended decoder."""
+    if changes.get("decoder", base.decoder) != base.decoder:
+        base = DecoderConfig()
+    return base.replace(**changes)
+
 
 def config_from_dict(cls, values: dict[str, Any], what: str):
     """``cls(**values)`` for a frozen config dataclass, with an unknown key or a bad value a ``ConfigError``

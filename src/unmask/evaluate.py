@@ -1,6 +1,6 @@
 """Evaluation harness: k samples per task -> sandbox -> pass@k -> results files and a table.
 
-    unmask eval --model DIR --benchmark humaneval --samples 10 --temperature 0.8
+    unmask eval MODEL --benchmark humaneval --samples 10 --temperature 0.8
 
 A run directory holds ``results.jsonl`` (one line per sample: task_id, sample, completion, verdict,
 error_kind, duration), ``summary.json`` and ``eval_config.json``. Runs are resumable: samples are generated in
@@ -69,6 +69,32 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class EditConfig:
+    """Infilling length rule and test-guided repair for ``unmask eval``. Recorded in ``eval_config.json`` only
+    when not the default, so run directories made before these settings existed still resume."""
+
+    infill_length: str = field(default="auto", metadata={"doc": (
+        "infilling benchmarks: middle length rule: auto (search scored by the model) | oracle (the canonical "
+        "middle's token count) | N (fixed)")})
+    repair_rounds: int = field(default=0, metadata={"doc": "after generation, repair failed samples for up to N "
+                                                            "rounds and report pass@1 before and after"})
+    repair_spans: int = field(default=1, metadata={"doc": "repair: spans (lines) re-masked per round"})
+
+    def __post_init__(self) -> None:
+        if self.infill_length not in ("auto", "oracle") and not (self.infill_length.isdigit()
+                                                                 and int(self.infill_length) > 0):
+            raise ConfigError(f"infill_length must be auto, oracle or a positive integer, got {self.infill_length!r}")
+        if isinstance(self.repair_rounds, bool) or not isinstance(self.repair_rounds, int) or self.repair_rounds < 0:
+            raise ConfigError(f"repair_rounds must be an integer >= 0, got {self.repair_rounds!r}")
+        if isinstance(self.repair_spans, bool) or not isinstance(self.repair_spans, int) or self.repair_spans < 1:
+            raise ConfigError(f"repair_spans must be a positive integer, got {self.repair_spans!r}")
+
+    def recorded(self) -> dict:
+        """What eval_config.json holds for these settings: nothing when they are the defaults."""
+        return {} if self == EditConfig() else {"edit": dataclasses.asdict(self)}
+
+
+@dataclass(frozen=True)
 class SampleResult:
     task_id: str
     sample: int
@@ -116,6 +142,18 @@ def clean_completion(text: str, mode: str) -> str:
         return text
     cut = min((i for i in (text.find(s) for s in STOP_SEQUENCES) if i >= 0), default=len(text))
     return text[:cut]
+
+
+def check_context(model, tokenizer, tasks: Sequence[Task], chat: bool, max_new_tokens: int) -> None:
+    """Refuse, before any decoding, prompts that with ``max_new_tokens`` masks exceed the model's context:
+    past ``max_position_embeddings`` a model only produces garbage. (Infilling canvases are sized per task.)"""
+    context = model.config.max_position_embeddings
+    lengths = [len(tokenizer.encode(prompt_text(t, tokenizer, chat))) for t in tasks
+               if program_mode(t, chat) != "infilling"]
+    longest = max(lengths, default=0)
+    if lengths and longest + max_new_tokens > context:
+        raise ConfigError(f"the longest prompt ({longest} tokens) + {max_new_tokens} new tokens (--max-new-tokens) "
+                          f"= {longest + max_new_tokens} exceed the model's max_position_embeddings ({context})")
 
 
 def chunk_plan(tasks: Sequence[Task], samples: int, batch_size: int) -> list[list[tuple[int, int]]]:
@@ -188,10 +226,18 @@ def summarize(results: Sequence[SampleResult], ks: Sequence[int] = (1, 10)) -> d
 
 def execute(tasks_by_id: dict[str, Task], pending: Sequence[tuple[str, int, str]], *, mode_of: Callable[[Task], str],
             timeout: float, memory_mb: int) -> list[SampleResult]:
-    """Run (task_id, sample, completion) triples in the sandbox (both cores busy)."""
+    """Run (task_id, sample, completion) triples in the sandbox (both cores busy), each task's completions
+    assembled the way ``mode_of(task)`` says."""
+    modes = [mode_of(tasks_by_id[t]) for t, _, _ in pending]
+    return execute_modes(tasks_by_id, pending, modes, timeout=timeout, memory_mb=memory_mb)
+
+
+def execute_modes(tasks_by_id: dict[str, Task], pending: Sequence[tuple[str, int, str]], modes: Sequence[str], *,
+                  timeout: float, memory_mb: int) -> list[SampleResult]:
+    """``execute`` with one program mode per triple (``unmask.programs.build_program``)."""
     from unmask.sandbox import run_many
 
-    programs = [build_program(tasks_by_id[t], c, mode=mode_of(tasks_by_id[t])) for t, _, c in pending]
+    programs = [build_program(tasks_by_id[t], c, mode=m) for (t, _, c), m in zip(pending, modes)]
     # HumanEval+/MBPP+ programs also run the reference solution on every input: give them twice the time.
     scale = [2.0 if tasks_by_id[t].benchmark.endswith("+") else 1.0 for t, _, _ in pending]
     timeout = timeout * max(scale, default=1.0)
@@ -200,10 +246,21 @@ def execute(tasks_by_id: dict[str, Task], pending: Sequence[tuple[str, int, str]
             for (t, s, c), o in zip(pending, outcomes)]
 
 
+def run_settings(config: EvalConfig, decode, decoder, edit: EditConfig) -> dict[str, Any]:
+    """What ``eval_config.json`` holds (JSON types): a rerun with other settings is refused. The decoder and the
+    editing settings are recorded only when not the defaults, so older run directories still resume."""
+    from unmask.config import DecoderConfig
+
+    extra = {} if decoder == DecoderConfig() else {"decoder": dataclasses.asdict(decoder)}
+    settings = {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode), **extra, **edit.recorded()}
+    return json.loads(json.dumps(settings))
+
+
 def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, *, progress: bool = True,
                    stop_after_chunks: int | None = None, decoder=None, edit=None) -> dict[str, Any]:
     """Generate, execute and score; resumable from ``out_dir``. ``decode`` is a DecodeConfig, ``decoder`` a
-    DecoderConfig (None = the reference sampler), ``edit`` an EditConfig (None = defaults).
+    DecoderConfig (None = the model's recommended decoder, else the reference sampler), ``edit`` an EditConfig
+    (None = defaults).
 
     ``stop_after_chunks`` ends the run early (used to test that resuming equals an uninterrupted run).
     """
@@ -211,18 +268,15 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
 
     from unmask.config import DecoderConfig
     from unmask.decoding.dispatch import decode as run_decoder
-    from unmask.editing.config import EditConfig
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks(config)
+    check_context(model, tokenizer, tasks, config.chat, decode.max_new_tokens)
+    out_dir.mkdir(parents=True, exist_ok=True)
     by_id = {t.task_id: t for t in tasks}
-    decoder = decoder or DecoderConfig()
+    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
     edit = edit or EditConfig()
-    # The decoder is recorded only when it is not the default, so older run directories still resume.
-    extra = {} if decoder == DecoderConfig() else {"decoder": dataclasses.asdict(decoder)}
-    extra.update(edit.recorded())
-    atomic_write_text(out_dir / "eval_config.json", json.dumps(
-        {"eval": dataclasses.asdict(config), "decode": dataclasses.asdict(decode), **extra}, indent=2) + "\n")
+    atomic_write_text(out_dir / "eval_config.json",
+                      json.dumps(run_settings(config, decode, decoder, edit), indent=2) + "\n")
     results_path = out_dir / "results.jsonl"
     done = {(r.task_id, r.sample) for r in read_results(results_path)}
     plan = chunk_plan(tasks, config.samples, config.batch_size)
@@ -342,25 +396,31 @@ def repair_results(model, tokenizer, config: EvalConfig, decode, decoder, edit, 
             "pass@1_after": after / n, "forwards": forwards}
 
 
+def sample_program(row: dict[str, Any], task: Task) -> tuple[str, str]:
+    """(text, program mode) of one EvalPlus sample, decided per row as EvalPlus decides: a ``solution`` is the
+    whole program; a ``completion`` continues the task's prompt (for MBPP too, whose prompt is a docstring)."""
+    if "solution" in row:
+        return row["solution"], "mbpp"  # "mbpp" mode runs the text as-is, then the task's tests
+    if "completion" not in row:
+        raise ConfigError(f"sample for {row['task_id']!r} has neither 'solution' nor 'completion'")
+    mode = default_mode(task)
+    return (task.prompt + row["completion"], "mbpp") if mode == "mbpp" else (row["completion"], mode)
+
+
 def evaluate_samples(samples: Sequence[dict[str, Any]], config: EvalConfig, out_dir: Path) -> dict[str, Any]:
-    """Score externally produced samples (EvalPlus jsonl: task_id + solution or completion)."""
+    """Score externally produced samples (EvalPlus jsonl: task_id + solution or completion, per row)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     by_id = {t.task_id: t for t in load_tasks(config)}
     counts: Counter[str] = Counter()
-    pending = []
+    pending, modes = [], []
     for row in samples:
         if row["task_id"] not in by_id:
             raise ConfigError(f"sample for unknown task {row['task_id']!r} (benchmark {config.benchmark})")
-        pending.append((row["task_id"], counts[row["task_id"]], row.get("completion", row.get("solution", ""))))
+        text, mode = sample_program(row, by_id[row["task_id"]])
+        pending.append((row["task_id"], counts[row["task_id"]], text))
+        modes.append(mode)
         counts[row["task_id"]] += 1
-    solution_mode = any("solution" in row and "completion" not in row for row in samples)
-
-    def mode_of(task: Task) -> str:
-        # An EvalPlus "solution" is whole code: "mbpp" mode runs it as-is, then the task's tests (and for
-        # HumanEval-style tasks the check(entry_point) call build_program adds by benchmark).
-        return "mbpp" if solution_mode else default_mode(task)
-
-    results = execute(by_id, pending, mode_of=mode_of, timeout=config.timeout, memory_mb=config.memory_mb)
+    results = execute_modes(by_id, pending, modes, timeout=config.timeout, memory_mb=config.memory_mb)
     (out_dir / "results.jsonl").unlink(missing_ok=True)
     append_results(out_dir / "results.jsonl", results)
     return finish(out_dir, config)

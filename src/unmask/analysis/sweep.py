@@ -1,6 +1,6 @@
 """Decode-order sweep: AR-ness and pass@k of one model across sampling temperatures (SPEC §4), as a report.
 
-    unmask arness --model DIR --benchmark synthetic --temperatures 0.2,0.6,1.0,1.2 --samples 10
+    unmask arness MODEL --benchmark synthetic --temperatures 0.2,0.6,1.0,1.2 --samples 10
 
 For every temperature (a plain loop) the benchmark's prompts are decoded with traces, each completion runs
 in the sandbox, and each sample keeps its decode order, its AR-ness profile and its verdict together. The
@@ -198,27 +198,34 @@ def temperature_seed(seed: int, temperature: float) -> int:
 # the sweep
 
 
-def _settings(config: SweepConfig, eval_config, decode) -> dict[str, Any]:
+def _settings(config: SweepConfig, eval_config, decode, decoder=None) -> dict[str, Any]:
+    from unmask.config import DecoderConfig
+
+    # The decoder is recorded only when it is not the reference sampler, so older sweeps still resume.
+    extra = {} if decoder in (None, DecoderConfig()) else {"decoder": dataclasses.asdict(decoder)}
     return json.loads(json.dumps({"sweep": dataclasses.asdict(config), "eval": dataclasses.asdict(eval_config),
-                                  "decode": dataclasses.asdict(decode)}))
+                                  "decode": dataclasses.asdict(decode), **extra}))
 
 
 def run_sweep(model, tokenizer, config: SweepConfig, eval_config, decode, out_dir: str | os.PathLike, *,
-              progress: bool = True, stop_after_chunks: int | None = None) -> dict[str, Any]:
+              progress: bool = True, stop_after_chunks: int | None = None, decoder=None) -> dict[str, Any]:
     """Decode, execute and measure at every temperature; resumable from ``out_dir``; returns arness.json's dict.
 
     ``eval_config`` is an EvalConfig, ``decode`` the DecodeConfig whose temperature each pass replaces (use
-    steps = max_new_tokens for one token per step, as the paper). ``stop_after_chunks`` ends the run after that
-    many chunks in total (to test that resuming equals an uninterrupted run); the report then covers what is done.
+    steps = max_new_tokens for one token per step, as the paper), ``decoder`` a DecoderConfig (None: the model's
+    recommended decoder, else the reference sampler). ``stop_after_chunks`` ends the run after that many chunks
+    in total (to test that resuming equals an uninterrupted run); the report then covers what is done.
     """
     import torch
 
-    from unmask.decoding.reference import generate
+    from unmask.config import DecoderConfig
+    from unmask.decoding.dispatch import decode as run_decoder
     from unmask.evaluate import chunk_plan, chunk_seed, clean_completion, execute, load_tasks, program_mode, prompt_text
 
+    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = _settings(config, eval_config, decode)
+    settings = _settings(config, eval_config, decode, decoder)
     config_path = out_dir / "sweep_config.json"
     if config_path.is_file():
         if json.loads(config_path.read_text(encoding="utf-8")) != settings:
@@ -262,7 +269,8 @@ def run_sweep(model, tokenizer, config: SweepConfig, eval_config, decode, out_di
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=model.device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=model.device)
             generator = torch.Generator(device=model.device).manual_seed(chunk_seed(base_seed, ci))
-            out = generate(model, ids, mask, config=decode_t, generator=generator, trace=True)
+            out = run_decoder(model, ids, mask, config=decode_t, decoder=decoder, generator=generator, trace=True,
+                              stop_ids=stops)
             generated = out.generated.tolist()  # (b, max_new_tokens)
             pending, traced = [], []
             for row, ((t, s), gen) in enumerate(zip(chunk, generated)):
@@ -476,7 +484,7 @@ def analyse_trace(trace, row: int = 0, *, stop_ids: Sequence[int] | None = None,
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(trace.steps):
         raise ValueError(f"row must be an int in [0, {len(trace.steps)}), got {row!r}")
     if positions == "content" and stop_ids is None:
-        raise ValueError("positions='content' needs the tokenizer's stop ids (pass --model DIR)")
+        raise ValueError("positions='content' needs the tokenizer's stop ids (pass MODEL)")
     steps = trace.order(row, drop_empty=False)
     flat = [p for step in steps for p in step]
     if not flat:

@@ -55,11 +55,12 @@ def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
 
 def _settings(model, config: DecodeConfig | None, decoder: DecoderConfig | None, params: dict
               ) -> tuple[DecodeConfig, DecoderConfig, int]:
-    """(sampler config, decoder, mask id) of a call: the model's generation defaults updated by ``params``,
-    the reference decoder by default; combinations no decoder can run are errors here."""
+    """(sampler config, decoder, mask id) of a call: the model's generation defaults updated by ``params``, the
+    model's recommended decoder (``unmask.load`` reads both from generation_config.json) or the reference by
+    default; combinations no decoder can run are errors here."""
     base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
     config = base.replace(**params) if params else base
-    decoder = decoder or DecoderConfig()
+    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
     if not isinstance(decoder, DecoderConfig):
         raise TypeError(f"decoder must be a DecoderConfig, got {type(decoder).__name__}")
     if decoder.decoder == "blocks" and config.alg == "origin":
@@ -76,8 +77,9 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     """Append ``max_new_tokens`` masks to the (left-padded) prompts (B, P) and decode them.
 
     config: sampler parameters (default: the model's generation defaults, then ``DecodeConfig()``), updated by
-        ``params``; decoder: which decoder (default: the reference); stop_ids: tokens that end a row (default:
-        the model's eos and pad); on_step: called after every step (its time counts in the stats).
+        ``params``; decoder: which decoder (default: the model's recommended one, else the reference); stop_ids:
+        tokens that end a row (default: the model's eos and pad); on_step: called after every step (its time
+        counts in the stats).
     """
     config, decoder, mask_id = _settings(model, config, decoder, params)
     _check_canvas(input_ids, attention_mask)

@@ -132,7 +132,7 @@ def infill(model, tokenizer, requests: Sequence[Sequence[Segment]], *, length: i
     if not requests:
         return []
     config = config or getattr(model, "generation_defaults", None) or DecodeConfig()
-    decoder = decoder or DecoderConfig()
+    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
     special = tokenizer.special
     mask_id, pad_id = special.mask, special.pad
     bos_id = special.bos if special.bos is not None else special.eos

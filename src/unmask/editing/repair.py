@@ -1,6 +1,6 @@
 """Test-guided repair: run the tests, re-mask the spans most likely wrong, re-denoise only those, repeat.
 
-    unmask repair --model DIR --tests tests.py buggy.py --rounds 3
+    unmask repair MODEL buggy.py --tests tests.py --rounds 3
 
 One round: (1) run ``build(code)`` in the sandbox; stop if it passes. (2) Candidate spans are the lines of the
 editable character range, each trimmed of surrounding whitespace (indentation and the newline stay fixed;

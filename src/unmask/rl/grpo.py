@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from unmask.diffusion import shift_logits, token_logprobs
+from unmask.rl.config import BASELINES, ESTIMATORS
 
 __all__ = [
     "ESTIMATORS",
@@ -42,8 +43,6 @@ __all__ = [
     "sequence_logprob_estimates",
 ]
 
-ESTIMATORS = ("coupled", "decoupled", "diffu-grpo")
-BASELINES = ("mean", "leave_one_out")
 
 # One torch.Generator for the whole batch, or one per row (row b draws only from generators[b], so a
 # row's masks do not depend on which other rows share its micro-batch).

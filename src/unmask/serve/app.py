@@ -2,7 +2,7 @@
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``POST /v1/infill``, ``GET /v1/models``,
 ``GET /health``, ``GET /playground``. ``create_app(model, tokenizer, ServeConfig())`` builds the app;
-``unmask serve --model DIR`` runs it with uvicorn. Request fields are documented in ``schemas``.
+``unmask serve MODEL`` runs it with uvicorn. Request fields are documented in ``schemas``.
 
 Reliability rules: the body is capped before parsing (413); bodies are strict pydantic models (422);
 limits from ``ServeConfig`` and the model's context give 400; errors are ``{"error": {"message", "type"}}``
@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unmask.analysis.arness import arness_profile, flatten_order
-from unmask.config import DecodeConfig, DecoderConfig
+from unmask.config import DecodeConfig, DecoderConfig, override_decoder
 from unmask.errors import ConfigError, TokenizerError
 from unmask.serve.config import ServeConfig
 from unmask.serve.placeholder import split_placeholders
@@ -180,6 +180,7 @@ class Engine:
         self.limiter = Limiter(serve.max_concurrency)
         self.stop_ids = tokenizer.special.stop_ids()
         self.defaults = getattr(model, "generation_defaults", None) or DecodeConfig()
+        self.decoder_defaults = getattr(model, "decoder_defaults", None) or DecoderConfig()
         self.context = model.config.max_position_embeddings
 
     # -- canvas -------------------------------------------------------------------------------------------
@@ -236,9 +237,12 @@ class Engine:
                 changes[name] = getattr(req, name)
         try:
             config = self.defaults.replace(**changes)
-            decoder = DecoderConfig(decoder=req.decoder or "reference",
-                                    **{k: getattr(req, k) for k in ("block_length", "threshold")
-                                       if getattr(req, k) is not None})
+            # The model's recommended decoder unless the request names one; masks inside the prompt need the
+            # reference sampler (checked above), so a recommendation does not apply to them.
+            recommended = DecoderConfig() if runs else self.decoder_defaults
+            asked = {k: getattr(req, k) for k in ("decoder", "block_length", "threshold")
+                     if getattr(req, k) is not None}
+            decoder = override_decoder(recommended, asked)
         except ConfigError as err:
             raise ClientError(_config_message(err)) from None
         if decoder.decoder == "blocks" and config.alg == "origin":

@@ -1,0 +1,148 @@
+"""What several verbs share: flags generated from config dataclasses, the model argument, loading a model with
+its recommended sampler and decoder, and the one-line user error.
+
+Nothing here imports torch at module level: ``unmask VERB --help`` builds its parser from this module and the
+config dataclasses alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+from unmask.errors import UnmaskError
+
+EXIT_USAGE = 2
+SAMPLER_GROUP = "sampler (defaults: the model's generation_config.json)"
+DECODER_GROUP = "decoder (speed: blocks, threshold, KV cache, early EOS; defaults: the model's generation_config.json)"
+# For flags whose real default is the model's own (its generation_config.json), not the dataclass's.
+FROM_MODEL = "generation_config.json, else {default}"
+
+
+class CLIError(UnmaskError):
+    """A mistake the user can fix: printed as one ``error: …`` line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dataclass <-> argparse
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(tp):
+    if isinstance(tp, str):
+        tp = eval(tp, vars(typing))  # annotations are strings under `from __future__ import annotations`
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, group: str, default_help: str = "{default}"
+                            ) -> None:
+    """One ``--flag`` per field; defaults are None so unset flags can fall back to file defaults.
+
+    ``default_help`` words the default in ``--help`` (``{default}`` is the field's), e.g. ``FROM_MODEL``.
+    """
+    section = parser.add_argument_group(group)
+    for f in dataclasses.fields(cls):
+        tp = _base_type(f.type)
+        doc = f.metadata.get("doc", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kwargs = dict(default=None, help=f"{doc} (default: {default_help.format(default=default)})")
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if tp is bool:
+            section.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            section.add_argument(flag(f.name), type=tp, metavar=tp.__name__.upper(), **kwargs)
+
+
+def dataclass_overrides(cls, args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser, *, decoder: bool = True) -> None:
+    """The DecodeConfig (and DecoderConfig) flags, whose defaults come from the model directory."""
+    from unmask.config import DecodeConfig, DecoderConfig
+
+    add_dataclass_arguments(parser, DecodeConfig, group=SAMPLER_GROUP, default_help=FROM_MODEL)
+    if decoder:
+        add_dataclass_arguments(parser, DecoderConfig, group=DECODER_GROUP, default_help=FROM_MODEL)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the model argument: positional (``unmask VERB MODEL``), ``--model MODEL`` still accepted
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """MODEL as the first positional, and ``--model`` for the older spelling. Call before other positionals."""
+    what = "model directory (Hugging Face Dream format)" + ("" if required else "; optional")
+    parser.add_argument("model", nargs="?", metavar="MODEL", help=what)
+    parser.add_argument("--model", dest="model_flag", metavar="MODEL", help="the model directory, as an option")
+
+
+def resolve_model(args: argparse.Namespace, positionals: tuple[str, ...] = (), *, required: bool = True) -> None:
+    """Put the model into ``args.model`` whichever way it came.
+
+    All positionals are optional to argparse, so with ``--model`` the words the user typed fill MODEL first:
+    they belong to the positionals after it (``repair FILE --model DIR``: FILE is the file, not the model).
+    """
+    names = ("model", *positionals)
+    if args.model_flag is not None:
+        values = [getattr(args, n) for n in names]
+        if values[-1] is not None:
+            raise CLIError(f"the model is given twice: {values[0]!r} and --model {args.model_flag!r}")
+        for name, value in zip(names, [args.model_flag, *values[:-1]]):
+            setattr(args, name, value)
+    if required and args.model is None:
+        raise CLIError(f"no model given: pass the model directory as MODEL (or --model MODEL); "
+                       f"see unmask {getattr(args, 'verb', 'VERB')} --help")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# running a model
+
+
+def load_model(args: argparse.Namespace):
+    """(model, tokenizer) of ``args.model`` on ``args.device``; an unusable device fails before any loading."""
+    import unmask
+
+    return unmask.load(args.model, dtype=args.dtype, device=args.device)
+
+
+def sampler_settings(model, args: argparse.Namespace):
+    """(DecodeConfig, DecoderConfig): the model's recommended settings (generation_config.json) with the flags
+    given on top. Naming another decoder than the recommended one starts from that decoder's defaults."""
+    from unmask.config import DecodeConfig, DecoderConfig, override_decoder
+
+    config = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
+    recommended = getattr(model, "decoder_defaults", None) or DecoderConfig()
+    return config, override_decoder(recommended, dataclass_overrides(DecoderConfig, args))
+
+
+def check_context(model, prompt_tokens: int, new_tokens: int, *, what: str = "the prompt",
+                  new: str = "new tokens (--max-new-tokens)") -> None:
+    """Refuse a canvas longer than the model's context before any decoding (it would only produce garbage)."""
+    context = model.config.max_position_embeddings
+    if prompt_tokens + new_tokens > context:
+        raise CLIError(f"{what} ({prompt_tokens} tokens) + {new_tokens} {new} = {prompt_tokens + new_tokens} "
+                       f"exceed the model's max_position_embeddings ({context})")
+
+
+def read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CLIError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}") from None
