@@ -29,7 +29,7 @@ sandbox-deps: $(SANDBOX_STAMP)
 
 demo: $(STAMP)
 	mkdir -p runs
-	$(BIN)/unmask generate $(DEMO_MODEL) --prompt-file examples/heldout_prompt.py --trace runs/demo-trace.json
+	$(BIN)/unmask generate $(DEMO_MODEL) --prompt-file examples/heldout_prompt.py --tests examples/heldout_tests.py --trace runs/demo-trace.json
 	$(BIN)/unmask eval $(DEMO_MODEL) --benchmark synthetic --synthetic-tasks 24 --out runs/demo-eval
 
 test: $(STAMP) $(SANDBOX_STAMP)

@@ -85,6 +85,8 @@ def test_plain_mode_prints_text_and_stats_to_stderr(model_dir, capsys):
      "exceed the model's max_position_embeddings (256)"),
     (["infill", "{model}", "--length", "5000"], "+ 5000 masked tokens = 5000 exceed the model's max_position_embed"),
     (["repair", "{model}", "--tests", "t.py"], "no file to repair"),
+    (["generate", "{model}", "x", "--tests", "/nonexistent/tests.py"], "cannot read tests file"),
+    (["generate", "{model}", "a = <|mask|>", "--tests", "{model}/config.json"], "a prompt with mask placeholders"),
     (["bogus-verb"], "invalid choice: 'bogus-verb' (choose from 'init', 'generate'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model_dir, capsys, argv, needle, tmp_path, monkeypatch):
@@ -129,3 +131,22 @@ def test_eval_verb_writes_results_and_refuses_a_mismatched_rerun(model_dir, caps
     capsys.readouterr()
     assert main(argv[:-1] + ["--steps", "5", "--no-progress"]) == 2
     assert "different settings" in capsys.readouterr().err
+
+
+def test_generate_runs_the_completion_against_tests_in_the_sandbox(model_dir, capsys, tmp_path):
+    """--tests: the verdict is the sandbox's on prompt + completion + tests, computed here independently."""
+    from unmask.sandbox import run
+
+    prompt = "x = 41\n"
+    for tests, flags in (("assert x == 41\n", ["--temperature", "0"]), ("assert x == 41\nassert x == 42\n", [])):
+        path = tmp_path / "t.py"
+        path.write_text(tests)
+        out = run_json(capsys, str(model_dir), prompt, "--max-new-tokens", "6", "--steps", "6", "--tests",
+                       str(path), *flags)
+        expected = run(prompt + out["text"].rstrip("\n") + "\n\n" + tests, timeout=10.0)
+        assert out["verdict"]["status"] == expected.status and out["verdict"]["error_kind"] == expected.error_kind
+    # the second tests file can never pass, whatever the random model wrote
+    assert out["verdict"]["status"] == "failed"
+    main(["generate", str(model_dir), prompt, "--max-new-tokens", "4", "--steps", "4", "--tests", str(path),
+          "--no-live"])
+    assert "sandbox verdict: failed" in capsys.readouterr().out

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--trace", metavar="FILE", help="write the decode trace (JSON) here")
     p.add_argument("--json", action="store_true", help="print one JSON object (ids, text, statistics, trace)")
+    p.add_argument("--tests", metavar="FILE",
+                   help="run prompt + completion + this file's asserts in the sandbox and print the verdict")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="live canvas view (default: on when stdout is a terminal)")
     add_device_arguments(p)
@@ -66,12 +68,16 @@ def run(args: argparse.Namespace) -> int:
 
     resolve_model(args, ("prompt",))
     prompt = read_prompt(args)
+    tests = read_tests(args.tests)  # read before the model loads: a missing file costs nothing
     model, tokenizer = load_model(args)
     config, decoder = sampler_settings(model, args)
     if args.chat:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     segments = placeholders(prompt)
     if any(not isinstance(s, str) for s in segments):
+        if tests is not None:
+            raise CLIError("--tests runs a completion; a prompt with mask placeholders is an infill (unmask repair "
+                           "runs tests on edited files)")
         return print_infill(model, tokenizer, segments, config.max_new_tokens, config, decoder, args.seed, args.json)
     prompt_ids = tokenizer.encode(prompt)
     if not prompt_ids:
@@ -91,16 +97,39 @@ def run(args: argparse.Namespace) -> int:
     generated = result.generated[0].tolist()
     text = tokenizer.decode(generated)
     summary = _summary(result, decoder, _useful_length(generated, tokenizer.special.stop_ids()))
+    verdict = None if tests is None else run_tests(prompt + text, tests)
     if args.json:
         print(json.dumps({"prompt": prompt, "prompt_ids": prompt_ids, "generated_ids": generated, "text": text,
                           "config": dataclasses.asdict(config), "decoder": dataclasses.asdict(decoder),
-                          "seed": args.seed, "stats": summary, "trace": result.trace.to_json()}))
+                          "seed": args.seed, "stats": summary, "trace": result.trace.to_json(),
+                          **({} if verdict is None else {"verdict": verdict})}))
     elif live is not None:
         live.report(prompt + text, summary)
     else:
         sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
         print(" ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)
+    if verdict is not None and not args.json:
+        print(f"sandbox verdict: {verdict['status']}" + (f" ({verdict['error_kind']})" if verdict["error_kind"]
+                                                         else ""))
     return 0
+
+
+def read_tests(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise CLIError(f"cannot read tests file {path}: {err.strerror}") from None
+
+
+def run_tests(code: str, tests: str) -> dict:
+    """The sandbox's verdict on ``code`` followed by ``tests`` (asserts), as a small JSON-able dict."""
+    from unmask.sandbox import run as run_sandboxed
+
+    outcome = run_sandboxed(code.rstrip("\n") + "\n\n" + tests, timeout=10.0)
+    return {"status": outcome.status, "error_kind": outcome.error_kind,
+            "stderr": outcome.stderr[-2000:] if outcome.status != "passed" else ""}
 
 
 def _live(args: argparse.Namespace) -> bool:
