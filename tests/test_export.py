@@ -75,8 +75,10 @@ def test_model_card_reports_the_runs_and_evals(tmp_path, capsys):
           "eval": {"seed": 0}, "decode": {"max_new_tokens": 64, "steps": 64, "alg": "entropy", "temperature": 0.0}}
     card = render_model_card(model, pretrain=run_summary(tmp_path / "pre"), sft=None, evals=[ev], command="make x")
     assert card.startswith("---\nlibrary_name: unmask")
-    assert "| pretrain | stdlib | 5 | 640 |" in card and "7.250" in card and "0.2 min" in card
-    assert "| synthetic (seed 0) | 200 | 1 | 0.125 | 64 tokens, 64 steps, alg entropy" in card
+    assert "| pretrain | masked diffusion | stdlib | 5 | 640 |" in card and "7.250" in card and "0.2 min" in card
+    # 25 of 200 passed: Wilson 95% [0.0861, 0.1780] (hand value); no decoder recorded = the reference sampler
+    assert ("| synthetic (seed 0) | 200 | 1 | 0.125 | [0.086, 0.178] | reference | 64 tokens, 64 steps, alg entropy"
+            in card)
     params = unmask.load(model)[0].config.num_parameters()
     assert f"{params / 1e6:.2f}M-parameter" in card
     _write_run(tmp_path / "sft", [{"step": 2, "loss": 1.0, "tokens": 64, "tokens_per_s": 64.0}],
