@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The RL ablation of SPEC §5 in miniature, on the shipped default model: SFT only vs diffu-GRPO vs
+# DiffuCoder's RL ablation (docs/rl.md) in miniature, on the shipped default model: SFT only vs diffu-GRPO vs
 # decoupled vs coupled-GRPO (rollout temperature 1.2), plus coupled at rollout temperature 1.0; every RL arm
 # repeated over seeds.
 #

@@ -322,7 +322,7 @@ def test_profile_and_summary_agree_with_single_calls(orders):
 
 
 def test_long_decode_is_fast_enough():
-    # a 2048-token decode (SPEC's SFT length) in random order: the Fenwick tree keeps this well under a second
+    # a 2048-token decode (DiffuCoder's SFT length) in random order: the Fenwick tree keeps this well under a second
     rng = random.Random(0)
     order = list(range(2048))
     rng.shuffle(order)

@@ -122,7 +122,7 @@ def test_config_validation() -> None:
         RLConfig(t_low=0.9, t_high=0.1)
     with pytest.raises(ConfigError, match="unknown RL config"):
         RLConfig.from_dict({"learning_rate": 1.0})
-    assert RLConfig().reward_weight_map() == {"code": 2.0, "code_format": 0.5}  # SPEC §5 defaults
+    assert RLConfig().reward_weight_map() == {"code": 2.0, "code_format": 0.5}  # DiffuCoder's defaults (docs/rl.md)
     d = RLConfig()
     assert (d.num_generations, d.temperature, d.max_new_tokens, d.steps, d.alg) == (10, 1.2, 256, 256, "entropy")
     assert (d.eps_clip, d.beta, d.mu, d.lr, d.ref_sync_every) == (0.5, 0.01, 2, 1e-6, 64)

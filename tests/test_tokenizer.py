@@ -1,4 +1,4 @@
-"""Tokenizer: special ids from files, ChatML exactly as SPEC §3.1, cutting at eos/dlm_pad, both file layouts."""
+"""Tokenizer: special ids from files, ChatML exactly as docs/model.md, cutting at eos/dlm_pad, both file layouts."""
 
 from __future__ import annotations
 

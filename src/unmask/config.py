@@ -88,7 +88,7 @@ class ModelConfig:
         return MODEL_PRESETS[name].replace(**overrides)
 
 
-# Named presets. `dream-7b` is the exact size of Dream-7B / DiffuCoder-7B (SPEC §1); the small ones share
+# Named presets. `dream-7b` is the exact size of Dream-7B / DiffuCoder-7B (docs/model.md); the small ones share
 # the architecture and are for tests and CPU work. Token ids of small presets come from their tokenizer.
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "dream-7b": ModelConfig(
@@ -111,7 +111,7 @@ ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Parameters of the reference sampler (Dream ``diffusion_generate`` semantics, SPEC §3.1)."""
+    """Parameters of the reference sampler (Dream ``diffusion_generate`` semantics, docs/sampler.md)."""
 
     max_new_tokens: int = field(default=256, metadata=_doc("masked positions appended to the prompt"))
     steps: int = field(default=256, metadata=_doc("denoising steps = forward passes"))
@@ -164,7 +164,7 @@ CACHES = ("none", "prefix", "dual")
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Which decoder runs the sampler parameters of ``DecodeConfig``, and how fast (SPEC §3.2)."""
+    """Which decoder runs the sampler parameters of ``DecodeConfig``, and how fast (docs/sampler.md)."""
 
     decoder: str = field(default="reference", metadata=_doc(
         "reference (Dream) | blocks (semi-AR, fixed tokens per step) | parallel (confidence threshold)",

@@ -1,7 +1,7 @@
 """Pure tensor math of masked diffusion: the shift convention, masking, schedules, losses.
 
 Everything here is a function of tensors (and an explicit ``torch.Generator`` where randomness is
-involved), so it can be tested alone and shared by training, sampling and RL (SPEC §1, §2).
+involved), so it can be tested alone and shared by training, sampling and RL (docs/model.md, docs/training.md).
 
 The forward process of masked diffusion: draw a time ``t`` per sequence (:func:`sample_t`), mask
 every *maskable* token independently with probability ``p(t) = (1 - eps) t + eps``
@@ -366,7 +366,7 @@ def sft_collate(
 
 
 # ----------------------------------------------------------------------------------------------
-# Causal -> full attention annealing (adapting an AR checkpoint, SPEC §2)
+# Causal -> full attention annealing (adapting an AR checkpoint, docs/training.md)
 
 
 def attention_anneal_fraction(step: int, anneal_steps: int) -> float:

@@ -5,7 +5,7 @@ MLP, block), then ``DreamModel``. Parameter names follow Hugging Face's Dream ch
 (``model.layers.{i}.self_attn.q_proj.weight`` …, ``lm_head.weight``), so ``state_dict()`` *is* the
 checkpoint format and no key mapping is needed for the Dream family.
 
-Conventions (SPEC §1):
+Conventions (docs/model.md):
 - ``forward`` returns the RAW logits (B, T, V), exactly as Dream's HF model: output ``i`` predicts token
   ``i + 1`` (the *shift* inherited from the AR model it was adapted from). Consumers re-align with
   ``unmask.diffusion.shift_logits`` — the one place that convention is applied.

@@ -92,7 +92,7 @@ class Tokenizer:
     # -- chat -------------------------------------------------------------------------------------------
     def apply_chat_template(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True,
                             assistant_prefix: str = "") -> str:
-        """ChatML text (SPEC §3.1); a default system turn is added when the first message is not one.
+        """ChatML text (docs/model.md, chat format); a default system turn is added when the first message is not one.
 
         ``assistant_prefix`` pre-fills the assistant turn, e.g. "Here is the code to solve this
         problem:\\n```python" as DiffuCoder's evaluation does.

@@ -1,4 +1,4 @@
-"""The masked-diffusion training loop: pretraining, AR→diffusion adaptation and SFT (SPEC §2).
+"""The masked-diffusion training loop: pretraining, AR→diffusion adaptation and SFT (docs/training.md).
 
 One plain loop (``train``): for each optimiser step, ``grad_accum`` micro-batches are drawn, noised
 (``make_batch``: t per row, forward masking outside the clean prompt, optional causal→full attention
@@ -263,7 +263,7 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
         if family != "dream" and not cfg.adapt_from_ar and cfg.objective == "diffusion":
             print(
                 f"note: {cfg.init_from} is a causal {family} checkpoint; --adapt-from-ar with --anneal-steps N "
-                "anneals its attention from causal to full (SPEC §2)",
+                "anneals its attention from causal to full (docs/training.md)",
                 file=sys.stderr,
             )
     else:

@@ -2,7 +2,7 @@
 
 Two stages share one layout, ``TokenRows(ids (N, T), prompt_lengths (N,))``: positions before a row's
 prompt length are never masked. Pretraining rows are packed from a stream of documents and get prompt
-length 1 (position 0 has no predecessor under the shift convention, SPEC §1, so it stays clean); SFT rows
+length 1 (position 0 has no predecessor under the shift convention, docs/model.md, so it stays clean); SFT rows
 are ``[prompt][response][pad ...]`` (``diffusion.sft_collate``) with the prompt kept clean.
 
 Sources (``read_texts``): a directory of ``.py`` files, a ``.jsonl`` with a ``text`` field, or ``stdlib``

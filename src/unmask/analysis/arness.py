@@ -1,4 +1,4 @@
-"""AR-ness: how autoregressive (left-to-right) a diffusion decode's commit order is (SPEC §4).
+"""AR-ness: how autoregressive (left-to-right) a diffusion decode's commit order is (docs/arness.md).
 
 A sampler's trace gives, per step, the canvas positions committed at that step, relative to the start
 of the generated region (0-based), e.g. ``[[0], [3, 1], [2]]``. This module turns such traces into

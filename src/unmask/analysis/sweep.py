@@ -1,4 +1,4 @@
-"""Decode-order sweep: AR-ness and pass@k of one model across sampling temperatures (SPEC §4), as a report.
+"""Decode-order sweep: AR-ness and pass@k of one model across sampling temperatures (docs/arness.md), as a report.
 
     unmask arness MODEL --benchmark synthetic --temperatures 0.2,0.6,1.0,1.2 --samples 10
 
@@ -24,7 +24,7 @@ uninterrupted one would.
 
 Which positions AR-ness counts (``positions``):
 
-* ``"region"`` (default): every position of the generated region, trailing pad/EOS included. SPEC §4 defines
+* ``"region"`` (default): every position of the generated region, trailing pad/EOS included. docs/arness.md defines
   the metrics over the decode order p_1 … p_T of all steps, and with steps = max_new_tokens the sampler spends
   one forward pass per pad just as per code token: when it commits the pads (dLLMs often fill the tail of the
   canvas early) is part of how autoregressive its order is.
@@ -433,7 +433,7 @@ def summary_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['max_new_tokens']} new tokens, {report['steps']} steps, alg `{report['alg']}`. "
         f"AR-ness counts {where}; several positions committed in one step are ordered by position. "
-        "Values are mean ± std over samples (SPEC §4).",
+        "Values are mean ± std over samples (definitions: unmask docs/arness.md).",
         "",
     ]
     header = ["T", "samples", *pass_keys, *[f"local@{k}" for k in k_local], *[f"global@{k}" for k in k_global]]

@@ -1,4 +1,4 @@
-"""``unmask arness MODEL``: AR-ness and pass@k across temperatures (a resumable sweep, SPEC §4); or
+"""``unmask arness MODEL``: AR-ness and pass@k across temperatures (a resumable sweep, docs/arness.md); or
 ``unmask arness --trace FILE [MODEL]``: the AR-ness (and a picture) of one saved decode trace."""
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def _summary(result, decoder, useful: int) -> dict:
 
 
 def _useful_length(ids: Sequence[int], stops: Sequence[int]) -> int:
-    """Tokens before the first eos/pad: what a user actually gets (SPEC §3.2, early EOS)."""
+    """Tokens before the first eos/pad: what a user actually gets (early EOS, docs/sampler.md)."""
     stop = set(stops)
     for n, i in enumerate(ids):
         if i in stop:

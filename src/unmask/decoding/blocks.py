@@ -1,4 +1,4 @@
-"""Semi-autoregressive block decoders (SPEC §3.2), optionally over an approximate KV cache.
+"""Semi-autoregressive block decoders (docs/sampler.md), optionally over an approximate KV cache.
 
 Masks may sit anywhere in the canvas (a suffix region, or prefix + middle + suffix for infilling, or
 several spans). Each row's masked positions, taken in canvas order, are cut into blocks of ``block_length``

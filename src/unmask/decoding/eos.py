@@ -1,4 +1,4 @@
-"""Early EOS (SPEC §3.2): when is a row finished, what is left to pad, and how many tokens were useful.
+"""Early EOS (docs/sampler.md): when is a row finished, what is left to pad, and how many tokens were useful.
 
 Pure tensor functions over the generated region (B, L) of a canvas. A row is *finished* once it holds a
 committed stop token (eos/pad) and every position before the first such token is committed: committed

@@ -1,4 +1,4 @@
-"""The reference sampler: Dream's ``diffusion_generate`` semantics (SPEC §3.1). Ids in, ids out.
+"""The reference sampler: Dream's ``diffusion_generate`` semantics (docs/sampler.md). Ids in, ids out.
 
 A canvas is a (B, T) id tensor in which some positions hold the mask token; ``generate`` builds it as
 prompt + ``max_new_tokens`` masks, ``denoise`` accepts masks anywhere (infilling). Each step is one full

@@ -1,6 +1,6 @@
 """Decode traces: which canvas positions each step committed, with their tokens and confidences.
 
-A trace is the raw material of the AR-ness analysis (SPEC §4): ``order(row)`` gives, per step, the
+A trace is the raw material of the AR-ness analysis (docs/arness.md): ``order(row)`` gives, per step, the
 positions committed at that step relative to the start of the generated region.
 """
 

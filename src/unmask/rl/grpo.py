@@ -1,4 +1,4 @@
-"""GRPO math for masked diffusion LMs (SPEC §5): group advantages, reproducible masks, per-token
+"""GRPO math for masked diffusion LMs (docs/rl.md): group advantages, reproducible masks, per-token
 log-prob estimators (coupled / decoupled / diffu-GRPO) and the clipped policy loss with k3 KL.
 
 A dLLM has no exact per-token log-probability, so the policy ratio is built from *estimates* made with
@@ -315,7 +315,7 @@ def build_logprob_passes(
         draw = coupled_masks if estimator == "coupled" else decoupled_masks
         m1, m2 = draw(completion_mask, t, generator)
         tt = t.to(c.device)[:, None]  # (B, 1)
-        # SPEC §5 / paper Eq. 13 with lambda = 1: (logp_full + w * logp_masked_pass) / 2.
+        # DiffuCoder's coupled-sampling estimate with lambda = 1 (docs/rl.md): (logp_full + w * logp_masked_pass) / 2.
         masks = [full_mask(completion_mask), m1, m2]
         coefs = [0.5 * c, 0.5 * m1.float() / tt, 0.5 * m2.float() / (1.0 - tt)]
 
@@ -366,8 +366,8 @@ def sequence_logprob_estimates(
 
     - ``"coupled"``: t ~ U(t_range) per sequence, M1 ~ Bernoulli(t) over C, M2 = C \\ M1, and for n in C
       ``est[n] = (l_C[n] + w[n] * l_{M(n)}[n]) / 2`` with ``M(n)`` the one pass that masked n and
-      ``w = 1/t`` (n in M1) or ``1/(1 - t)`` (n in M2) — SPEC §5 / the paper's Eq. 13 with one pair, the
-      fully masked pass entering with weight 1. Three forwards per sequence.
+      ``w = 1/t`` (n in M1) or ``1/(1 - t)`` (n in M2) — DiffuCoder's coupled-sampling estimate
+      (docs/rl.md) with one pair, the fully masked pass entering with weight 1. Three forwards per sequence.
     - ``"decoupled"``: the same formula with M1 ~ Bernoulli(t) and M2 ~ Bernoulli(1 - t) drawn
       independently (a token may be in both, contributing both terms, or in neither). Three forwards.
     - ``"diffu-grpo"``: ``est[n] = l_{C + ~15% of the prompt}[n]``. One forward.

@@ -1,4 +1,4 @@
-"""The GRPO loop for masked diffusion LMs (SPEC §5): rollouts → rewards → μ updates → ref sync → eval → save.
+"""The GRPO loop for masked diffusion LMs (docs/rl.md): rollouts → rewards → μ updates → ref sync → eval → save.
 
 One plain loop (``rl``). Each step draws ``prompts_per_step`` tasks; for each, ``num_generations``
 completions are sampled with the reference diffusion sampler (``unmask.decoding.reference.generate``;

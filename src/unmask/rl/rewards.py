@@ -1,12 +1,12 @@
-"""Reward functions for RL on code (SPEC §5): a registry of ``(completions, **row) -> list[float | None]``.
+"""Reward functions for RL on code (docs/rl.md): a registry of ``(completions, **row) -> list[float | None]``.
 
 Every function scores the G completions of one prompt; ``row`` carries the prompt's data: ``task`` (a
 :class:`unmask.data.benchmarks.Task`) and ``mode`` (how ``unmask.programs.build_program`` assembles a
 program: ``instruct`` for chat answers, ``humaneval`` / ``mbpp`` / ``infilling`` for plain completions).
 ``None`` is a *missing* reward (the sandbox failed: infra_error), never 0: the advantage skips it.
 
-- ``code_format``: instruct mode, as SPEC §5: 1.0 for exactly one closed ```python block that parses, 0.5
-  if it does not parse, 0 otherwise (``prefilled=True``, the default in instruct mode, means the prompt
+- ``code_format``: instruct mode, as DiffuCoder (docs/rl.md): 1.0 for exactly one closed ```python block that
+  parses, 0.5 if it does not parse, 0 otherwise (``prefilled=True``, the default in instruct mode, means the prompt
   ended with the evaluation prefill's opening fence, so the completion starts inside the block). Plain
   modes have no fence, so the block is the code ``build_program`` puts before the tests: 1.0 when it
   parses, 0.5 when it does not, 0 for an empty completion.
@@ -149,7 +149,7 @@ def _plain_code(task: Task, completion: str, mode: str) -> str:
 
 
 def format_score(completion: str, *, task: Task, mode: str, prefilled: bool = True) -> float:
-    """The SPEC §5 format reward of one completion: 1.0, 0.5 or 0.0 (see the module docstring)."""
+    """DiffuCoder's format reward of one completion (docs/rl.md): 1.0, 0.5 or 0.0 (see the module docstring)."""
     if not isinstance(completion, str):
         raise TypeError(f"a completion must be a str, got {type(completion).__name__}")
     if mode != "instruct":

@@ -1,7 +1,7 @@
 """The server's mask placeholder: ``<|mask|>`` is one masked token, ``<|mask:N|>`` is N of them.
 
 A prompt such as ``"def add(a, b):\n    return <|mask:6|>\n"`` asks the model to fill 6 tokens in place
-(masks anywhere, SPEC §3.2 infilling). Parsing is a pure function so it can later be unified with the CLI's
+(masks anywhere: infilling, docs/sampler.md). Parsing is a pure function so it can later be unified with the CLI's
 placeholder (``unmask.editing``).
 """
 
