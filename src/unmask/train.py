@@ -40,7 +40,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -63,12 +62,24 @@ from unmask.diffusion import (
 )
 from unmask.errors import ConfigError
 from unmask.model import DreamModel
+from unmask.runs import (  # noqa: F401  (latest_checkpoint: re-exported for callers of unmask.train)
+    OPTIMIZER_FILE,
+    append_jsonl,
+    distributed,
+    end_step,
+    latest_checkpoint,
+    progress_bar,
+    resolve_device,
+    resume_point,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    start_run_dir,
+)
 from unmask.train_config import DISTRIBUTED, NORMALIZERS, OBJECTIVES, STAGES, T_METHODS, TrainConfig  # noqa: F401
 from unmask.training_data import EpochSampler, TokenRows, val_batches
 
 __all__ = ["Batch", "TrainConfig", "TrainData", "TrainResult", "lr_factor", "make_batch", "prepare", "train"]
-
-OPTIMIZER_FILE = "optimizer.pt"
 
 
 @dataclass(frozen=True)
@@ -225,12 +236,6 @@ def _denominator(batches: list[Batch], cfg: TrainConfig) -> float:
 # Set-up: model, tokenizer, data
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
     """Resolve the config into (model, tokenizer, data); every bad input is a ``ConfigError`` here."""
     from unmask.checkpoint import load_model, read_config
@@ -368,73 +373,6 @@ def _stop_id(cfg: TrainConfig, model_config: Any, tokenizer: Any) -> int | None:
 # Checkpoints
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run (from the ``latest`` pointer), or None."""
-    pointer = Path(run_dir) / "latest"
-    if not pointer.is_file():
-        return None
-    path = Path(run_dir) / pointer.read_text(encoding="utf-8").strip()
-    return path if (path / "trainer_state.pt").is_file() else None
-
-
-def save_checkpoint(
-    run_dir: Path,
-    model: DreamModel,
-    tokenizer: Any,
-    trainer_state: dict[str, Any],
-    keep: int,
-    optimizer_state: dict[str, Any] | None = None,
-    family: str = "dream",
-) -> Path:
-    """Write ``checkpoint-{step}`` atomically (staging directory, then ``os.replace``), update ``latest``
-    and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to.
-
-    ``model`` must hold plain (unsharded) tensors; ``optimizer_state`` (the full, parameter-name keyed
-    state from ``get_optimizer_state_dict``) goes to ``optimizer.pt`` so only rank 0 ever reads it."""
-    from unmask.checkpoint import save_model
-
-    name = f"checkpoint-{trainer_state['step']:07d}"
-    final = run_dir / name
-    staging = run_dir / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        save_model(model, staging, tokenizer=tokenizer, family=family)
-        if optimizer_state is not None:
-            torch.save(optimizer_state, staging / OPTIMIZER_FILE)
-        torch.save(trainer_state, staging / "trainer_state.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _atomic_write_text(run_dir / "latest", name + "\n")
-    old = sorted(p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p != final)
-    for path in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(path, ignore_errors=True)
-    return final
-
-
 def _state_options(**extra: bool) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -497,30 +435,8 @@ def load_full_state(
     set_optimizer_state_dict(model, optimizer, optim_state, options=options)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop metric lines written after the checkpoint (they will be produced again)."""
-    if not path.is_file():
-        return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= step
-    ]
-    _atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The loop
-
-
-def _resolve_device(cfg: TrainConfig, rank: int) -> torch.device:
-    if cfg.device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but no CUDA device is available")
-    return torch.device(cfg.device)
 
 
 def _param_groups(model: DreamModel, weight_decay: float) -> list[dict[str, Any]]:
@@ -731,6 +647,51 @@ def train(
             dist.destroy_process_group()
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What the loop works with, built once by ``_setup``. ``model`` is the module itself (under FSDP: the
+    sharded one), ``wrapped`` what the forward runs through (DDP's wrapper, or ``model``)."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    run_dir: Path
+    model: DreamModel
+    wrapped: torch.nn.Module
+    model_config: Any  # the config the checkpoints declare (read before wrapping)
+    tokenizer: Any
+    data: TrainData
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: EpochSampler
+    noise: torch.Generator
+    mask_id: int
+    stop_id: int | None
+    pad_id: int
+    prompts: list[list[int]]
+    start: int  # the step the run starts from: 0, or the resumed checkpoint's
+
+    @property
+    def fsdp(self) -> bool:
+        return self.world > 1 and self.cfg.distributed == "fsdp"
+
+
+class _Throughput:
+    """Tokens per second over the steps since the last logged line."""
+
+    def __init__(self, tokens_per_step: int) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.start, self.steps, self.last = time.perf_counter(), 0, 0.0
+
+    def rate(self) -> float:
+        """The window's rate; a new window starts."""
+        elapsed = time.perf_counter() - self.start
+        self.last = round(self.steps * self.tokens_per_step / max(elapsed, 1e-9), 1)
+        self.start, self.steps = time.perf_counter(), 0
+        return self.last
+
+
 def _train(
     cfg: TrainConfig,
     model: DreamModel | None,
@@ -738,19 +699,89 @@ def _train(
     data: TrainData | None,
     on_step: Callable[[int, dict[str, Any]], None] | None,
 ) -> TrainResult:
-    rank, world = _distributed()
+    run = _setup(cfg, model, tokenizer, data)
+    step = run.start
+    end = end_step(step, cfg.max_steps, cfg.stop_after_steps)
+    bar = progress_bar(run.rank == 0 and cfg.progress, total=cfg.max_steps, initial=step, desc="train")
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
+    throughput = _Throughput(tokens_per_step)
+    history: list[dict[str, Any]] = []
+    while step < end:
+        batches = _draw_batches(run, step)
+        stats = _train_step(run, batches)
+        step += 1
+        throughput.steps += 1
+        record: dict[str, Any] = {
+            "step": step,
+            **stats,
+            "epoch": round(run.sampler.epochs_done, 4),
+            "tokens": step * tokens_per_step,
+            "anneal_fraction": batches[0].anneal_fraction,
+        }
+        # Under FSDP every forward is a collective, so all ranks validate (identically); only rank 0 writes.
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and (run.rank == 0 or run.fsdp):
+            record.update(_validate(run, step))
+        if step % cfg.log_every == 0 or "val_loss" in record or step == end:
+            record["tokens_per_s"] = throughput.rate()
+            if run.rank == 0:
+                append_jsonl(run.run_dir / "metrics.jsonl", record)
+        history.append(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{throughput.last:,.0f}")
+        if on_step is not None:
+            on_step(step, record)
+        if step % cfg.save_every == 0 or step == end:
+            _save(run, step)
+    if bar is not None:
+        bar.close()
+    return TrainResult(step=step, history=history, run_dir=run.run_dir)
+
+
+def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: TrainData | None) -> _Run:
+    """Everything before the first step: checks, model on its device (wrapped), optimiser, RNG, resume."""
+    rank, world = distributed()
     if cfg.batch_size % world:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})"
         )
     run_dir = Path(cfg.run_dir)
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
-    if not cfg.resume and latest_checkpoint(run_dir) is not None:
-        raise ConfigError(
-            f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --run-dir"
-        )
+    resume_from = resume_point(run_dir, cfg.resume)
     if cfg.resume and resume_from is None and rank == 0:
         print(f"note: no checkpoint in {run_dir}; starting a fresh run", file=sys.stderr)
+    model, tokenizer, data = _load(cfg, model, tokenizer, data, resume_from)
+    # The AR baseline never masks: without a mask id in its config, -1 keeps the shared code paths uniform.
+    mask_id = int(model.config.mask_token_id) if model.config.mask_token_id is not None else -1
+    model_config = model.config
+    stop_id = _stop_id(cfg, model_config, tokenizer)
+    device = resolve_device(cfg.device, rank)
+    model = model.to(device=device, dtype=torch.float32)
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    model.train()
+    # Under FSDP the model itself becomes the sharded module (fully_shard works in place); the optimiser is
+    # built afterwards so that it holds the sharded parameters.
+    wrapped = _wrap(model, cfg, world, device)
+    optimizer, scheduler = _optimizer(model, cfg)
+    sampler = EpochSampler(len(data.train), cfg.seed + 1)
+    noise = torch.Generator().manual_seed(cfg.seed + 2)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    step = 0
+    if resume_from is not None:
+        step = _resume(resume_from, model, optimizer, scheduler, sampler, noise, rank=rank, world=world)
+    if rank == 0:
+        start_run_dir(run_dir, "run_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
+                      logs=("metrics.jsonl", "samples.jsonl"))
+    prompts = sample_prompts(data.val, cfg)
+    pad_id = model_config.pad_token_id if model_config.pad_token_id is not None else mask_id
+    return _Run(cfg, rank, world, run_dir, model, wrapped, model_config, tokenizer, data, device, optimizer,
+                scheduler, sampler, noise, mask_id, stop_id, pad_id, prompts, step)
+
+
+def _load(
+    cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: TrainData | None, resume_from: Path | None
+) -> tuple[DreamModel, Any, TrainData]:
+    """The given model and data, or ``prepare``'s; checked against ``cfg``."""
     if model is None or data is None:
         # A resumed run takes its model and tokenizer from the checkpoint (no BPE retraining).
         source = (
@@ -762,19 +793,11 @@ def _train(
     _check_model(cfg, model)
     if data.train.seq_len != cfg.seq_len:
         raise ConfigError(f"data rows have length {data.train.seq_len} but seq_len is {cfg.seq_len}")
-    # The AR baseline never masks: without a mask id in its config, -1 keeps the shared code paths uniform.
-    mask_id = int(model.config.mask_token_id) if model.config.mask_token_id is not None else -1
-    model_config = model.config
-    stop_id = _stop_id(cfg, model_config, tokenizer)
-    device = _resolve_device(cfg, rank)
-    model = model.to(device=device, dtype=torch.float32)
-    model.gradient_checkpointing = cfg.gradient_checkpointing
-    model.train()
-    fsdp = world > 1 and cfg.distributed == "fsdp"
-    # Under FSDP the model itself becomes the sharded module (fully_shard works in place); the optimiser is
-    # built afterwards so that it holds the sharded parameters.
-    wrapped = _wrap(model, cfg, world, device)
+    return model, tokenizer, data
 
+
+def _optimizer(model: DreamModel, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its warm-up + cosine schedule (``lr_factor``)."""
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay),
         lr=cfg.lr,
@@ -788,150 +811,128 @@ def _train(
             s, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio
         ),
     )
-    sampler = EpochSampler(len(data.train), cfg.seed + 1)
-    noise = torch.Generator().manual_seed(cfg.seed + 2)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    step = 0
-    if resume_from is not None:
-        load_full_state(model, optimizer, resume_from, rank=rank, world=world)
-        state = torch.load(resume_from / "trainer_state.pt", weights_only=False)
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        noise.set_state(state["noise_generator"])
-        _set_rng_state(state["rng"])
-        step = int(state["step"])
+    return optimizer, scheduler
 
-    metrics_path = run_dir / "metrics.jsonl"
-    samples_path = run_dir / "samples.jsonl"
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(run_dir / "run_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if resume_from is not None:
-            _truncate_metrics(metrics_path, step)
-            _truncate_metrics(samples_path, step)
-    prompts = sample_prompts(data.val, cfg)
-    pad_id = model_config.pad_token_id if model_config.pad_token_id is not None else mask_id
 
-    end = cfg.max_steps if cfg.stop_after_steps is None else min(cfg.max_steps, step + cfg.stop_after_steps)
-    bar = None
-    if rank == 0 and cfg.progress:
-        from tqdm import tqdm
+def _resume(
+    checkpoint: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    sampler: EpochSampler,
+    noise: torch.Generator,
+    *,
+    rank: int,
+    world: int,
+) -> int:
+    """Restore weights, optimiser, schedule, sampler position and every RNG; the checkpoint's step."""
+    load_full_state(model, optimizer, checkpoint, rank=rank, world=world)
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    scheduler.load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    noise.set_state(state["noise_generator"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
 
-        bar = tqdm(
-            total=cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
-        )
-    local = cfg.batch_size // world
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
-    history: list[dict[str, Any]] = []
-    window_start, window_steps, last_rate = time.perf_counter(), 0, 0.0
-    while step < end:
-        # Draw the whole global step first: every rank makes identical draws and keeps its rows.
-        batches = []
-        for _ in range(cfg.grad_accum):
-            idx = sampler.next(cfg.batch_size)
-            batches.append(
-                make_batch(
-                    data.train.ids[idx],
-                    data.train.prompt_lengths[idx],
-                    step=step,
-                    cfg=cfg,
-                    mask_token_id=mask_id,
-                    generator=noise,
-                    stop_id=stop_id,
-                )
+
+def _draw_batches(run: _Run, step: int) -> list[Batch]:
+    """The step's ``grad_accum`` global micro-batches. Every rank makes identical draws and keeps its rows."""
+    cfg, train_rows = run.cfg, run.data.train
+    batches = []
+    for _ in range(cfg.grad_accum):
+        idx = run.sampler.next(cfg.batch_size)
+        batches.append(
+            make_batch(
+                train_rows.ids[idx],
+                train_rows.prompt_lengths[idx],
+                step=step,
+                cfg=cfg,
+                mask_token_id=run.mask_id,
+                generator=run.noise,
+                stop_id=run.stop_id,
             )
-        denominator = _denominator(batches, cfg)
-        step_loss = torch.zeros((), dtype=torch.float64, device=device)
-        for micro, batch in enumerate(batches):
-            mine = batch.rows(rank * local, (rank + 1) * local).to(device)
-            sync = micro == len(batches) - 1
-            context = contextlib.nullcontext()
-            if fsdp:
-                # accumulate unsharded gradients; reduce-scatter once, after the last micro-batch
-                wrapped.set_requires_gradient_sync(sync)  # type: ignore[operator]
-            elif world > 1 and not sync:
-                context = wrapped.no_sync()  # type: ignore[operator]
-            with context:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = wrapped(mine.input_ids, attention_mask=mine.attention_mask)  # (b, T, V)
-                loss_sum = _loss_sum(logits, mine, cfg)
-                (loss_sum * (world / denominator)).backward()
-            step_loss += loss_sum.detach().double()
-        if world > 1:
-            dist.all_reduce(step_loss)
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if cfg.grad_clip > 0
-            else torch.zeros(())
         )
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window_steps += 1
+    return batches
 
-        record: dict[str, Any] = {
+
+def _train_step(run: _Run, batches: list[Batch]) -> dict[str, float]:
+    """One optimiser step on this rank's rows of ``batches``: loss, learning rate and gradient norm."""
+    cfg, world = run.cfg, run.world
+    local = cfg.batch_size // world
+    denominator = _denominator(batches, cfg)
+    step_loss = torch.zeros((), dtype=torch.float64, device=run.device)
+    for micro, batch in enumerate(batches):
+        mine = batch.rows(run.rank * local, (run.rank + 1) * local).to(run.device)
+        with _gradient_sync(run, micro == len(batches) - 1):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+                logits = run.wrapped(mine.input_ids, attention_mask=mine.attention_mask)  # (b, T, V)
+            loss_sum = _loss_sum(logits, mine, cfg)
+            (loss_sum * (world / denominator)).backward()
+        step_loss += loss_sum.detach().double()
+    if world > 1:
+        dist.all_reduce(step_loss)
+    grad_norm = (
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        if cfg.grad_clip > 0
+        else torch.zeros(())
+    )
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {"loss": float(step_loss) / denominator, "lr": lr, "grad_norm": _as_float(grad_norm)}
+
+
+def _gradient_sync(run: _Run, sync: bool) -> contextlib.AbstractContextManager:
+    """The context of one micro-batch's backward: gradients are reduced across ranks only when ``sync``."""
+    if run.fsdp:
+        # accumulate unsharded gradients; reduce-scatter once, after the last micro-batch
+        run.wrapped.set_requires_gradient_sync(sync)  # type: ignore[operator]
+    elif run.world > 1 and not sync:
+        return run.wrapped.no_sync()  # type: ignore[operator]
+    return contextlib.nullcontext()
+
+
+def _validate(run: _Run, step: int) -> dict[str, float]:
+    """Validation losses and sample completions (written to ``samples.jsonl``); the metrics on rank 0."""
+    val_loss, val_response = evaluate(run.model, run.data.val, run.cfg, step=step, mask_token_id=run.mask_id,
+                                      device=run.device, stop_id=run.stop_id, pad_id=run.pad_id)
+    completions = generate_samples(run.model, run.prompts, run.cfg, pad_token_id=run.pad_id, device=run.device)
+    if run.rank != 0:
+        return {}
+    metrics = {"val_loss": val_loss}
+    if val_response is not None:
+        metrics["val_response_loss"] = val_response
+    if run.prompts:
+        _write_samples(run.run_dir / "samples.jsonl", step, run.prompts, completions, run.tokenizer)
+    return metrics
+
+
+def _save(run: _Run, step: int) -> None:
+    """A checkpoint of ``step``: gathered on every rank (a collective under FSDP), written by rank 0."""
+    cfg = run.cfg
+    model_state, optim_state = full_state(run.model, run.optimizer)  # a collective under FSDP
+    if run.rank == 0:
+        trainer_state = {
             "step": step,
-            "loss": float(step_loss) / denominator,
-            "lr": lr,
-            "grad_norm": _as_float(grad_norm),
-            "epoch": round(sampler.epochs_done, 4),
-            "tokens": step * tokens_per_step,
-            "anneal_fraction": batches[0].anneal_fraction,
+            "scheduler": run.scheduler.state_dict(),
+            "sampler": run.sampler.state_dict(),
+            "noise_generator": run.noise.get_state(),
+            "rng": rng_state(),
+            "config": cfg.to_dict(),
         }
-        # Under FSDP every forward is a collective, so all ranks validate (identically); only rank 0 writes.
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and (rank == 0 or fsdp):
-            val_loss, val_response = evaluate(model, data.val, cfg, step=step, mask_token_id=mask_id,
-                                              device=device, stop_id=stop_id, pad_id=pad_id)
-            completions = generate_samples(model, prompts, cfg, pad_token_id=pad_id, device=device)
-            if rank == 0:
-                record["val_loss"] = val_loss
-                if val_response is not None:
-                    record["val_response_loss"] = val_response
-                if prompts:
-                    _write_samples(samples_path, step, prompts, completions, tokenizer)
-        if step % cfg.log_every == 0 or "val_loss" in record or step == end:
-            elapsed = time.perf_counter() - window_start
-            record["tokens_per_s"] = round(window_steps * tokens_per_step / max(elapsed, 1e-9), 1)
-            window_start, window_steps = time.perf_counter(), 0
-            if rank == 0:
-                with metrics_path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-        history.append(record)
-        if bar is not None:
-            bar.update(1)
-            last_rate = record.get("tokens_per_s", last_rate)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{last_rate:,.0f}")
-        if on_step is not None:
-            on_step(step, record)
-        if step % cfg.save_every == 0 or step == end:
-            model_state, optim_state = full_state(model, optimizer)  # a collective under FSDP
-            if rank == 0:
-                trainer_state = {
-                    "step": step,
-                    "scheduler": scheduler.state_dict(),
-                    "sampler": sampler.state_dict(),
-                    "noise_generator": noise.get_state(),
-                    "rng": _rng_state(),
-                    "config": cfg.to_dict(),
-                }
-                save_checkpoint(
-                    run_dir,
-                    plain_model(model_config, model_state),
-                    tokenizer,
-                    trainer_state,
-                    cfg.keep_checkpoints,
-                    optimizer_state=optim_state,
-                    family="qwen2" if cfg.objective == "autoregressive" else "dream",
-                )
-            del model_state, optim_state
-            if world > 1:
-                dist.barrier()
-    if bar is not None:
-        bar.close()
-    return TrainResult(step=step, history=history, run_dir=run_dir)
+        save_checkpoint(
+            run.run_dir,
+            plain_model(run.model_config, model_state),
+            run.tokenizer,
+            trainer_state,
+            cfg.keep_checkpoints,
+            optimizer_state=optim_state,
+            family="qwen2" if cfg.objective == "autoregressive" else "dream",
+        )
+    del model_state, optim_state
+    if run.world > 1:
+        dist.barrier()
 
 
 def _write_samples(

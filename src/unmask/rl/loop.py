@@ -23,10 +23,8 @@ policy's weights), ``latest``, and ``eval-{step}/`` directories from the periodi
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ import torch.distributed as dist
 
 from unmask.data.benchmarks import Task
 from unmask.errors import ConfigError
-from unmask.fileio import atomic_write_text, parse_jsonl
+from unmask.fileio import parse_jsonl
 from unmask.rl.config import RLConfig
 from unmask.rl.grpo import (
     build_logprob_passes,
@@ -49,6 +47,18 @@ from unmask.rl.grpo import (
     sequence_logprob_estimates,
 )
 from unmask.rl.rewards import combine_rewards
+from unmask.runs import (
+    append_jsonl,
+    distributed,
+    end_step,
+    progress_bar,
+    resolve_device,
+    resume_point,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    start_run_dir,
+)
 
 __all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_update", "rl", "rollout"]
 
@@ -260,16 +270,6 @@ def policy_update(model: torch.nn.Module, wrapped: torch.nn.Module, reference: t
 # The loop
 
 
-def _resolve_device(cfg: RLConfig, rank: int) -> torch.device:
-    if cfg.device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but no CUDA device is available")
-    return torch.device(cfg.device)
-
-
 def _held_out_eval(model, tokenizer, cfg: RLConfig, step: int, run_dir: Path) -> float | None:
     from unmask.evaluate import EvalConfig, evaluate_model
 
@@ -296,28 +296,103 @@ def rl(cfg: RLConfig, *, model=None, tokenizer=None, tasks: list[Task] | None = 
             dist.destroy_process_group()
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What the loop works with, built once by ``_setup``. ``model`` is the policy, ``wrapped`` what its
+    gradient passes run through (DDP's wrapper, or ``model``), ``reference`` the KL anchor (None: beta 0)."""
+
+    cfg: RLConfig
+    rank: int
+    world: int
+    run_dir: Path
+    model: Any
+    wrapped: torch.nn.Module
+    reference: torch.nn.Module | None
+    tokenizer: Any
+    tasks: list[Task]
+    weights: dict[str, float]
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    sampler: Any  # unmask.training_data.EpochSampler over the tasks
+    mask_id: int
+    start: int  # the step the run starts from: 0, or the resumed checkpoint's
+
+
+@dataclass
+class _Rollouts:
+    """One rank's rollouts of a step: per task group (prompt, completions, their masks, advantages, mask
+    seeds) and per completion (total reward, None where missing; the code reward, for the pass rate)."""
+
+    prompts: list[torch.Tensor]
+    generated: list[torch.Tensor]
+    completion: list[torch.Tensor]
+    advantages: list[torch.Tensor]
+    seeds: list[torch.Tensor]
+    rewards: list[float | None]
+    code_scores: list[float | None]
+
+
 def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         on_step: Callable[[int, dict[str, Any]], None] | None) -> RLResult:
-    from unmask.evaluate import program_mode
-    from unmask.train import (
-        _distributed,
-        _param_groups,
-        _rng_state,
-        _set_rng_state,
-        _truncate_metrics,
-        latest_checkpoint,
-        save_checkpoint,
-    )
+    run = _setup(cfg, model, tokenizer, tasks)
+    step = run.start
+    end = end_step(step, cfg.max_steps, cfg.stop_after_steps)
+    bar = progress_bar(run.rank == 0 and cfg.progress, total=cfg.max_steps, initial=step, desc=f"rl {cfg.estimator}")
+    history: list[dict[str, Any]] = []
+    while step < end:
+        t0 = time.perf_counter()
+        rollouts = _collect_rollouts(run, step)
+        t_rollout = time.perf_counter() - t0
+        batch = _rollout_batch(run, rollouts)
+        t1 = time.perf_counter()
+        stats = policy_update(run.model, run.wrapped, run.reference, run.optimizer, batch, cfg=cfg, step=step,
+                              mask_id=run.mask_id, world=run.world)
+        t_update = time.perf_counter() - t1
+        step += 1
+        if run.reference is not None and cfg.ref_sync_every and step % cfg.ref_sync_every == 0:
+            run.reference.load_state_dict(run.model.state_dict())
+        rewards, gen_tokens = _reward_metrics(run, rollouts)
+        step_s = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "step": step,
+            **rewards,
+            **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "ratio", "grad_norm")},
+            "rollout_s": round(t_rollout, 3),
+            "update_s": round(t_update, 3),
+            "step_s": round(step_s, 3),
+            "rollout_tokens_per_s": round(gen_tokens / max(t_rollout, 1e-9), 1),
+        }
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and run.rank == 0:
+            record["eval_pass@1"] = _held_out_eval(run.model, run.tokenizer, cfg, step, run.run_dir)
+        if run.rank == 0 and (step % cfg.log_every == 0 or "eval_pass@1" in record or step == end):
+            append_jsonl(run.run_dir / "metrics.jsonl", record)
+        history.append(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}±{record['reward_std']:.2f}",
+                            pass_=f"{record['pass_rate']:.2f}", kl=f"{stats['kl']:.4f}",
+                            clip=f"{stats['clip_fraction']:.3f}", len=f"{record['completion_length']:.0f}",
+                            tok_s=f"{record['rollout_tokens_per_s']:.0f}")
+        if on_step is not None:
+            on_step(step, record)
+        if step % cfg.save_every == 0 or step == end:
+            _save(run, step)
+    if bar is not None:
+        bar.close()
+    return RLResult(step=step, history=history, run_dir=run.run_dir)
+
+
+def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
+    """Everything before the first step: checks, the policy on its device, optimiser, reference, resume."""
+    from unmask.train import _param_groups
     from unmask.training_data import EpochSampler
 
-    rank, world = _distributed()
+    rank, world = distributed()
     if cfg.prompts_per_step % world:
         raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of "
                           f"processes ({world})")
     run_dir = Path(cfg.run_dir)
-    resume_from = latest_checkpoint(run_dir) if cfg.resume else None
-    if not cfg.resume and latest_checkpoint(run_dir) is not None:
-        raise ConfigError(f"{run_dir} already holds checkpoints; pass --resume or choose another --run-dir")
+    resume_from = resume_point(run_dir, cfg.resume)
     if model is None or tokenizer is None:
         import unmask
 
@@ -330,135 +405,111 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
     mask_id = int(model.config.mask_token_id)
     tasks = load_rl_tasks(cfg) if tasks is None else tasks
     weights = cfg.reward_weight_map()
-    device = _resolve_device(cfg, rank)
+    device = resolve_device(cfg.device, rank)
     model = model.to(device=device, dtype=torch.float32)
     model.eval()  # rollouts and no-grad passes; policy_update switches to train mode around its backward
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, foreach=False, fused=False)
     sampler = EpochSampler(len(tasks), cfg.seed + 1)
     reference = copy.deepcopy(model).requires_grad_(False) if cfg.beta > 0 else None
-    step = 0
-    if resume_from is not None:
-        from unmask.checkpoint import load_model
-
-        with torch.no_grad():
-            model.load_state_dict(load_model(resume_from, dtype="float32").state_dict())
-        state = torch.load(resume_from / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        _set_rng_state(state["rng"])
-        if reference is not None and state.get("reference") is not None:
-            reference.load_state_dict(state["reference"])
-        step = int(state["step"])
-
+    step = 0 if resume_from is None else _resume(resume_from, model, optimizer, sampler, reference)
     wrapped: torch.nn.Module = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    metrics_path = run_dir / "metrics.jsonl"
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "rl_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if resume_from is not None:
-            _truncate_metrics(metrics_path, step)
-    end = cfg.max_steps if cfg.stop_after_steps is None else min(cfg.max_steps, step + cfg.stop_after_steps)
-    bar = None
-    if rank == 0 and cfg.progress:
-        from tqdm import tqdm
+        start_run_dir(run_dir, "rl_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
+                      logs=("metrics.jsonl",))
+    return _Run(cfg, rank, world, run_dir, model, wrapped, reference, tokenizer, tasks, weights, device, optimizer,
+                sampler, mask_id, step)
 
-        bar = tqdm(total=cfg.max_steps, initial=step, desc=f"rl {cfg.estimator}", unit="step", dynamic_ncols=True,
-                   file=sys.stderr)
-    local = cfg.prompts_per_step // world
-    history: list[dict[str, Any]] = []
-    while step < end:
-        t0 = time.perf_counter()
-        indices = sampler.next(cfg.prompts_per_step).tolist()  # every rank draws all, keeps its slots
-        slots = list(range(rank * local, (rank + 1) * local))
-        prompts, generated, completion, advantages, seeds = [], [], [], [], []
-        rewards_all: list[float | None] = []
-        code_scores: list[float | None] = []
-        for slot in slots:
-            task = tasks[indices[slot]]
-            prompt, gen, comp, texts = rollout(model, tokenizer, task, cfg=cfg, step=step, slot=slot)
-            totals, parts = combine_rewards(texts, {"task": task, "mode": program_mode(task, cfg.chat)}, weights,
-                                            timeout=cfg.timeout, memory_mb=cfg.memory_mb)
-            adv = group_advantages(totals, baseline=cfg.baseline, scale_std=cfg.scale_std)  # (G,)
-            # A missing reward (sandbox failure) is skipped entirely: no policy term, no KL term.
-            comp = comp & torch.tensor([r is not None for r in totals], device=comp.device)[:, None]
-            prompts.append(prompt)
-            generated.append(gen)
-            completion.append(comp)
-            advantages.append(adv)
-            seeds.append(torch.tensor([[slot, i] for i in range(cfg.num_generations)]))
-            rewards_all.extend(totals)
-            code_scores.extend(parts.get("code", [None] * len(texts)))
-        t_rollout = time.perf_counter() - t0
-        ids, attn, prompt_mask, comp_mask = _assemble(prompts, generated, completion, tokenizer.special.pad)
-        batch = RolloutBatch(ids, attn, prompt_mask, comp_mask, torch.cat(advantages).to(device), torch.cat(seeds))
-        t1 = time.perf_counter()
-        stats = policy_update(model, wrapped, reference, optimizer, batch, cfg=cfg, step=step, mask_id=mask_id,
-                              world=world)
-        t_update = time.perf_counter() - t1
-        step += 1
-        if reference is not None and cfg.ref_sync_every and step % cfg.ref_sync_every == 0:
-            reference.load_state_dict(model.state_dict())
 
-        # Sums over ranks: rewards (sum, sum of squares, count), missing, passes, completions, tokens.
-        valid = [r for r in rewards_all if r is not None]
-        lengths = torch.cat([c.sum(1) for c in completion]).float()
-        generated_tokens = sum(int(g.numel()) for g in generated)
-        vec = torch.tensor([sum(valid), sum(r * r for r in valid), len(valid), len(rewards_all) - len(valid),
-                            sum(1 for c in code_scores if c == 1.0), len(rewards_all), float(lengths.sum()),
-                            float(generated_tokens)], dtype=torch.float64)
-        if world > 1:
-            vec = vec.to(device)
-            dist.all_reduce(vec)
-            vec = vec.cpu()
-        rsum, rsq, n, missing, passes, total, length_sum, gen_tokens = vec.tolist()
-        mean = rsum / n if n else float("nan")
-        step_s = time.perf_counter() - t0
-        record: dict[str, Any] = {
+def _resume(checkpoint: Path, model, optimizer: torch.optim.Optimizer, sampler,
+            reference: torch.nn.Module | None) -> int:
+    """Restore the policy, optimiser, prompt sampler, RNG and reference policy; the checkpoint's step."""
+    from unmask.checkpoint import load_model
+
+    with torch.no_grad():
+        model.load_state_dict(load_model(checkpoint, dtype="float32").state_dict())
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    if reference is not None and state.get("reference") is not None:
+        reference.load_state_dict(state["reference"])
+    return int(state["step"])
+
+
+def _collect_rollouts(run: _Run, step: int) -> _Rollouts:
+    """Roll out and score this rank's prompt slots of the step."""
+    from unmask.evaluate import program_mode
+
+    cfg = run.cfg
+    local = cfg.prompts_per_step // run.world
+    indices = run.sampler.next(cfg.prompts_per_step).tolist()  # every rank draws all, keeps its slots
+    out = _Rollouts([], [], [], [], [], [], [])
+    for slot in range(run.rank * local, (run.rank + 1) * local):
+        task = run.tasks[indices[slot]]
+        prompt, gen, comp, texts = rollout(run.model, run.tokenizer, task, cfg=cfg, step=step, slot=slot)
+        totals, parts = combine_rewards(texts, {"task": task, "mode": program_mode(task, cfg.chat)}, run.weights,
+                                        timeout=cfg.timeout, memory_mb=cfg.memory_mb)
+        adv = group_advantages(totals, baseline=cfg.baseline, scale_std=cfg.scale_std)  # (G,)
+        # A missing reward (sandbox failure) is skipped entirely: no policy term, no KL term.
+        comp = comp & torch.tensor([r is not None for r in totals], device=comp.device)[:, None]
+        out.prompts.append(prompt)
+        out.generated.append(gen)
+        out.completion.append(comp)
+        out.advantages.append(adv)
+        out.seeds.append(torch.tensor([[slot, i] for i in range(cfg.num_generations)]))
+        out.rewards.extend(totals)
+        out.code_scores.extend(parts.get("code", [None] * len(texts)))
+    return out
+
+
+def _rollout_batch(run: _Run, rollouts: _Rollouts) -> RolloutBatch:
+    ids, attn, prompt_mask, comp_mask = _assemble(rollouts.prompts, rollouts.generated, rollouts.completion,
+                                                  run.tokenizer.special.pad)
+    return RolloutBatch(ids, attn, prompt_mask, comp_mask, torch.cat(rollouts.advantages).to(run.device),
+                        torch.cat(rollouts.seeds))
+
+
+def _reward_metrics(run: _Run, rollouts: _Rollouts) -> tuple[dict[str, Any], float]:
+    """The step's reward and length metrics over all ranks, and the tokens generated over all ranks."""
+    # Sums over ranks: rewards (sum, sum of squares, count), missing, passes, completions, tokens.
+    rewards = rollouts.rewards
+    valid = [r for r in rewards if r is not None]
+    lengths = torch.cat([c.sum(1) for c in rollouts.completion]).float()
+    generated_tokens = sum(int(g.numel()) for g in rollouts.generated)
+    vec = torch.tensor([sum(valid), sum(r * r for r in valid), len(valid), len(rewards) - len(valid),
+                        sum(1 for c in rollouts.code_scores if c == 1.0), len(rewards), float(lengths.sum()),
+                        float(generated_tokens)], dtype=torch.float64)
+    if run.world > 1:
+        vec = vec.to(run.device)
+        dist.all_reduce(vec)
+        vec = vec.cpu()
+    rsum, rsq, n, missing, passes, total, length_sum, gen_tokens = vec.tolist()
+    mean = rsum / n if n else float("nan")
+    return {
+        "reward_mean": mean,
+        "reward_std": math.sqrt(max(0.0, rsq / n - mean * mean)) if n else float("nan"),
+        "pass_rate": passes / total,
+        "reward_missing": int(missing),
+        "completion_length": length_sum / total,
+    }, gen_tokens
+
+
+def _save(run: _Run, step: int) -> None:
+    """A checkpoint of ``step``, written by rank 0 (the reference policy's weights go with it)."""
+    if run.rank == 0:
+        trainer_state = {
             "step": step,
-            "reward_mean": mean,
-            "reward_std": math.sqrt(max(0.0, rsq / n - mean * mean)) if n else float("nan"),
-            "pass_rate": passes / total,
-            "reward_missing": int(missing),
-            "completion_length": length_sum / total,
-            **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "ratio", "grad_norm")},
-            "rollout_s": round(t_rollout, 3),
-            "update_s": round(t_update, 3),
-            "step_s": round(step_s, 3),
-            "rollout_tokens_per_s": round(gen_tokens / max(t_rollout, 1e-9), 1),
+            "optimizer": run.optimizer.state_dict(),
+            "sampler": run.sampler.state_dict(),
+            "rng": rng_state(),
+            "reference": None if run.reference is None else run.reference.state_dict(),
+            "config": run.cfg.to_dict(),
         }
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and rank == 0:
-            record["eval_pass@1"] = _held_out_eval(model, tokenizer, cfg, step, run_dir)
-        if rank == 0 and (step % cfg.log_every == 0 or "eval_pass@1" in record or step == end):
-            with metrics_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-        history.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{mean:.3f}±{record['reward_std']:.2f}", pass_=f"{record['pass_rate']:.2f}",
-                            kl=f"{stats['kl']:.4f}", clip=f"{stats['clip_fraction']:.3f}",
-                            len=f"{record['completion_length']:.0f}",
-                            tok_s=f"{record['rollout_tokens_per_s']:.0f}")
-        if on_step is not None:
-            on_step(step, record)
-        if step % cfg.save_every == 0 or step == end:
-            if rank == 0:
-                trainer_state = {
-                    "step": step,
-                    "optimizer": optimizer.state_dict(),
-                    "sampler": sampler.state_dict(),
-                    "rng": _rng_state(),
-                    "reference": None if reference is None else reference.state_dict(),
-                    "config": cfg.to_dict(),
-                }
-                save_checkpoint(run_dir, model, tokenizer, trainer_state, cfg.keep_checkpoints)
-            if world > 1:
-                dist.barrier()
-    if bar is not None:
-        bar.close()
-    return RLResult(step=step, history=history, run_dir=run_dir)
+        save_checkpoint(run.run_dir, run.model, run.tokenizer, trainer_state, run.cfg.keep_checkpoints)
+    if run.world > 1:
+        dist.barrier()

@@ -174,68 +174,23 @@ def anchor_imports(dirs: list[str]) -> None:
 
 # ----------------------------------------------------------------------------------------------- child
 def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int, anchored: list[str]) -> None:
-    """Runs in the forked child: enter the sandbox, run the program, exit. Never returns."""
+    """Runs in the forked child: enter the sandbox, run the program, exit. Never returns.
+
+    The phases run in this order, and the order is part of the sandbox: descriptors; import anchors and
+    rlimits while still root; the uid drop; no-new-privs and the parent-death signal; directory and
+    environment; a fresh interpreter state. Any failure before the program runs ends the child instead."""
     nonce = req["nonce"]
     try:
-        os.setsid()  # own process group and session: no controlling tty, killable as a group
-        os.dup2(devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.dup2(rep_w, 3)
-        for name in os.listdir("/proc/self/fd"):  # close the zygote's control channel and everything else
-            fd = int(name)
-            if fd > 3:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        _own_descriptors(out_w, err_w, rep_w, devnull)
         if anchored:  # while still root: the sandbox uid could not reach these directories by name
             anchor_imports(anchored)
-        import resource
-
-        mem = req["memory_mb"] * 1024 * 1024
-        cpu = int(req["timeout"]) + 1
-        limits = (
-            (resource.RLIMIT_AS, mem),
-            (resource.RLIMIT_CPU, cpu),
-            (resource.RLIMIT_NPROC, req["max_processes"]),
-            (resource.RLIMIT_FSIZE, req["max_file_bytes"]),
-            (resource.RLIMIT_NOFILE, req["max_open_files"]),
-            (resource.RLIMIT_CORE, 0),
-        )
-        for which, value in limits:
-            resource.setrlimit(which, (value, value))
-        uid = req["uid"]
-        if os.geteuid() == 0:
-            os.setgroups([])
-            os.setresgid(uid, uid, uid)
-            os.setresuid(uid, uid, uid)
-            if os.getuid() == 0 or os.geteuid() == 0:
-                raise RuntimeError("still root after dropping privileges")
+        _set_limits(req)
+        _drop_privileges(req["uid"])
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # set after setuid, which clears it
         os.chdir(tmp)
-        os.environ.clear()
-        os.environ.update(req["env"])
-        os.environ["HOME"] = tmp
-        os.environ["TMPDIR"] = tmp
-        tempfile.tempdir = None
-        import io
-        import random
-        import types
-
-        random.seed()  # the zygote's state was seeded once; each program gets fresh entropy
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
-        sys.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
-        )
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-        sys.argv = ["program.py"]
-        sys.path[0:0] = [tmp]
-        main = types.ModuleType("__main__")
-        main.__dict__["__builtins__"] = __builtins__
-        main.__dict__["__file__"] = os.path.join(tmp, "program.py")
-        sys.modules["__main__"] = main
+        _set_environment(req["env"], tmp)
+        main = _fresh_main(tmp)
         program = req["program"]
         del req
     except BaseException as exc:  # could not enter the sandbox: never let the program run
@@ -244,32 +199,18 @@ def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int
         finally:
             os._exit(EXIT_SETUP_FAILED)
 
-    def report(line: str) -> None:
-        try:
-            # the pid lets the host ignore markers from processes the program forked
-            os.write(3, f"{nonce} {os.getpid()} {line}\n".encode())
-        except OSError:
-            pass
-
-    def flush() -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-
     try:
         code = compile(program, "program.py", "exec")
         del program
         exec(code, main.__dict__)
     except SystemExit as exc:
-        flush()
+        _flush()
         if exc.code is None or exc.code == 0:
             os._exit(0)  # early exit: no completion marker, so the host sees status "failed"
-        report("exc SystemExit")
+        _report(nonce, "exc SystemExit")
         if not isinstance(exc.code, int):
             print(exc.code, file=sys.stderr)
-        flush()
+        _flush()
         os._exit(exc.code if isinstance(exc.code, int) and 0 < exc.code < 256 else 1)
     except BaseException as exc:
         import traceback
@@ -279,11 +220,104 @@ def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int
             traceback.print_exception(type(exc), exc, tb)
         except BaseException:
             pass
-        report(f"exc {type(exc).__name__}")
-        flush()
+        _report(nonce, f"exc {type(exc).__name__}")
+        _flush()
         os._exit(1)
-    # The program ran to its end. Finish like a normal interpreter exit (non-daemon threads, atexit),
-    # then write the completion marker; anything that fails on the way is reported as an error instead.
+    _finish(nonce)
+
+
+def _own_descriptors(out_w: int, err_w: int, rep_w: int, devnull: int) -> None:
+    """A session of its own, fds 0-3 (stdin from /dev/null, stdout, stderr, report pipe) and nothing else."""
+    os.setsid()  # own process group and session: no controlling tty, killable as a group
+    os.dup2(devnull, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.dup2(rep_w, 3)
+    for name in os.listdir("/proc/self/fd"):  # close the zygote's control channel and everything else
+        fd = int(name)
+        if fd > 3:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _set_limits(req: dict) -> None:
+    import resource
+
+    mem = req["memory_mb"] * 1024 * 1024
+    cpu = int(req["timeout"]) + 1
+    limits = (
+        (resource.RLIMIT_AS, mem),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_NPROC, req["max_processes"]),
+        (resource.RLIMIT_FSIZE, req["max_file_bytes"]),
+        (resource.RLIMIT_NOFILE, req["max_open_files"]),
+        (resource.RLIMIT_CORE, 0),
+    )
+    for which, value in limits:
+        resource.setrlimit(which, (value, value))
+
+
+def _drop_privileges(uid: int) -> None:
+    """Become ``uid`` (no groups) for good when running as root; without root there is nothing to drop."""
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        if os.getuid() == 0 or os.geteuid() == 0:
+            raise RuntimeError("still root after dropping privileges")
+
+
+def _set_environment(env: dict, tmp: str) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    os.environ["HOME"] = tmp
+    os.environ["TMPDIR"] = tmp
+    tempfile.tempdir = None
+
+
+def _fresh_main(tmp: str):
+    """Fresh randomness, text streams on fds 0-2, argv and sys.path of ``python program.py``, and the empty
+    ``__main__`` module the program runs in."""
+    import io
+    import random
+    import types
+
+    random.seed()  # the zygote's state was seeded once; each program gets fresh entropy
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
+    )
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.argv = ["program.py"]
+    sys.path[0:0] = [tmp]
+    module = types.ModuleType("__main__")
+    module.__dict__["__builtins__"] = __builtins__
+    module.__dict__["__file__"] = os.path.join(tmp, "program.py")
+    sys.modules["__main__"] = module
+    return module
+
+
+def _report(nonce: str, line: str) -> None:
+    try:
+        # the pid lets the host ignore markers from processes the program forked
+        os.write(3, f"{nonce} {os.getpid()} {line}\n".encode())
+    except OSError:
+        pass
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+
+
+def _finish(nonce: str) -> None:
+    """The program ran to its end. Finish like a normal interpreter exit (non-daemon threads, atexit),
+    then write the completion marker; anything that fails on the way is reported as an error instead."""
     try:
         threading = sys.modules.get("threading")
         if threading is not None:
@@ -296,10 +330,10 @@ def _child(req: dict, tmp: str, out_w: int, err_w: int, rep_w: int, devnull: int
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException as exc:
-        report(f"exc {type(exc).__name__}")
-        flush()
+        _report(nonce, f"exc {type(exc).__name__}")
+        _flush()
         os._exit(1)
-    report("ok")
+    _report(nonce, "ok")
     os._exit(0)
 
 

@@ -23,8 +23,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -333,188 +334,226 @@ def _sse(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the app: module-level handlers, each given the app's Engine; create_app only wires them
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+EngineDep = Annotated[Engine, Depends(_engine)]
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The scheduler thread lives as long as the app's lifespan."""
+    engine = app.state.engine
+    engine.scheduler.start()
+    try:
+        yield
+    finally:
+        engine.scheduler.close()
+
+
 def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name: str = "unmask") -> FastAPI:
     """The server for one loaded model; the scheduler thread lives as long as the app's lifespan."""
     serve = serve or ServeConfig()
     engine = Engine(model, tokenizer, serve, serve.model_name or model_name)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.scheduler.start()
-        try:
-            yield
-        finally:
-            engine.scheduler.close()
-
-    app = FastAPI(title="unmask", version="1", lifespan=lifespan,
+    app = FastAPI(title="unmask", version="1", lifespan=_lifespan,
                   description="OpenAI-compatible API for masked diffusion language models.")
     app.state.engine = engine
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors()[:3]:
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            parts.append(f"{where}: {str(err.get('msg', 'invalid'))[:100]}")
-        return JSONResponse(error_body("invalid request: " + "; ".join(parts)), status_code=422)
-
-    @app.exception_handler(ClientError)
-    async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        kind = "rate_limit_error" if exc.status == 429 else "invalid_request_error"
-        return JSONResponse(error_body(exc.message, kind), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(exc.detail)[:200]), status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "active": engine.limiter.active, "queued": engine.scheduler.queued}
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [{"id": engine.model_name, "object": "model", "created": 0,
-                                            "owned_by": "unmask"}]}
-
-    @app.get("/playground", response_class=HTMLResponse)
-    async def playground() -> HTMLResponse:
-        return HTMLResponse(PLAYGROUND_HTML)
-
-    async def generate(request: Request, req: DiffusionParams, plan: Plan, *, chat: bool, echo_text: str | None):
-        created = int(time.time())
-        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        obj = "chat.completion" if chat else "text_completion"
-        if req.stream:
-            # Admission (429) happens here, before the 200 header goes out; the slot also frees itself when
-            # the worker finishes every choice, even if the response body is never iterated.
-            submitted = engine.submit(plan, want_steps=True)
-            return StreamingResponse(stream(plan, req, ident, created, chat, *submitted),
-                                     media_type="text/event-stream", headers={"cache-control": "no-cache"})
-        done, jobs = await _run_to_completion(request, engine, plan)
-        choices, completion_tokens = [], 0
-        for index in range(len(jobs)):
-            event = done[index]
-            streamer = engine.streamer(plan)
-            reply = engine.reply_region(plan, event.region)
-            text = streamer.feed(reply, final=True)
-            completion_tokens += len(cut_at_stop_ids(reply, engine.stop_ids)[0])
-            finish = "stop" if streamer.stopped else "length"
-            ext = engine.extension(plan, event)
-            if chat:
-                choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                                "finish_reason": finish, "logprobs": None, "unmask": ext})
-            else:
-                if echo_text is not None:
-                    text = engine.decode_text(event.canvas[:plan.prompt_tokens]) + text
-                choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": None,
-                                "unmask": ext})
-        usage = {"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": plan.prompt_tokens + completion_tokens}
-        return {"id": ident, "object": obj, "created": created, "model": engine.model_name, "choices": choices,
-                "usage": usage}
-
-    async def stream(plan: Plan, req: DiffusionParams, ident: str, created: int, chat: bool, queue: asyncio.Queue,
-                     jobs: list[Job], slot: Slot) -> AsyncIterator[str]:
-        try:
-            obj = "chat.completion.chunk" if chat else "text_completion"
-            base = {"id": ident, "object": obj, "created": created, "model": engine.model_name}
-
-            def chunk(index: int, text: str, finish: str | None = None, ext: dict | None = None) -> dict:
-                if chat:
-                    choice = {"index": index, "delta": {"content": text} if text else {}, "finish_reason": finish,
-                              "logprobs": None}
-                else:
-                    choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
-                if ext is not None:
-                    choice["unmask"] = ext
-                return {**base, "choices": [choice]}
-
-            if chat:
-                for index in range(len(jobs)):
-                    yield _sse({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                                     "finish_reason": None, "logprobs": None}]})
-            streamers = [engine.streamer(plan) for _ in jobs]
-            left = len(jobs)
-            while left:
-                index, event = await queue.get()
-                if isinstance(event, FailedEvent):
-                    yield _sse(error_body(event.message, "server_error"))
-                    break
-                if isinstance(event, StepEvent):
-                    delta = streamers[index].feed(engine.reply_region(plan, event.region))
-                    ext = None
-                    if req.stream_canvas:
-                        texts = engine.tokenizer.token_texts(event.region)
-                        ext = {"step": event.step, "committed": event.committed,
-                               "canvas": [None if t == engine.mask_id else s for t, s in zip(event.region, texts)]}
-                    if delta or ext is not None:
-                        yield _sse(chunk(index, delta, ext=ext))
-                    continue
-                delta = streamers[index].feed(engine.reply_region(plan, event.region), final=True)
-                finish = "stop" if streamers[index].stopped else "length"
-                yield _sse(chunk(index, delta, finish, engine.extension(plan, event)))
-                left -= 1
-            yield _sse("[DONE]")
-        finally:
-            # Reached on completion, on error and when the client disconnects (the response is cancelled).
-            for job in jobs:
-                job.cancelled.set()
-            slot.release()
-
-    @app.post("/v1/completions")
-    async def completions(request: Request, req: CompletionRequest):
-        if req.echo and req.stream:
-            raise ClientError("echo is not supported together with stream")
-        ids, runs = engine.canvas_of(req.prompt)
-        plan = engine.plan(req, ids, runs)
-        return await generate(request, req, plan, chat=False, echo_text=req.prompt if req.echo else None)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, req: ChatRequest):
-        messages = [{"role": m.role, "content": m.content} for m in req.messages]
-        try:
-            text = engine.tokenizer.apply_chat_template(messages)
-        except TokenizerError:
-            raise ClientError("this model's tokenizer has no chat template") from None
-        ids, runs = engine.canvas_of(text)
-        plan = engine.plan(req, ids, runs)
-        return await generate(request, req, plan, chat=True, echo_text=None)
-
-    @app.post("/v1/infill")
-    async def infill(request: Request, req: InfillRequest):
-        """prefix + ``max_tokens`` masks (default 16) + suffix; ``text`` is the middle, ``full`` the document."""
-        if req.stream:
-            raise ClientError("stream is not supported on /v1/infill")
-        if split_placeholders(req.prefix, 10**9) != [req.prefix] or (
-                req.suffix and split_placeholders(req.suffix, 10**9) != [req.suffix]):
-            raise ClientError("prefix and suffix must not contain <|mask|> placeholders (use /v1/completions)")
-        prefix_ids, suffix_ids = engine.tokenizer.encode(req.prefix), engine.tokenizer.encode(req.suffix)
-        middle = req.max_tokens if req.max_tokens is not None else min(16, engine.serve.max_tokens)
-        if middle == 0:
-            raise ClientError("max_tokens (the middle's length) must be at least 1")
-        if middle > engine.serve.max_tokens:
-            raise ClientError(f"max_tokens must be at most {engine.serve.max_tokens}")
-        # The middle is a placeholder run between two literal spans: the masks-anywhere path.
-        plan = engine.plan(req.model_copy(update={"max_tokens": 0}),
-                           prefix_ids + [engine.mask_id] * middle + suffix_ids, [(len(prefix_ids), middle)])
-        done, jobs = await _run_to_completion(request, engine, plan)
-        choices = []
-        for index in range(len(jobs)):
-            event = done[index]
-            middle_text = engine.decode_text(event.region)
-            # full: the whole final canvas decoded, so a test can see prefix and suffix survived byte for byte.
-            choices.append({"index": index, "text": middle_text, "full": engine.decode_text(event.canvas),
-                            "middle_ids": event.region, "finish_reason": "length",
-                            "unmask": engine.extension(plan, event)})
-        return {"id": "infill-" + uuid.uuid4().hex[:24], "object": "infill", "created": int(time.time()),
-                "model": engine.model_name, "choices": choices,
-                "prefix_ids": prefix_ids, "suffix_ids": suffix_ids}
-
+    app.add_exception_handler(RequestValidationError, invalid_body)
+    app.add_exception_handler(ClientError, client_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, server_error)
+    app.get("/health")(health)
+    app.get("/v1/models")(models)
+    app.get("/playground", response_class=HTMLResponse)(playground)
+    app.post("/v1/completions")(completions)
+    app.post("/v1/chat/completions")(chat_completions)
+    app.post("/v1/infill")(infill)
     # The body cap is the outermost middleware: it must run before FastAPI reads the body.
     app.add_middleware(BodyLimit, limit=serve.max_body_bytes)
     return app
+
+
+# -- errors: every answer is {"error": {...}} with a message of ours ------------------------------------------
+
+
+async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {str(err.get('msg', 'invalid'))[:100]}")
+    return JSONResponse(error_body("invalid request: " + "; ".join(parts)), status_code=422)
+
+
+async def client_error(request: Request, exc: ClientError) -> JSONResponse:
+    kind = "rate_limit_error" if exc.status == 429 else "invalid_request_error"
+    return JSONResponse(error_body(exc.message, kind), status_code=exc.status)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(error_body(str(exc.detail)[:200]), status_code=exc.status_code)
+
+
+async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error")
+    return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
+
+
+# -- routes ---------------------------------------------------------------------------------------------------
+
+
+async def health(engine: EngineDep) -> dict:
+    return {"status": "ok", "active": engine.limiter.active, "queued": engine.scheduler.queued}
+
+
+async def models(engine: EngineDep) -> dict:
+    return {"object": "list", "data": [{"id": engine.model_name, "object": "model", "created": 0,
+                                        "owned_by": "unmask"}]}
+
+
+async def playground() -> HTMLResponse:
+    return HTMLResponse(PLAYGROUND_HTML)
+
+
+async def completions(request: Request, req: CompletionRequest, engine: EngineDep):
+    if req.echo and req.stream:
+        raise ClientError("echo is not supported together with stream")
+    ids, runs = engine.canvas_of(req.prompt)
+    plan = engine.plan(req, ids, runs)
+    return await _generate(engine, request, req, plan, chat=False, echo_text=req.prompt if req.echo else None)
+
+
+async def chat_completions(request: Request, req: ChatRequest, engine: EngineDep):
+    messages = [{"role": m.role, "content": m.content} for m in req.messages]
+    try:
+        text = engine.tokenizer.apply_chat_template(messages)
+    except TokenizerError:
+        raise ClientError("this model's tokenizer has no chat template") from None
+    ids, runs = engine.canvas_of(text)
+    plan = engine.plan(req, ids, runs)
+    return await _generate(engine, request, req, plan, chat=True, echo_text=None)
+
+
+async def infill(request: Request, req: InfillRequest, engine: EngineDep):
+    """prefix + ``max_tokens`` masks (default 16) + suffix; ``text`` is the middle, ``full`` the document."""
+    if req.stream:
+        raise ClientError("stream is not supported on /v1/infill")
+    if split_placeholders(req.prefix, 10**9) != [req.prefix] or (
+            req.suffix and split_placeholders(req.suffix, 10**9) != [req.suffix]):
+        raise ClientError("prefix and suffix must not contain <|mask|> placeholders (use /v1/completions)")
+    prefix_ids, suffix_ids = engine.tokenizer.encode(req.prefix), engine.tokenizer.encode(req.suffix)
+    middle = req.max_tokens if req.max_tokens is not None else min(16, engine.serve.max_tokens)
+    if middle == 0:
+        raise ClientError("max_tokens (the middle's length) must be at least 1")
+    if middle > engine.serve.max_tokens:
+        raise ClientError(f"max_tokens must be at most {engine.serve.max_tokens}")
+    # The middle is a placeholder run between two literal spans: the masks-anywhere path.
+    plan = engine.plan(req.model_copy(update={"max_tokens": 0}),
+                       prefix_ids + [engine.mask_id] * middle + suffix_ids, [(len(prefix_ids), middle)])
+    done, jobs = await _run_to_completion(request, engine, plan)
+    choices = []
+    for index in range(len(jobs)):
+        event = done[index]
+        middle_text = engine.decode_text(event.region)
+        # full: the whole final canvas decoded, so a test can see prefix and suffix survived byte for byte.
+        choices.append({"index": index, "text": middle_text, "full": engine.decode_text(event.canvas),
+                        "middle_ids": event.region, "finish_reason": "length",
+                        "unmask": engine.extension(plan, event)})
+    return {"id": "infill-" + uuid.uuid4().hex[:24], "object": "infill", "created": int(time.time()),
+            "model": engine.model_name, "choices": choices,
+            "prefix_ids": prefix_ids, "suffix_ids": suffix_ids}
+
+
+# -- completions: whole answers or a server-sent event stream -------------------------------------------------
+
+
+async def _generate(engine: Engine, request: Request, req: DiffusionParams, plan: Plan, *, chat: bool,
+                    echo_text: str | None):
+    created = int(time.time())
+    ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    obj = "chat.completion" if chat else "text_completion"
+    if req.stream:
+        # Admission (429) happens here, before the 200 header goes out; the slot also frees itself when
+        # the worker finishes every choice, even if the response body is never iterated.
+        submitted = engine.submit(plan, want_steps=True)
+        return StreamingResponse(_stream(engine, plan, req, ident, created, chat, *submitted),
+                                 media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    done, jobs = await _run_to_completion(request, engine, plan)
+    choices, completion_tokens = [], 0
+    for index in range(len(jobs)):
+        event = done[index]
+        streamer = engine.streamer(plan)
+        reply = engine.reply_region(plan, event.region)
+        text = streamer.feed(reply, final=True)
+        completion_tokens += len(cut_at_stop_ids(reply, engine.stop_ids)[0])
+        finish = "stop" if streamer.stopped else "length"
+        ext = engine.extension(plan, event)
+        if chat:
+            choices.append({"index": index, "message": {"role": "assistant", "content": text},
+                            "finish_reason": finish, "logprobs": None, "unmask": ext})
+        else:
+            if echo_text is not None:
+                text = engine.decode_text(event.canvas[:plan.prompt_tokens]) + text
+            choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": None,
+                            "unmask": ext})
+    usage = {"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": plan.prompt_tokens + completion_tokens}
+    return {"id": ident, "object": obj, "created": created, "model": engine.model_name, "choices": choices,
+            "usage": usage}
+
+
+async def _stream(engine: Engine, plan: Plan, req: DiffusionParams, ident: str, created: int, chat: bool,
+                  queue: asyncio.Queue, jobs: list[Job], slot: Slot) -> AsyncIterator[str]:
+    try:
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        base = {"id": ident, "object": obj, "created": created, "model": engine.model_name}
+        if chat:
+            for index in range(len(jobs)):
+                yield _sse({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                                 "finish_reason": None, "logprobs": None}]})
+        streamers = [engine.streamer(plan) for _ in jobs]
+        left = len(jobs)
+        while left:
+            index, event = await queue.get()
+            if isinstance(event, FailedEvent):
+                yield _sse(error_body(event.message, "server_error"))
+                break
+            if isinstance(event, StepEvent):
+                delta = streamers[index].feed(engine.reply_region(plan, event.region))
+                ext = _canvas_ext(engine, event) if req.stream_canvas else None
+                if delta or ext is not None:
+                    yield _sse(_chunk(base, chat, index, delta, ext=ext))
+                continue
+            delta = streamers[index].feed(engine.reply_region(plan, event.region), final=True)
+            finish = "stop" if streamers[index].stopped else "length"
+            yield _sse(_chunk(base, chat, index, delta, finish, engine.extension(plan, event)))
+            left -= 1
+        yield _sse("[DONE]")
+    finally:
+        # Reached on completion, on error and when the client disconnects (the response is cancelled).
+        for job in jobs:
+            job.cancelled.set()
+        slot.release()
+
+
+def _chunk(base: dict, chat: bool, index: int, text: str, finish: str | None = None, ext: dict | None = None
+           ) -> dict:
+    if chat:
+        choice = {"index": index, "delta": {"content": text} if text else {}, "finish_reason": finish,
+                  "logprobs": None}
+    else:
+        choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
+    if ext is not None:
+        choice["unmask"] = ext
+    return {**base, "choices": [choice]}
+
+
+def _canvas_ext(engine: Engine, event: StepEvent) -> dict:
+    """A step's canvas for ``stream_canvas``: each reply position's text, None while still masked."""
+    texts = engine.tokenizer.token_texts(event.region)
+    return {"step": event.step, "committed": event.committed,
+            "canvas": [None if t == engine.mask_id else s for t, s in zip(event.region, texts)]}

@@ -1,0 +1,185 @@
+"""The run lifecycle shared by ``unmask train`` and ``unmask rl``: ranks and devices, the run directory
+(config file, ``metrics.jsonl``, the ``latest`` pointer), RNG state and atomic checkpoints.
+
+A run directory holds ``checkpoint-{step:07d}/`` directories (an HF model directory plus
+``trainer_state.pt``; training adds ``optimizer.pt``) and ``latest``, the name of the newest complete one.
+Only rank 0 writes; every function here that writes is called on rank 0 alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from unmask.errors import ConfigError
+from unmask.fileio import atomic_write_text
+
+__all__ = [
+    "OPTIMIZER_FILE",
+    "append_jsonl",
+    "distributed",
+    "end_step",
+    "latest_checkpoint",
+    "progress_bar",
+    "resolve_device",
+    "resume_point",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "start_run_dir",
+    "truncate_metrics",
+]
+
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Processes and devices
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size): (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve_device(device: str, rank: int) -> torch.device:
+    """``auto``: this rank's GPU (``LOCAL_RANK`` under torchrun) when CUDA is there, else the CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The run directory
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run (from the ``latest`` pointer), or None."""
+    pointer = Path(run_dir) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(run_dir) / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / "trainer_state.pt").is_file() else None
+
+
+def resume_point(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run). A fresh run never writes over checkpoints."""
+    if not resume:
+        if latest_checkpoint(run_dir) is not None:
+            raise ConfigError(
+                f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --run-dir"
+            )
+        return None
+    return latest_checkpoint(run_dir)
+
+
+def start_run_dir(run_dir: Path, config_file: str, config: dict[str, Any], *, resumed_at: int | None,
+                  logs: Sequence[str]) -> None:
+    """Create ``run_dir``, write the run's config; on resume, drop ``logs`` lines past the checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / config_file, json.dumps(config, indent=2) + "\n")
+    if resumed_at is not None:
+        for name in logs:
+            truncate_metrics(run_dir / name, resumed_at)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric lines written after the checkpoint (they will be produced again)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def end_step(step: int, max_steps: int, stop_after_steps: int | None) -> int:
+    """Where this invocation stops: ``max_steps``, or earlier with ``stop_after_steps`` (a run in slices)."""
+    return max_steps if stop_after_steps is None else min(max_steps, step + stop_after_steps)
+
+
+def progress_bar(enabled: bool, *, total: int, initial: int, desc: str) -> Any:
+    """A tqdm bar on stderr, or None."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(
+    run_dir: Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    keep: int,
+    optimizer_state: dict[str, Any] | None = None,
+    family: str = "dream",
+) -> Path:
+    """Write ``checkpoint-{step}`` atomically (staging directory, then ``os.replace``), update ``latest``
+    and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to.
+
+    ``model`` must hold plain (unsharded) tensors; ``optimizer_state`` (the full, parameter-name keyed
+    state from ``get_optimizer_state_dict``) goes to ``optimizer.pt`` so only rank 0 ever reads it."""
+    from unmask.checkpoint import save_model
+
+    name = f"checkpoint-{trainer_state['step']:07d}"
+    final = run_dir / name
+    staging = run_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        save_model(model, staging, tokenizer=tokenizer, family=family)
+        if optimizer_state is not None:
+            torch.save(optimizer_state, staging / OPTIMIZER_FILE)
+        torch.save(trainer_state, staging / "trainer_state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    atomic_write_text(run_dir / "latest", name + "\n")
+    old = sorted(p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p != final)
+    for path in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(path, ignore_errors=True)
+    return final
