@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 import unmask
+from unmask.config import DecoderConfig
 from unmask.modelcard import render_model_card
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "unmask-small"
@@ -33,21 +34,26 @@ def test_shipped_model_denoises_a_prompt_deterministically():
     model, tok = unmask.load(MODEL)
     prompt = (Path(__file__).resolve().parents[1] / "examples" / "heldout_prompt.py").read_text()
     ids = torch.tensor([tok.encode(prompt)])
-    a = unmask.generate(model, ids, max_new_tokens=16, steps=16, seed=0)
-    b = unmask.generate(model, ids, max_new_tokens=16, steps=16, seed=0)
+    reference = DecoderConfig()  # Dream's sampler, one forward per step (the model recommends blocks + early stop)
+    a = unmask.generate(model, ids, max_new_tokens=16, steps=16, seed=0, decoder=reference)
+    b = unmask.generate(model, ids, max_new_tokens=16, steps=16, seed=0, decoder=reference)
     assert torch.equal(a.sequences, b.sequences)
     assert (a.generated != model.config.mask_token_id).all()  # every mask filled
     assert a.stats.forward_passes == 16
+    # the recommended decoder (generation_config.json) writes the code first and stops at its end token
+    recommended = unmask.generate(model, ids, seed=0)
+    assert model.decoder_defaults.decoder == "blocks" and model.decoder_defaults.early_stop
+    assert recommended.stats.forward_passes < model.generation_defaults.steps
 
 
 def test_model_card_states_the_model_on_disk():
     card = (MODEL / "README.md").read_text()
     params = unmask.load(MODEL)[0].config.num_parameters()
     assert f"{params / 1e6:.2f}M-parameter" in card
-    assert "bash recipes/default-model.sh" in card and "| synthetic (seed 0) | 200 |" in card
+    assert "bash recipes/diffucoder-mini.sh" in card and "| synthetic (seed 0) | 200 |" in card
     # The card is a pure function of files: re-rendering its header from the model directory agrees, all but the
     # intro paragraph (how it was trained, from-scratch or adapted from AR, comes from run directories not on disk).
-    head = render_model_card(MODEL, pretrain=None, sft=None, evals=[], command="bash recipes/default-model.sh")
+    head = render_model_card(MODEL, pretrain=None, sft=None, evals=[], command="bash recipes/diffucoder-mini.sh")
 
     def without_intro(text: str) -> list[str]:
         return [line for line in text.split("## Training")[0].splitlines() if not line.startswith("A ")]

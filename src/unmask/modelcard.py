@@ -202,8 +202,8 @@ def _header(model_dir: Path, config: Mapping[str, Any], *, causal: bool, adapted
         "",
         f"# {model_dir.name}",
         "",
-        f"A {n_params / 1e6:.2f}M-parameter {what}, {how}. It is the default model of `make demo` and of the "
-        "reports under `reports/`: small enough to commit and to run anywhere, not a useful code assistant.",
+        f"A {n_params / 1e6:.2f}M-parameter {what}, {how}. It is the default model of `make demo`: small "
+        "enough to commit and to run anywhere, a research fixture rather than a code assistant.",
         "",
         "## Architecture",
         "",
