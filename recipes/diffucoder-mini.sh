@@ -8,7 +8,7 @@
 #   stage 2+3 adaptation: masked-diffusion SFT initialised from the AR twin, attention annealed causal -> full,
 #            shift kept, prompt never masked, pads learned                      -> $RUN/diffusion
 #   stage 3b 500 more diffusion SFT steps                                       -> $RUN/diffusion-more (shipped)
-#   stage 4  coupled-GRPO from the stage-3 model, sandboxed rewards             -> $RUN/rl-model
+#   stage 4  coupled-GRPO from the stage-3b model, sandboxed rewards            -> $RUN/rl-model
 #   eval     held-out split (200 tasks, seed 0) and train distribution (200 tasks, seed 7), greedy, for the AR
 #            twin and the diffusion models (several decoders), then the shipped model's card
 #
@@ -67,12 +67,12 @@ $UNMASK train --config recipes/pipeline/stage3-sft-more.yaml --init-from "$(late
   --data "$RUN/sft.jsonl" --run-dir "$RUN/diffusion-sft-more" --resume
 $UNMASK convert "$(latest "$RUN/diffusion-sft-more")" "$RUN/diffusion-more" --dtype bfloat16 --force $GEN_BLOCKS
 
-# stage 4: coupled-GRPO on train-split prompts with sandboxed rewards (from the stage-3 model, 12 steps)
-$UNMASK rl "$RUN/diffusion" --data synthetic-train --synthetic-tasks 2000 --estimator coupled --run-dir "$RUN/rl" \
+# stage 4: coupled-GRPO on train-split prompts with sandboxed rewards (from the stage-3b model, 12 steps)
+$UNMASK rl "$RUN/diffusion-more" --data synthetic-train --synthetic-tasks 2000 --estimator coupled --run-dir "$RUN/rl" \
   --resume --num-generations 8 --prompts-per-step 4 --max-steps 12 --max-new-tokens 64 --steps 32 \
   --temperature 1.2 --alg entropy --lr 2e-5 --mu 2 --beta 0.01 --eps-clip 0.5 --ref-sync-every 64 --eval-every 0 \
   --save-every 4 --seed 0
-$UNMASK convert "$(latest "$RUN/rl")" "$RUN/rl-model" --dtype bfloat16 --force $GEN_REF
+$UNMASK convert "$(latest "$RUN/rl")" "$RUN/rl-model" --dtype bfloat16 --force $GEN_BLOCKS
 
 # evaluation: the same tasks for every model and decoder (the diffusion models' own recommended decoding unless
 # a flag says otherwise; the AR twin left to right)
