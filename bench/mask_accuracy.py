@@ -27,11 +27,11 @@ RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 def held_out_rows(tokenizer, pairs: list[tuple[str, str]], seq_len: int, limit: int, val_fraction: float
                   ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids + eos) of the first ``limit`` validation pairs that fit in ``seq_len``."""
-    from unmask.training_data import split_by_hash
+    from unmask.training_data import split_sft_pairs
 
     val = list(dict.fromkeys(pairs))
-    if val_fraction > 0:  # pairs a model trained on: keep only its validation split
-        _, val = split_by_hash(val, val_fraction, key=lambda pr: pr[0] + "\x00" + pr[1])
+    if val_fraction > 0:  # pairs a model trained on: keep only its validation split, as the trainer drew it
+        _, val = split_sft_pairs(pairs, val_fraction)
     rows = []
     for prompt, response in val:
         p, r = tokenizer.encode(prompt), tokenizer.encode(response) + [tokenizer.special.eos]

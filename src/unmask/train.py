@@ -248,12 +248,11 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
         read_texts,
         sft_rows,
         split_by_hash,
+        split_sft_pairs,
     )
 
     if cfg.stage == "sft":
-        items: list = read_sft_pairs(cfg.data)
-        items = list({(p, r): None for p, r in items})  # dedup exact pairs, keep order
-        train_items, val_items = split_by_hash(items, cfg.val_fraction, key=lambda pr: pr[0] + "\x00" + pr[1])
+        train_items, val_items = split_sft_pairs(read_sft_pairs(cfg.data), cfg.val_fraction)
         tok_texts = [p + r for p, r in train_items]
     else:
         items = dedup_texts(read_texts(cfg.data, max_bytes=cfg.data_max_bytes))

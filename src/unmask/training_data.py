@@ -33,6 +33,7 @@ __all__ = [
     "read_texts",
     "sft_rows",
     "split_by_hash",
+    "split_sft_pairs",
 ]
 
 
@@ -165,6 +166,13 @@ def split_by_hash(
     train = [item for i, item in enumerate(items) if i not in val_idx]
     val = [item for i, item in enumerate(items) if i in val_idx]
     return train, val
+
+
+def split_sft_pairs(pairs: Sequence[tuple[str, str]], val_fraction: float) -> tuple[list, list]:
+    """(train, val) of (prompt, response) pairs, exact duplicates dropped (first kept), split by the hash of
+    the whole pair: the split every SFT run (and every tool that needs its held-out pairs) sees."""
+    unique = list(dict.fromkeys((p, r) for p, r in pairs))
+    return split_by_hash(unique, val_fraction, key=lambda pr: pr[0] + "\x00" + pr[1])
 
 
 # ----------------------------------------------------------------------------------------------------------
