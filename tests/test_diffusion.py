@@ -13,6 +13,7 @@ from unmask.diffusion import (
     adaptation_spans,
     annealed_attention_mask,
     attention_anneal_fraction,
+    block_spans,
     diffusion_loss,
     forward_mask,
     mask_probability,
@@ -302,3 +303,44 @@ def test_adaptation_spans() -> None:
     assert bool((p0 == 0).all()) and bool((k0 == L).all())
     with pytest.raises(ValueError, match="prefix_prob"):
         adaptation_spans(2, L, generator=gen(0), prefix_prob=2.0)
+
+
+# ---------------------------------------------------------------------------- semi-AR block spans
+
+
+def test_block_spans_are_aligned_blocks_drawn_uniformly() -> None:
+    # region [3, 14): blocks of 4 aligned at 3 -> [3, 7), [7, 11), [11, 14); each drawn a third of the time
+    R = 6000
+    lo, hi, n = block_spans(torch.full((R,), 3), torch.full((R,), 14), 4, generator=gen(0))
+    assert set(zip(lo.tolist(), hi.tolist())) == {(3, 7), (7, 11), (11, 14)}
+    assert (n == 3).all()
+    for start in (3, 7, 11):
+        assert (lo == start).float().mean().item() == pytest.approx(1 / 3, abs=0.03)
+    lo1, hi1, n1 = block_spans(torch.tensor([0, 5]), torch.tensor([1, 13]), 8, generator=gen(1))
+    assert lo1.tolist() == [0, 5] and hi1.tolist() == [1, 13] and n1.tolist() == [1, 1]
+
+
+def test_block_spans_weighted_block_loss_is_unbiased_for_the_region() -> None:
+    # n * (1/p) * CE over one block's masked tokens estimates the CE summed over the whole region.
+    R, T, V = 6000, 12, 5
+    raw = torch.randn(1, T, V, generator=gen(5)).expand(R, T, V)
+    targets = torch.randint(0, V, (1, T), generator=gen(6)).expand(R, T)
+    lo, hi, n = block_spans(torch.full((R,), 2), torch.full((R,), 11), 4, generator=gen(7))
+    pos = torch.arange(T)[None]
+    block = (pos >= lo[:, None]) & (pos < hi[:, None])
+    t = torch.full((R,), 0.4)
+    _, masked = forward_mask(targets, t, maskable=block, generator=gen(8), mask_token_id=MASK)
+    region = (pos >= 2) & (pos < 11)
+    loss, _ = diffusion_loss(raw, targets, masked, t, maskable=region.expand(R, T), row_weight=n.float())
+    full = -torch.log_softmax(shift_logits(raw[:1]), -1).gather(-1, targets[:1, :, None])[0, :, 0]
+    assert loss.item() == pytest.approx(full[2:11].mean().item(), rel=0.05)
+
+
+def test_block_spans_bad_input() -> None:
+    with pytest.raises(ValueError, match="block_length"):
+        block_spans(torch.tensor([0]), torch.tensor([4]), 0, generator=gen(0))
+    with pytest.raises(ValueError, match="start < end"):
+        block_spans(torch.tensor([4]), torch.tensor([4]), 2, generator=gen(0))
+    with pytest.raises(ValueError, match="row_weight"):
+        diffusion_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.bool),
+                       torch.full((2,), 0.5), row_weight=torch.ones(3))

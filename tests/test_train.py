@@ -194,6 +194,53 @@ def test_adaptation_truncation_becomes_padding():
         assert not batch.maskable[b, 0]
 
 
+def _sft_rows() -> tuple[torch.Tensor, torch.Tensor]:
+    clean = torch.arange(100, 124).repeat(64, 1)  # (64, 24): prompt, response, eos at 15, pads after it
+    clean[:, 15], clean[:, 16:] = 7, 9
+    return clean, torch.tensor([5, 6, 8, 3] * 16)
+
+
+def test_semi_ar_block_rows_show_the_blocks_decoders_state():
+    clean, prompts = _sft_rows()
+    cfg = TrainConfig(stage="sft", seq_len=24, block_mask_prob=1.0, block_mask_length=4)
+    batch = make_batch(clean, prompts, step=0, cfg=cfg, mask_token_id=MASK, generator=torch.Generator().manual_seed(0),
+                       stop_id=7)
+    pos = torch.arange(24)
+    for b in range(64):
+        p = int(prompts[b])
+        scored = batch.masked[b].nonzero().flatten()
+        hidden = (batch.input_ids[b] == MASK).nonzero().flatten()
+        assert batch.maskable[b].tolist() == (pos >= p).tolist()  # the normaliser still counts the whole row
+        blocks = -(-(16 - p) // 4)  # response + eos cut into blocks of 4 from the prompt's end
+        assert float(batch.row_weight[b]) == blocks
+        if len(scored) == 0:
+            continue
+        j = (int(scored[0]) - p) // 4  # the block the scored positions lie in
+        lo, hi = p + 4 * j, min(p + 4 * j + 4, 16)
+        assert ((scored >= lo) & (scored < hi)).all()  # only that block is scored
+        assert torch.equal(batch.input_ids[b, :lo], clean[b, :lo])  # everything before it is clean
+        assert (batch.input_ids[b, hi:] == MASK).all()  # everything after it masked (pads too), unscored
+        assert set(hidden.tolist()) == set(scored.tolist()) | set(range(hi, 24))
+    assert (batch.row_weight > 1).any() and batch.masked.any()
+
+
+def test_block_mask_prob_leaves_other_rows_noise_alone_and_is_validated():
+    clean, prompts = _sft_rows()
+    plain = TrainConfig(stage="sft", seq_len=24)
+    a = make_batch(clean, prompts, step=0, cfg=plain, mask_token_id=MASK, generator=torch.Generator().manual_seed(3))
+    half = TrainConfig(stage="sft", seq_len=24, block_mask_prob=0.5, block_mask_length=2)  # >= 4 blocks a row
+    b = make_batch(clean, prompts, step=0, cfg=half, mask_token_id=MASK, generator=torch.Generator().manual_seed(3),
+                   stop_id=7)
+    untouched = b.row_weight == 1  # the rows not turned into block rows are noised exactly as without the option
+    assert a.row_weight is None and torch.equal(a.masked[untouched], b.masked[untouched])
+    assert torch.equal(a.input_ids[untouched], b.input_ids[untouched])
+    assert 10 < int((~untouched).sum()) < 54  # about half the rows
+    with pytest.raises(ConfigError, match="block_mask_prob"):
+        TrainConfig(objective="autoregressive", block_mask_prob=0.5)
+    with pytest.raises(ConfigError, match="block_mask_prob"):
+        TrainConfig(block_mask_prob=1.5)
+
+
 def write_sft(path: Path) -> None:
     examples = [
         {"prompt": f"add {i} and {i + 1}", "response": f"def f():\n    return {2 * i + 1}\n"}

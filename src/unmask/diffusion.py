@@ -30,6 +30,7 @@ __all__ = [
     "adaptation_spans",
     "annealed_attention_mask",
     "attention_anneal_fraction",
+    "block_spans",
     "diffusion_loss",
     "forward_mask",
     "mask_probability",
@@ -225,6 +226,7 @@ def diffusion_loss(
     normalizer: str = "tokens",
     weight: str = "inv_t",
     eps: float = 1e-3,
+    row_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The masked-diffusion ELBO loss on raw (unshifted) logits.
 
@@ -240,6 +242,8 @@ def diffusion_loss(
     makes ``S_b`` an unbiased estimate of the sum of the CE over all maskable tokens — the ELBO's
     1/t weight for the masking rate actually used (LLaDA and Dream divide by ``p_mask`` too).
     It is also bounded by 1/eps. ``weight="none"`` gives the plain masked-token CE sum.
+    ``row_weight`` (B,), optional, multiplies ``S_b`` (a semi-AR block row: the number of blocks, see
+    :func:`block_spans`).
 
     Normaliser (all explicit; none divides by the *masked* count, which would be biased):
 
@@ -274,6 +278,10 @@ def diffusion_loss(
         w = 1.0 / mask_probability(t.to(ce.device, ce.dtype), eps)  # (B,)
     else:
         w = torch.ones(B, dtype=ce.dtype, device=ce.device)
+    if row_weight is not None:
+        if not isinstance(row_weight, torch.Tensor) or row_weight.shape != (B,):
+            raise ValueError(f"row_weight must be a tensor of shape ({B},)")
+        w = w * row_weight.to(ce.device, ce.dtype)
     per_seq = ce_masked.sum(dim=1) * w  # (B,) = S_b
 
     n_maskable_seq = maskable.sum(dim=1).to(ce.dtype)  # (B,)
@@ -411,6 +419,33 @@ def annealed_attention_mask(
         return j <= i + window
     u = uniform((T, T), generator)  # (T, T) in [0, 1): u < 1 always, u < 0 never
     return causal | (u.cpu() < float(fraction))
+
+
+def block_spans(
+    start: torch.Tensor, end: torch.Tensor, block_length: int, *, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One semi-autoregressive block per row, drawn uniformly: the training view of the blocks decoder.
+
+    Row b's region ``[start[b], end[b])`` is cut into ``n_b = ceil((end - start) / block_length)`` blocks
+    aligned at ``start`` (as the decoder aligns them at the prompt's end); block ``j ~ U{0, ..., n_b - 1}``
+    is returned as ``[lo, hi)``. Training on it (docs/training.md, "semi-AR block rows") keeps positions
+    before ``lo`` clean, noises the block at rate t and masks every later position without scoring it — the
+    state the decoder is in while it fills block j. ``n_b`` times the block's ELBO is an unbiased estimate
+    of the semi-AR factorisation's ELBO over the whole region, hence the returned row weight ``n``.
+
+    start, end: (B,) long with ``start < end``. Returns ``(lo, hi, n)``, three (B,) long tensors on CPU.
+    """
+    _check_generator(generator)
+    if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
+        raise ValueError(f"block_length must be a positive int, got {block_length!r}")
+    start, end = torch.as_tensor(start).long().cpu(), torch.as_tensor(end).long().cpu()
+    if start.dim() != 1 or start.shape != end.shape or bool((end <= start).any()):
+        raise ValueError("start and end must be (B,) tensors with start < end in every row")
+    n = (end - start + block_length - 1) // block_length  # (B,)
+    u = uniform(tuple(start.shape), generator).cpu()  # (B,)
+    j = (u * n.double()).long().clamp(max=n - 1)  # (B,) uniform over the row's blocks
+    lo = start + j * block_length
+    return lo, torch.minimum(lo + block_length, end), n
 
 
 def adaptation_spans(

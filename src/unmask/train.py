@@ -54,11 +54,13 @@ from unmask.diffusion import (
     adaptation_spans,
     annealed_attention_mask,
     attention_anneal_fraction,
+    block_spans,
     diffusion_loss,
     forward_mask,
     sample_t,
     shift_logits,
     token_logprobs,
+    uniform,
 )
 from unmask.errors import ConfigError
 from unmask.model import DreamModel
@@ -121,9 +123,11 @@ class Batch:
     t: torch.Tensor  # (B,)
     attention_mask: torch.Tensor | None
     anneal_fraction: float
+    row_weight: torch.Tensor | None = None  # (B,) loss multiplier per row (semi-AR block rows), None = all 1
 
     def rows(self, start: int, stop: int) -> Batch:
         mask = None if self.attention_mask is None else self.attention_mask[start:stop]
+        weight = None if self.row_weight is None else self.row_weight[start:stop]
         return Batch(
             self.input_ids[start:stop],
             self.targets[start:stop],
@@ -132,10 +136,12 @@ class Batch:
             self.t[start:stop],
             mask,
             self.anneal_fraction,
+            weight,
         )
 
     def to(self, device: torch.device) -> Batch:
         mask = None if self.attention_mask is None else self.attention_mask.to(device)
+        weight = None if self.row_weight is None else self.row_weight.to(device)
         return Batch(
             self.input_ids.to(device),
             self.targets.to(device),
@@ -144,6 +150,7 @@ class Batch:
             self.t.to(device),
             mask,
             self.anneal_fraction,
+            weight,
         )
 
 
@@ -182,6 +189,9 @@ def make_batch(
     noisy, masked = forward_mask(
         clean, t, maskable=maskable, generator=generator, mask_token_id=mask_token_id, eps=cfg.mask_eps
     )
+    row_weight = None
+    if cfg.block_mask_prob > 0:  # drawn only when asked, so the noise stream of other runs is unchanged
+        noisy, masked, row_weight = _semi_ar_rows(clean, masked, maskable, cfg, generator, mask_token_id, stop_id)
     attention = None
     if fraction < 1.0 or not bool(key_valid.all()):
         # DiffuLLaMA/DiffuCoder stage 1: causal OR a fresh Bernoulli(fraction) draw of future keys every step
@@ -190,7 +200,38 @@ def make_batch(
         base = annealed_attention_mask(T, fraction, generator=anneal)  # (T, T) [query, key]
         attention = base[None, None] & key_valid[:, None, None, :]  # (B, 1, T, T)
         attention = attention | torch.eye(T, dtype=torch.bool)[None, None]  # pad queries see themselves
-    return Batch(noisy, clean, masked, maskable, t, attention, fraction)
+    return Batch(noisy, clean, masked, maskable, t, attention, fraction, row_weight)
+
+
+def _semi_ar_rows(
+    clean: torch.Tensor,
+    masked: torch.Tensor,
+    maskable: torch.Tensor,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    mask_token_id: int,
+    stop_id: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Turn a ``block_mask_prob`` share of the rows into semi-AR block rows (docs/training.md): the blocks
+    decoder fills block j with everything before it committed and everything after it still masked, a state
+    uniform masking almost never shows the model. Such a row keeps its region (response and end token) clean
+    before block j, noises block j as drawn (the only scored positions), and masks all later positions.
+    Returns (noisy ids, scored positions, row weights = blocks per row, 1 for untouched rows)."""
+    B, T = clean.shape
+    pos = torch.arange(T)[None, :]  # (1, T)
+    chosen = (uniform((B,), generator).cpu() < cfg.block_mask_prob) & maskable.any(dim=1)  # (B,)
+    start = torch.where(maskable.any(dim=1), maskable.long().argmax(dim=1), 0)  # (B,) first maskable
+    end = T - maskable.flip(1).long().argmax(dim=1)  # (B,) one past the last maskable
+    if stop_id is not None:  # the region ends with the response's end token; the pads after it are left out
+        stops = (clean == stop_id) & maskable
+        end = torch.where(stops.any(dim=1), stops.long().argmax(dim=1) + 1, end)
+    end = torch.maximum(end, start + 1)
+    lo, hi, n = block_spans(start, end, cfg.block_mask_length, generator=generator)
+    block = (pos >= lo[:, None]) & (pos < hi[:, None])  # (B, T)
+    scored = torch.where(chosen[:, None], masked & block, masked)
+    hidden = torch.where(chosen[:, None], scored | (maskable & (pos >= hi[:, None])), masked)
+    noisy = torch.where(hidden, torch.full_like(clean, mask_token_id), clean)
+    return noisy, scored, torch.where(chosen, n.float(), torch.ones(B))
 
 
 def _causal_batch(clean: torch.Tensor, start: torch.Tensor, *, sft: bool, stop_id: int | None) -> Batch:
@@ -222,7 +263,7 @@ def _loss_sum(logits: torch.Tensor, batch: Batch, cfg: TrainConfig) -> torch.Ten
     # "tokens": the batch-mean times B*T is sum_b S_b; "sequence": the per-row mean times B is sum_b S_b / n_b.
     normalizer, scale = ("batch", B * T) if cfg.loss_normalizer == "tokens" else ("sequence", B)
     loss, _ = diffusion_loss(logits, batch.targets, batch.masked, batch.t, maskable=batch.maskable,
-                             normalizer=normalizer, eps=cfg.mask_eps)
+                             normalizer=normalizer, eps=cfg.mask_eps, row_weight=batch.row_weight)
     return loss * scale
 
 
@@ -469,6 +510,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(cfg.seed + 7919)
+    cfg = dataclasses.replace(cfg, block_mask_prob=0.0)  # validation scores the plain ELBO of every run
     batches = []
     total = torch.zeros((), dtype=torch.float64)
     response = _ResponseLoss() if (cfg.stage == "sft" and cfg.objective == "diffusion" and pad_id is not None) else None

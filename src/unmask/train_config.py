@@ -65,6 +65,10 @@ class TrainConfig:
     anneal_steps: int = field(default=0, metadata=_doc("steps of causal→full annealing"))
     prefix_prob: float = field(default=0.01, metadata=_doc("adaptation: P(clean random prefix)"))
     truncate_prob: float = field(default=0.01, metadata=_doc("adaptation: P(random truncation)"))
+    block_mask_prob: float = field(
+        default=0.0, metadata=_doc("P(a row trains one semi-AR block: clean before it, all masked after it)")
+    )
+    block_mask_length: int = field(default=8, metadata=_doc("length of those blocks (the decoder's block_length)"))
     val_fraction: float = field(default=0.05, metadata=_doc("documents held out for validation"))
     eval_every: int = field(default=100, metadata=_doc("validation loss every N steps (0 = off)"))
     eval_batches: int = field(default=4, metadata=_doc("validation micro-batches"))
@@ -100,6 +104,7 @@ class TrainConfig:
             "keep_checkpoints",
             "log_every",
             "sample_tokens",
+            "block_mask_length",
         ):
             positive(name)
         for name in ("warmup_steps", "anneal_steps", "eval_every", "sample_prompts"):
@@ -135,6 +140,7 @@ class TrainConfig:
             ("mask_eps", 0.0, 1.0),
             ("prefix_prob", 0.0, 1.0),
             ("truncate_prob", 0.0, 1.0),
+            ("block_mask_prob", 0.0, 1.0),
             ("val_fraction", 0.0, 1.0),
         ):
             value = getattr(self, name)
@@ -142,6 +148,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
         if self.lr <= 0 or self.val_fraction >= 1:
             raise ConfigError("lr must be > 0 and val_fraction < 1")
+        if self.block_mask_prob > 0 and self.objective != "diffusion":
+            raise ConfigError("block_mask_prob shapes the masked-diffusion noise; it has no meaning for objective "
+                              "autoregressive")
         for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
