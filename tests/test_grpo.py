@@ -68,6 +68,17 @@ def layout(B: int = 2, P: int = 3, C: int = 5) -> tuple[torch.Tensor, torch.Tens
     return ids, prompt, ~prompt
 
 
+def stopped_layout() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two rows of 3 prompt + 7 generated tokens: row 0 stops at its 4th generated token (3 generated tokens
+    follow the stop), row 1 never stops. Returns ids, prompt, generated region, completion (scored)."""
+    ids = torch.randint(0, V - 1, (2, 10), generator=gen(321))  # never the mask id
+    prompt = torch.zeros(2, 10, dtype=torch.bool)
+    prompt[:, :3] = True
+    completion = ~prompt
+    completion[0, 7:] = False
+    return ids, prompt, ~prompt, completion
+
+
 # ---------------------------------------------------------------------------- advantages
 
 
@@ -187,10 +198,11 @@ def test_decoupled_full_and_diffu_grpo_masks() -> None:
     assert bool((m1 & m2).any()) and bool((completion & ~(m1 | m2)).any())  # overlap and gaps happen
     assert not bool(((m1 | m2) & prompt).any())
     assert torch.equal(full_mask(completion), completion)
-    m = diffu_grpo_mask(prompt, completion, generator=gen(0), prompt_mask_ratio=0.15)
+    m = diffu_grpo_mask(prompt, completion, generator=gen(0), prompt_mask_ratio=0.15)  # d1's variant
     assert bool(m[completion].all())
     frac = m[prompt].float().mean().item()
     assert 0.11 < frac < 0.19
+    assert torch.equal(diffu_grpo_mask(prompt, completion, generator=gen(0)), completion)  # default: no prompt
     assert not bool(m[:, 0].any())  # the first prompt token anchors the shift
     with pytest.raises(ValueError, match="strictly inside"):
         coupled_masks(completion, torch.tensor([0.0, 0.5]), gen(0))
@@ -207,28 +219,111 @@ def _direct_logp(model, noisy, ids):
 
 def test_coupled_estimate_matches_formula_in_one_forward() -> None:
     model = TinyBidirectional()
-    ids, prompt, completion = layout(B=2)
-    passes = build_logprob_passes(ids, prompt, completion, generator=gen(9), mask_id=MASK)
+    ids, prompt, generated, completion = stopped_layout()
+    passes = build_logprob_passes(ids, prompt, completion, generated_mask=generated, generator=gen(9), mask_id=MASK)
     with torch.no_grad():
         model.calls.clear()
         est = sequence_logprob_estimates(model, ids, prompt, completion, mask_id=MASK, passes=passes)
         assert model.calls == [6]  # 3 passes x 2 rows batched into one forward
-        # Redo with fresh draws from the same seed and separate forwards.
+        # Redo with fresh draws from the same seed, one forward per (pass, row), token by token.
         t = sample_coupled_t(2, generator=(g := gen(9)))
-        m1, m2 = coupled_masks(completion, t, g)
-        full = _direct_logp(model, torch.where(completion, MASK, ids), ids)
-        l1 = _direct_logp(model, torch.where(m1, MASK, ids), ids)
-        l2 = _direct_logp(model, torch.where(m2, MASK, ids), ids)
-        w = torch.where(m1, 1 / t[:, None], 1 / (1 - t[:, None]))
-        expected = torch.where(completion, (full + w * torch.where(m1, l1, l2)) / 2, torch.zeros(()))
+        m1, m2 = coupled_masks(generated, t, g)
+        expected = torch.zeros(2, 10)
+        for b in range(2):
+            row = ids[b : b + 1]
+            full = _direct_logp(model, torch.where(generated[b : b + 1], MASK, row), row)[0]
+            l1 = _direct_logp(model, torch.where(m1[b : b + 1], MASK, row), row)[0]
+            l2 = _direct_logp(model, torch.where(m2[b : b + 1], MASK, row), row)[0]
+            for n in range(10):
+                if not completion[b, n]:
+                    continue  # prompt, or generated after the stop: masked in the passes but never scored
+                if m1[b, n]:
+                    expected[b, n] = (full[n] + l1[n] / t[b]) / 2
+                else:
+                    expected[b, n] = (full[n] + l2[n] / (1 - t[b])) / 2
         torch.testing.assert_close(est, expected)
-        assert torch.equal(est[prompt], torch.zeros(int(prompt.sum())))
+        assert torch.equal(est[~completion], torch.zeros(int((~completion).sum())))
         model.calls.clear()
         chunked = sequence_logprob_estimates(
             model, ids, prompt, completion, mask_id=MASK, passes=passes, chunk_size=4
         )
         assert model.calls == [4, 2]
         torch.testing.assert_close(chunked, est)
+
+
+@pytest.mark.parametrize("estimator", ["coupled", "decoupled", "diffu-grpo"])
+def test_passes_mask_the_whole_generated_region_and_score_only_the_completion(estimator: str) -> None:
+    ids, prompt, generated, completion = stopped_layout()
+    passes = build_logprob_passes(ids, prompt, completion, generated_mask=generated, estimator=estimator,
+                                  generator=gen(5), mask_id=MASK)
+    masked = (passes.noisy_ids == MASK).view(passes.num_passes, 2, 10)  # (P, B, T): ids never equal MASK
+    coef, t = passes.coefficients, passes.t[:, None]
+    assert not bool((masked & prompt).any())  # no prompt masking by default, for every estimator
+    assert not bool((masked & ~generated).any())
+    assert torch.equal(masked[0], generated)  # the full pass: the 3 tokens after row 0's stop masked too
+    assert torch.equal(masked[0, 0, 7:], torch.ones(3, dtype=torch.bool))
+    assert bool((coef[:, ~completion] == 0).all())  # never a coefficient outside the scored tokens
+    if estimator == "diffu-grpo":
+        assert passes.num_passes == 1 and torch.equal(coef[0], completion.float())
+        return
+    scored = torch.stack([completion, masked[1] & completion, masked[2] & completion])  # (3, B, T)
+    assert torch.equal(coef != 0, scored)
+    torch.testing.assert_close(coef[0], 0.5 * completion.float())
+    torch.testing.assert_close(coef[1], torch.where(masked[1] & completion, 0.5 / t, torch.zeros(())))
+    torch.testing.assert_close(coef[2], torch.where(masked[2] & completion, 0.5 / (1 - t), torch.zeros(())))
+    if estimator == "coupled":  # each generated position, after the stop too, masked in exactly one half pass
+        assert torch.equal(masked[1].int() + masked[2].int(), generated.int())
+    else:  # independent draws over the whole generated region: the tail after the stop is drawn from too
+        assert bool(masked[1:, 0, 7:].any())
+
+
+def test_generated_mask_defaults_to_the_completion_and_is_checked() -> None:
+    ids, prompt, generated, completion = stopped_layout()
+    old = build_logprob_passes(ids, prompt, completion, generator=gen(5), mask_id=MASK)
+    assert torch.equal((old.noisy_ids[:2] == MASK), completion)  # direct callers keep the old plan
+    with pytest.raises(ValueError, match="subset of generated_mask"):
+        build_logprob_passes(ids, prompt, generated, generated_mask=completion, generator=gen(0), mask_id=MASK)
+    with pytest.raises(ValueError, match="prompt_mask and generated_mask overlap"):
+        build_logprob_passes(ids, prompt, completion, generated_mask=generated | prompt, generator=gen(0),
+                             mask_id=MASK)
+
+
+@pytest.mark.parametrize("estimator", ["diffu-grpo", "coupled"])
+def test_tokens_after_the_stop_do_not_leak_into_the_fully_masked_pass(estimator: str) -> None:
+    """Two rows identical up to and including their stop token, different after it, on a real tiny model.
+
+    With the whole generated region masked, the fully masked pass sees the two rows as the same input, so
+    diffu-GRPO (that pass alone) gives identical estimates; with the old plan (only the completion masked)
+    the tokens after the stop were clean context and the estimates differ. Coupled's two half passes do
+    reveal a random part of the tokens after the stop (M2 is the complement of M1 over the generated
+    region, as in DiffuCoder), so for it only the fully masked pass is checked.
+    """
+    from conftest import MASK_ID, make_model
+
+    model = make_model(5, sharpen=8.0)
+    ids = torch.randint(1, 100, (1, 16), generator=gen(77)).repeat(2, 1)  # (2, 16): prompt 4, generated 12
+    ids[1, 10:] = torch.randint(1, 100, (6,), generator=gen(78))  # the stop sits at 9; different tails
+    assert not torch.equal(ids[0, 10:], ids[1, 10:])
+    prompt = torch.zeros(2, 16, dtype=torch.bool)
+    prompt[:, :4] = True
+    completion = ~prompt
+    completion[:, 10:] = False
+    seeds = [mask_seed(0, 0, 0, 0, 11)] * 2  # the same draws for both rows
+
+    def estimate(generated):
+        gens = [seeded_generator(s) for s in seeds]
+        passes = build_logprob_passes(ids, prompt, completion, generated_mask=generated, estimator=estimator,
+                                      generator=gens, mask_id=MASK_ID)
+        with torch.no_grad():
+            est = sequence_logprob_estimates(model, ids, prompt, completion, mask_id=MASK_ID, passes=passes)
+        return passes.noisy_ids.view(passes.num_passes, 2, 16)[0], est
+
+    full_new, est_new = estimate(~prompt)
+    full_old, est_old = estimate(None)
+    assert torch.equal(full_new[0], full_new[1]) and not torch.equal(full_old[0], full_old[1])
+    if estimator == "diffu-grpo":
+        torch.testing.assert_close(est_new[0], est_new[1], rtol=0, atol=1e-6)
+        assert (est_old[0] - est_old[1]).abs().max() > 1e-3  # the old plan leaked the tail: the test can fail
 
 
 def test_diffu_grpo_estimate_and_attention_mask_passthrough() -> None:

@@ -12,7 +12,7 @@ from conftest import MASK_ID, make_model
 from unmask.data.synthetic import synthetic_tasks
 from unmask.errors import ConfigError
 from unmask.rl.grpo import group_advantages
-from unmask.rl.loop import RLConfig, RolloutBatch, _completion_mask, policy_update, rl
+from unmask.rl.loop import RLConfig, RolloutBatch, _assemble, _completion_mask, policy_update, rl
 from unmask.rl.rewards import register_reward
 
 
@@ -29,7 +29,8 @@ def small_batch(G: int = 2, P: int = 4, L: int = 6, seed: int = 0) -> RolloutBat
     ids = torch.cat([prompt[None].expand(G, -1), completions], dim=1)
     pm = torch.zeros(G, P + L, dtype=torch.bool)
     pm[:, :P] = True
-    return RolloutBatch(ids, torch.ones_like(pm), pm, ~pm, torch.zeros(G), torch.tensor([[0, i] for i in range(G)]))
+    return RolloutBatch(input_ids=ids, attention_mask=torch.ones_like(pm), prompt_mask=pm, generated_mask=~pm,
+                        completion_mask=~pm, advantages=torch.zeros(G), seeds=torch.tensor([[0, i] for i in range(G)]))
 
 
 def full_mask_logp(model, batch: RolloutBatch) -> torch.Tensor:
@@ -109,6 +110,20 @@ def test_completion_mask_stops_after_first_stop_token() -> None:
     assert torch.equal(_completion_mask(gen, [0]), expected)
 
 
+def test_assembled_generated_region_ignores_stops_and_missing_rewards() -> None:
+    prompts = [torch.tensor([7, 8, 9]), torch.tensor([7])]  # prompt lengths 3 and 1: group 1 is left-padded
+    generated = [torch.tensor([[5, 0, 6], [5, 6, 4]]), torch.tensor([[0, 1, 2], [3, 4, 0]])]
+    completion = [_completion_mask(g, [0]) for g in generated]
+    completion[1][1] = False  # a missing reward: nothing scored
+    ids, attn, prompt, gen_mask, comp = _assemble(prompts, generated, completion, pad_id=99)
+    # By hand: the generated region is the last 3 columns of every row, stops and rewards notwithstanding.
+    assert ids.tolist() == [[7, 8, 9, 5, 0, 6], [7, 8, 9, 5, 6, 4], [99, 99, 7, 0, 1, 2], [99, 99, 7, 3, 4, 0]]
+    assert gen_mask.tolist() == [[False] * 3 + [True] * 3] * 4
+    assert comp.tolist() == [[False] * 3 + [True, True, False], [False] * 3 + [True] * 3,
+                             [False] * 3 + [True, False, False], [False] * 6]
+    assert not bool((prompt & gen_mask).any()) and torch.equal(attn, ids != 99)
+
+
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="estimator"):
         RLConfig(estimator="exact")
@@ -126,6 +141,7 @@ def test_config_validation() -> None:
     d = RLConfig()
     assert (d.num_generations, d.temperature, d.max_new_tokens, d.steps, d.alg) == (10, 1.2, 256, 256, "entropy")
     assert (d.eps_clip, d.beta, d.mu, d.lr, d.ref_sync_every) == (0.5, 0.01, 2, 1e-6, 64)
+    assert d.prompt_mask_ratio == 0.0  # diffu-GRPO is the paper's fully-masked-completion row (docs/rl.md)
 
 
 # ---------------------------------------------------------------------------- the whole loop

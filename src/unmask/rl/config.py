@@ -49,7 +49,10 @@ class RLConfig:
     scale_std: bool = field(default=False, metadata=_doc("divide advantages by the group's reward std"))
     t_low: float = field(default=0.2, metadata=_doc("coupled/decoupled: t ~ U(t_low, t_high)"))
     t_high: float = field(default=0.8, metadata=_doc("coupled/decoupled: t ~ U(t_low, t_high)"))
-    prompt_mask_ratio: float = field(default=0.15, metadata=_doc("diffu-grpo: share of prompt tokens masked"))
+    prompt_mask_ratio: float = field(
+        default=0.0,
+        metadata=_doc("diffu-grpo: share of prompt tokens masked (0: the paper's row; 0.15: d1's variant)"),
+    )
     max_new_tokens: int = field(default=256, metadata=_doc("rollout completion length"))
     steps: int = field(default=256, metadata=_doc("rollout denoising steps"))
     temperature: float = field(default=1.2, metadata=_doc("rollout temperature"))

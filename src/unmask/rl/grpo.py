@@ -10,7 +10,7 @@ seeded generator and reused for the old, reference and current policy, so the th
 Seeds come from :func:`mask_seed` (a stable hash of step / prompt / sample / pass indices), so masks can
 be reproduced in any process and after resuming.
 
-Shapes: B sequences, T positions (prompt then completion), V vocabulary, P passes.
+Shapes: B sequences, T positions (prompt then the generated tokens), V vocabulary, P passes.
 """
 
 from __future__ import annotations
@@ -183,65 +183,67 @@ def _check_t_range(t_range: tuple[float, float]) -> tuple[float, float]:
 
 
 def coupled_masks(
-    completion_mask: torch.Tensor, t: torch.Tensor, generator: GeneratorLike
+    generated_mask: torch.Tensor, t: torch.Tensor, generator: GeneratorLike
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Complementary masks: m1 masks each completion token with probability ``t[b]``, m2 = completion & ~m1.
+    """Complementary masks over the noised region: m1 masks each position of ``generated_mask`` with
+    probability ``t[b]``, m2 = generated & ~m1.
 
-    Every completion token is masked in exactly one of the two passes; the prompt (and anything outside
-    ``completion_mask``) in neither. Their estimator weights are ``1/t`` (m1) and ``1/(1 - t)`` (m2).
-    completion_mask: (B, T) bool; t: (B,) in (0, 1). Returns two (B, T) bool tensors.
+    Every generated position is masked in exactly one of the two passes; the prompt (and anything outside
+    ``generated_mask``) in neither. Their estimator weights are ``1/t`` (m1) and ``1/(1 - t)`` (m2).
+    generated_mask: (B, T) bool; t: (B,) in (0, 1). Returns two (B, T) bool tensors.
     """
-    _check_mask("completion_mask", completion_mask)
-    B, T = completion_mask.shape
+    _check_mask("generated_mask", generated_mask)
+    B, T = generated_mask.shape
     t = _check_rate(t, B)
-    u = _uniform_rows(B, T, generator, completion_mask.device)  # (B, T)
-    m1 = completion_mask & (u < t.to(u.device)[:, None])
-    return m1, completion_mask & ~m1
+    u = _uniform_rows(B, T, generator, generated_mask.device)  # (B, T)
+    m1 = generated_mask & (u < t.to(u.device)[:, None])
+    return m1, generated_mask & ~m1
 
 
 def decoupled_masks(
-    completion_mask: torch.Tensor, t: torch.Tensor, generator: GeneratorLike
+    generated_mask: torch.Tensor, t: torch.Tensor, generator: GeneratorLike
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ablation of :func:`coupled_masks`: two *independent* masks with rates ``t`` and ``1 - t``.
 
     Same marginal rates (hence the same weights and the same expectation of the estimate) as the coupled
-    pair, but a token may be masked in both passes or in neither.
+    pair, but a position may be masked in both passes or in neither.
     """
-    _check_mask("completion_mask", completion_mask)
-    B, T = completion_mask.shape
+    _check_mask("generated_mask", generated_mask)
+    B, T = generated_mask.shape
     t = _check_rate(t, B)
-    u1 = _uniform_rows(B, T, generator, completion_mask.device)  # (B, T)
-    u2 = _uniform_rows(B, T, generator, completion_mask.device)  # (B, T)
+    u1 = _uniform_rows(B, T, generator, generated_mask.device)  # (B, T)
+    u2 = _uniform_rows(B, T, generator, generated_mask.device)  # (B, T)
     tt = t.to(u1.device)[:, None]
-    return completion_mask & (u1 < tt), completion_mask & (u2 < 1.0 - tt)
+    return generated_mask & (u1 < tt), generated_mask & (u2 < 1.0 - tt)
 
 
-def full_mask(completion_mask: torch.Tensor) -> torch.Tensor:
-    """The whole completion masked (prompt untouched): a copy of ``completion_mask`` (B, T) bool."""
-    return _check_mask("completion_mask", completion_mask).clone()
+def full_mask(generated_mask: torch.Tensor) -> torch.Tensor:
+    """The whole generated region masked (prompt untouched): a copy of ``generated_mask`` (B, T) bool."""
+    return _check_mask("generated_mask", generated_mask).clone()
 
 
 def diffu_grpo_mask(
     prompt_mask: torch.Tensor,
-    completion_mask: torch.Tensor,
+    generated_mask: torch.Tensor,
     *,
     generator: GeneratorLike,
-    prompt_mask_ratio: float = 0.15,
+    prompt_mask_ratio: float = 0.0,
 ) -> torch.Tensor:
-    """d1's diffu-GRPO mask: the whole completion plus each prompt token w.p. ``prompt_mask_ratio``.
+    """The diffu-GRPO mask: the whole generated region plus each prompt token w.p. ``prompt_mask_ratio``.
 
-    The first real token of each prompt is never masked (under the shift convention it anchors the
-    prediction of the next position). Returns (B, T) bool.
+    0 (the default) is the paper's fully-masked-completion row; d1's 0.15 is the prompt-masking variant
+    (docs/rl.md). The first real token of each prompt is never masked (under the shift convention it
+    anchors the prediction of the next position). Returns (B, T) bool.
     """
     _check_mask("prompt_mask", prompt_mask)
-    _check_mask("completion_mask", completion_mask, prompt_mask.shape)
+    _check_mask("generated_mask", generated_mask, prompt_mask.shape)
     if not isinstance(prompt_mask_ratio, (int, float)) or not 0.0 <= float(prompt_mask_ratio) <= 1.0:
         raise ValueError(f"prompt_mask_ratio must be in [0, 1], got {prompt_mask_ratio!r}")
     B, T = prompt_mask.shape
     u = _uniform_rows(B, T, generator, prompt_mask.device)  # (B, T)
     first_real = prompt_mask & (prompt_mask.long().cumsum(dim=1) == 1)  # (B, T) first prompt token per row
     prompt_part = prompt_mask & ~first_real & (u < float(prompt_mask_ratio))
-    return completion_mask | prompt_part
+    return generated_mask | prompt_part
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,47 +282,68 @@ def build_logprob_passes(
     prompt_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
+    generated_mask: torch.Tensor | None = None,
     estimator: str = "coupled",
     t_range: tuple[float, float] = (0.2, 0.8),
     generator: GeneratorLike,
     mask_id: int,
-    prompt_mask_ratio: float = 0.15,
+    prompt_mask_ratio: float = 0.0,
 ) -> LogprobPasses:
     """Draw the masks of one estimate (see :func:`sequence_logprob_estimates` for the formulas).
 
-    input_ids: (B, T) long; prompt_mask, completion_mask: (B, T) bool, disjoint. Draw order from the
-    generator(s): t, then the mask(s) — fixed, so a seed fully determines the plan.
+    input_ids: (B, T) long; prompt_mask: (B, T) bool; generated_mask: (B, T) bool, the region the passes
+    noise (every generated token, also those after the first stop; default ``completion_mask``);
+    completion_mask: (B, T) bool, the tokens scored (a subset of generated_mask). Only the scored tokens
+    get non-zero coefficients, but the masks cover the whole generated region, as in DiffuCoder's coupled
+    sampling and d1 (everything after the prompt is noised): otherwise the tokens after the stop would be
+    clean context in every pass, the fully masked one included, and the estimate would be conditioned on
+    the completion's length. Draw order from the generator(s): t, then the mask(s) — fixed, so a seed fully
+    determines the plan.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError("input_ids must be a (B, T) tensor of token ids")
     if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
         raise ValueError(f"mask_id must be a non-negative int, got {mask_id!r}")
-    _check_mask("prompt_mask", prompt_mask, input_ids.shape)
-    _check_mask("completion_mask", completion_mask, input_ids.shape)
-    if bool((prompt_mask & completion_mask).any()):
-        raise ValueError("prompt_mask and completion_mask overlap; a position is either prompt or completion")
+    generated_mask = _check_regions(input_ids, prompt_mask, completion_mask, generated_mask)
     B, _ = input_ids.shape
-    c = completion_mask.float()  # (B, T)
+    c = completion_mask.float()  # (B, T) the scored tokens
 
     if estimator == "diffu-grpo":
-        m = diffu_grpo_mask(
-            prompt_mask, completion_mask, generator=generator, prompt_mask_ratio=prompt_mask_ratio
-        )
+        m = diffu_grpo_mask(prompt_mask, generated_mask, generator=generator, prompt_mask_ratio=prompt_mask_ratio)
         masks, coefs = [m], [c]
         t = torch.full((B,), math.nan)
     else:
         t = sample_coupled_t(B, generator=generator, t_range=t_range)  # (B,) CPU
         draw = coupled_masks if estimator == "coupled" else decoupled_masks
-        m1, m2 = draw(completion_mask, t, generator)
+        m1, m2 = draw(generated_mask, t, generator)
         tt = t.to(c.device)[:, None]  # (B, 1)
-        # DiffuCoder's coupled-sampling estimate with lambda = 1 (docs/rl.md): (logp_full + w * logp_masked_pass) / 2.
-        masks = [full_mask(completion_mask), m1, m2]
-        coefs = [0.5 * c, 0.5 * m1.float() / tt, 0.5 * m2.float() / (1.0 - tt)]
+        # DiffuCoder's coupled-sampling estimate with lambda = 1 (docs/rl.md): (logp_full + w * logp_masked_pass) / 2,
+        # scored on the completion only (a masked position after the stop is context, not a target).
+        masks = [full_mask(generated_mask), m1, m2]
+        coefs = [0.5 * c, 0.5 * (m1.float() * c) / tt, 0.5 * (m2.float() * c) / (1.0 - tt)]
 
     noisy = [torch.where(m, torch.full_like(input_ids, mask_id), input_ids) for m in masks]
     return LogprobPasses(estimator, torch.cat(noisy, dim=0), torch.stack(coefs), t)
+
+
+def _check_regions(
+    input_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    generated_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Validate the three regions of a batch; returns the generated region (``completion_mask`` if None)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError("input_ids must be a (B, T) tensor of token ids")
+    _check_mask("prompt_mask", prompt_mask, input_ids.shape)
+    _check_mask("completion_mask", completion_mask, input_ids.shape)
+    generated = completion_mask if generated_mask is None else generated_mask
+    _check_mask("generated_mask", generated, input_ids.shape)
+    if bool((prompt_mask & generated).any()):
+        raise ValueError("prompt_mask and generated_mask overlap; a position is either prompt or generated")
+    if bool((completion_mask & ~generated).any()):
+        raise ValueError("completion_mask must be a subset of generated_mask (the scored tokens were generated)")
+    return generated
 
 
 def combine_pass_logprobs(
@@ -346,11 +369,12 @@ def sequence_logprob_estimates(
     prompt_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
+    generated_mask: torch.Tensor | None = None,
     estimator: str = "coupled",
     t_range: tuple[float, float] = (0.2, 0.8),
     generator: GeneratorLike | None = None,
     mask_id: int,
-    prompt_mask_ratio: float = 0.15,
+    prompt_mask_ratio: float = 0.0,
     attention_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
     passes: LogprobPasses | None = None,
@@ -362,15 +386,16 @@ def sequence_logprob_estimates(
     ``chunk_size`` rows at a time. Pass a ready ``passes`` plan (from :func:`build_logprob_passes`) to
     reuse exactly the same masks for another policy; otherwise one is drawn from ``generator``.
 
-    With ``l_X[n] = log p_theta(x0_n | x0 with the positions in X masked)`` and completion C:
+    With ``l_X[n] = log p_theta(x0_n | x0 with the positions in X masked)``, generated region D
+    (``generated_mask``, default the completion) and scored completion C (a subset of D):
 
-    - ``"coupled"``: t ~ U(t_range) per sequence, M1 ~ Bernoulli(t) over C, M2 = C \\ M1, and for n in C
-      ``est[n] = (l_C[n] + w[n] * l_{M(n)}[n]) / 2`` with ``M(n)`` the one pass that masked n and
+    - ``"coupled"``: t ~ U(t_range) per sequence, M1 ~ Bernoulli(t) over D, M2 = D \\ M1, and for n in C
+      ``est[n] = (l_D[n] + w[n] * l_{M(n)}[n]) / 2`` with ``M(n)`` the one pass that masked n and
       ``w = 1/t`` (n in M1) or ``1/(1 - t)`` (n in M2) — DiffuCoder's coupled-sampling estimate
       (docs/rl.md) with one pair, the fully masked pass entering with weight 1. Three forwards per sequence.
-    - ``"decoupled"``: the same formula with M1 ~ Bernoulli(t) and M2 ~ Bernoulli(1 - t) drawn
+    - ``"decoupled"``: the same formula with M1 ~ Bernoulli(t) and M2 ~ Bernoulli(1 - t) over D drawn
       independently (a token may be in both, contributing both terms, or in neither). Three forwards.
-    - ``"diffu-grpo"``: ``est[n] = l_{C + ~15% of the prompt}[n]``. One forward.
+    - ``"diffu-grpo"``: ``est[n] = l_{D + a prompt_mask_ratio share of the prompt}[n]``. One forward.
 
     Note on scale: ``E[w[n]] = 2`` over the mask draw, so when context matters little the coupled
     estimate is about 1.5x the fully-masked log-prob; it is a consistent surrogate used on both sides of
@@ -383,6 +408,7 @@ def sequence_logprob_estimates(
             input_ids,
             prompt_mask,
             completion_mask,
+            generated_mask=generated_mask,
             estimator=estimator,
             t_range=t_range,
             generator=generator,

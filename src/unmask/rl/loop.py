@@ -115,14 +115,17 @@ def load_rl_tasks(cfg: RLConfig) -> list[Task]:
 class RolloutBatch:
     """Completed sequences of a rank's share of one step, left-padded to a common length T.
 
-    input_ids (R, T) long; attention_mask (R, T) bool (real tokens); prompt_mask / completion_mask (R, T)
-    bool (completion_mask: the tokens that count in the loss, up to and including the first stop token);
+    input_ids (R, T) long; attention_mask (R, T) bool (real tokens); prompt_mask / generated_mask /
+    completion_mask (R, T) bool — generated_mask: every generated position (what the estimator passes
+    noise, whatever the stops and rewards); completion_mask: the tokens that count in the loss, up to and
+    including the first stop token, none for a missing reward (a subset of generated_mask);
     advantages (R,) float32; seeds (R, 2) long: (prompt slot in the step, sample index) for mask seeds.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     prompt_mask: torch.Tensor
+    generated_mask: torch.Tensor
     completion_mask: torch.Tensor
     advantages: torch.Tensor
     seeds: torch.Tensor
@@ -157,10 +160,11 @@ def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
 
 
 def _assemble(prompts: list[torch.Tensor], generated: list[torch.Tensor], completion: list[torch.Tensor],
-              pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad (prompt + completion) groups to one length: ids, attention, prompt mask, completion mask."""
+              pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad (prompt + generated) groups to one length: ids, attention, prompt, generated and completion
+    masks."""
     width = max(p.shape[0] for p in prompts) + generated[0].shape[1]
-    rows_ids, rows_attn, rows_prompt, rows_comp = [], [], [], []
+    rows_ids, rows_attn, rows_prompt, rows_gen, rows_comp = [], [], [], [], []
     for p, g, c in zip(prompts, generated, completion):
         G, L = g.shape
         pad = width - p.shape[0] - L
@@ -171,8 +175,11 @@ def _assemble(prompts: list[torch.Tensor], generated: list[torch.Tensor], comple
         rows_prompt.append(torch.cat([torch.zeros(G, pad, dtype=torch.bool, device=dev),
                                       torch.ones(G, p.shape[0], dtype=torch.bool, device=dev),
                                       torch.zeros(G, L, dtype=torch.bool, device=dev)], dim=1))
-        rows_comp.append(torch.cat([torch.zeros(G, pad + p.shape[0], dtype=torch.bool, device=dev), c], dim=1))
-    return torch.cat(rows_ids), torch.cat(rows_attn), torch.cat(rows_prompt), torch.cat(rows_comp)
+        before = torch.zeros(G, pad + p.shape[0], dtype=torch.bool, device=dev)
+        rows_gen.append(torch.cat([before, torch.ones(G, L, dtype=torch.bool, device=dev)], dim=1))
+        rows_comp.append(torch.cat([before, c], dim=1))
+    return (torch.cat(rows_ids), torch.cat(rows_attn), torch.cat(rows_prompt), torch.cat(rows_gen),
+            torch.cat(rows_comp))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -186,8 +193,9 @@ def _estimates(model_fn, batch: RolloutBatch, rows: slice, *, cfg: RLConfig, ste
             for s in batch.seeds[rows].tolist()]
     ids = batch.input_ids[rows]
     passes = build_logprob_passes(ids, batch.prompt_mask[rows], batch.completion_mask[rows],
-                                  estimator=cfg.estimator, t_range=(cfg.t_low, cfg.t_high), generator=gens,
-                                  mask_id=mask_id, prompt_mask_ratio=cfg.prompt_mask_ratio)
+                                  generated_mask=batch.generated_mask[rows], estimator=cfg.estimator,
+                                  t_range=(cfg.t_low, cfg.t_high), generator=gens, mask_id=mask_id,
+                                  prompt_mask_ratio=cfg.prompt_mask_ratio)
     attn = batch.attention_mask[rows]
     return sequence_logprob_estimates(model_fn, ids, batch.prompt_mask[rows], batch.completion_mask[rows],
                                       mask_id=mask_id, passes=passes,
@@ -468,9 +476,9 @@ def _collect_rollouts(run: _Run, step: int) -> _Rollouts:
 
 
 def _rollout_batch(run: _Run, rollouts: _Rollouts) -> RolloutBatch:
-    ids, attn, prompt_mask, comp_mask = _assemble(rollouts.prompts, rollouts.generated, rollouts.completion,
-                                                  run.tokenizer.special.pad)
-    return RolloutBatch(ids, attn, prompt_mask, comp_mask, torch.cat(rollouts.advantages).to(run.device),
+    ids, attn, prompt_mask, gen_mask, comp_mask = _assemble(rollouts.prompts, rollouts.generated,
+                                                            rollouts.completion, run.tokenizer.special.pad)
+    return RolloutBatch(ids, attn, prompt_mask, gen_mask, comp_mask, torch.cat(rollouts.advantages).to(run.device),
                         torch.cat(rollouts.seeds))
 
 
