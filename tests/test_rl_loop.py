@@ -1,9 +1,11 @@
 """Tests for unmask.rl.loop: one update moves the policy the right way, zero advantages do nothing, KL is 0 at
-the reference, micro-batching does not change the update, kill + resume equals an uninterrupted run, the CLI."""
+the reference, micro-batching does not change the update, the reference blend and the LR schedule match their
+formulas, kill + resume equals an uninterrupted run, the CLI."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,7 +14,16 @@ from conftest import MASK_ID, make_model
 from unmask.data.synthetic import synthetic_tasks
 from unmask.errors import ConfigError
 from unmask.rl.grpo import group_advantages
-from unmask.rl.loop import RLConfig, RolloutBatch, _assemble, _completion_mask, policy_update, rl
+from unmask.rl.loop import (
+    RLConfig,
+    RolloutBatch,
+    _assemble,
+    _completion_mask,
+    policy_update,
+    rl,
+    sync_reference,
+    update_lr,
+)
 from unmask.rl.rewards import register_reward
 
 
@@ -141,7 +152,64 @@ def test_config_validation() -> None:
     d = RLConfig()
     assert (d.num_generations, d.temperature, d.max_new_tokens, d.steps, d.alg) == (10, 1.2, 256, 256, "entropy")
     assert (d.eps_clip, d.beta, d.mu, d.lr, d.ref_sync_every) == (0.5, 0.01, 2, 1e-6, 64)
-    assert d.prompt_mask_ratio == 0.0  # diffu-GRPO is the paper's fully-masked-completion row (docs/rl.md)
+    # DiffuCoder's recipe (docs/rl.md, "Differences from the reference recipe"): blended reference, cosine to
+    # 0.1 x peak, clip 0.2, Adam betas (0.9, 0.99), weight decay 0.1; diffu-GRPO masks no prompt token.
+    assert (d.ref_sync_alpha, d.lr_schedule, d.min_lr_ratio) == (0.6, "cosine", 0.1)
+    assert (d.grad_clip, d.beta1, d.beta2, d.weight_decay, d.prompt_mask_ratio) == (0.2, 0.9, 0.99, 0.1, 0.0)
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    ("ref_sync_alpha", 0.0), ("ref_sync_alpha", 1.5), ("min_lr_ratio", -0.1), ("min_lr_ratio", 2.0),
+    ("beta1", 1.0), ("beta2", -0.5), ("beta2", float("nan")), ("prompt_mask_ratio", 1.5), ("lr_schedule", "linear"),
+    ("grad_clip", -1.0), ("weight_decay", float("inf")),
+])
+def test_config_errors_name_the_field(field: str, bad) -> None:
+    with pytest.raises(ConfigError, match=f"^{field} must"):
+        RLConfig(**{field: bad})
+    RLConfig(ref_sync_alpha=1.0, min_lr_ratio=0.0, beta1=0.0, prompt_mask_ratio=0.15, lr_schedule="constant")
+
+
+def test_sync_reference_blends_by_hand() -> None:
+    policy, reference = make_model(6), make_model(7).requires_grad_(False)
+    p_sd = {k: v.clone() for k, v in policy.state_dict().items()}
+    r_sd = {k: v.clone() for k, v in reference.state_dict().items()}
+    assert any(not torch.equal(p_sd[k], r_sd[k]) for k in p_sd)
+    sync_reference(reference, policy, 0.6)
+    after = reference.state_dict()
+    for k in r_sd:  # every entry of the state dict, tied ones included, blended once
+        torch.testing.assert_close(after[k], 0.6 * p_sd[k] + 0.4 * r_sd[k], rtol=1e-6, atol=1e-7)
+    assert all(torch.equal(v, p_sd[k]) for k, v in policy.state_dict().items())  # the policy is untouched
+    sync_reference(reference, policy, 1.0)
+    assert all(torch.equal(v, p_sd[k]) for k, v in reference.state_dict().items())  # alpha 1: a copy
+    with pytest.raises(ValueError, match="alpha"):
+        sync_reference(reference, policy, 0.0)
+
+
+def test_lr_schedule_follows_the_cosine_formula() -> None:
+    cfg = RLConfig(lr=2e-5, max_steps=10, mu=2, min_lr_ratio=0.1)  # 20 optimiser updates over the run
+    for update in (0, 1, 5, 10, 13, 19, 20, 25):
+        progress = min(update, 20) / 20
+        by_hand = 2e-5 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        assert update_lr(cfg, update) == pytest.approx(by_hand, rel=1e-12)
+    assert update_lr(cfg, 0) == pytest.approx(2e-5) and update_lr(cfg, 20) == pytest.approx(2e-6)
+    flat = RLConfig(lr=2e-5, max_steps=10, mu=2, lr_schedule="constant")
+    assert {update_lr(flat, u) for u in range(25)} == {2e-5}
+
+
+def test_policy_update_applies_the_given_learning_rates() -> None:
+    batch = small_batch(G=2)
+    batch.advantages = torch.tensor([1.0, -1.0])
+    cfg = RLConfig(mu=2, beta=0.0, grad_clip=0.0, rewards="test_digits", reward_weights="1")
+    model = make_model(8)
+    before = [p.detach().clone() for p in model.parameters()]
+    sgd = torch.optim.SGD(model.parameters(), lr=0.5)
+    policy_update(model, model, None, sgd, batch, cfg=cfg, step=0, mask_id=MASK_ID, lrs=[0.0, 0.0])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # LR 0 twice: nothing moved
+    policy_update(model, model, None, sgd, batch, cfg=cfg, step=0, mask_id=MASK_ID, lrs=[0.0, 0.25])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert [g["lr"] for g in sgd.param_groups] == [0.25]
+    with pytest.raises(ValueError, match="one learning rate per update"):
+        policy_update(model, model, None, sgd, batch, cfg=cfg, step=0, mask_id=MASK_ID, lrs=[0.1])
 
 
 # ---------------------------------------------------------------------------- the whole loop
@@ -184,11 +252,28 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, tokenizer, tiny_setup) -
     for a, b in zip(full_model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     lines = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert strip_times(lines(tmp_path / "full")) == strip_times(lines(tmp_path / "part"))
+    assert strip_times(lines(tmp_path / "full")) == strip_times(lines(tmp_path / "part"))  # the LR included
+    cfg = loop_config(tmp_path / "full")
+    assert [r["lr"] for r in full.history] == [update_lr(cfg, 1), update_lr(cfg, 3)]  # last update of each step
+    for run in ("full", "part"):  # the optimiser's own LR at the end, uninterrupted and resumed
+        state = torch.load(tmp_path / run / "checkpoint-0000002" / "trainer_state.pt", weights_only=False)
+        assert [g["lr"] for g in state["optimizer"]["param_groups"]] == [update_lr(cfg, 3)] * 2
     assert any(r["reward_std"] > 0 for r in full.history)  # the stub reward varied, so updates had signal
     assert full.history[0]["kl"] > 0.0  # mu=2: the second update of step 1 sees a policy that moved
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         rl(loop_config(tmp_path / "full"), model=make(), tokenizer=tokenizer, tasks=tasks)
+
+
+def test_loop_blends_the_reference_after_a_sync(tmp_path, tokenizer, tiny_setup) -> None:
+    make, tasks = tiny_setup
+    policy = make()
+    initial = {k: v.clone() for k, v in policy.state_dict().items()}
+    rl(loop_config(tmp_path / "run", max_steps=1, mu=1), model=policy, tokenizer=tokenizer, tasks=tasks)
+    state = torch.load(tmp_path / "run" / "checkpoint-0000001" / "trainer_state.pt", weights_only=False)
+    final = policy.state_dict()
+    assert any(not torch.equal(final[k], initial[k]) for k in final)  # the step moved the policy
+    for k, ref in state["reference"].items():  # synced after step 1 (ref_sync_every 1): 0.6 new + 0.4 old
+        torch.testing.assert_close(ref, 0.6 * final[k] + 0.4 * initial[k], rtol=1e-6, atol=1e-7)
 
 
 def test_cli_rl_end_to_end_with_sandboxed_rewards(tmp_path, tokenizer, tiny_setup, capsys) -> None:

@@ -17,6 +17,7 @@ from unmask.rl.rewards import get_reward
 
 ESTIMATORS = ("coupled", "decoupled", "diffu-grpo")
 BASELINES = ("mean", "leave_one_out")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -39,12 +40,22 @@ class RLConfig:
     max_steps: int = field(default=100, metadata=_doc("RL steps of the whole run"))
     stop_after_steps: int | None = field(default=None, metadata=_doc("stop this invocation after N steps"))
     mu: int = field(default=2, metadata=_doc("gradient updates per batch of rollouts"))
-    lr: float = field(default=1e-6, metadata=_doc("AdamW learning rate (constant)"))
-    weight_decay: float = field(default=0.0, metadata=_doc("AdamW weight decay (matrices only)"))
-    grad_clip: float = field(default=1.0, metadata=_doc("clip the global grad norm (0 = off)"))
+    lr: float = field(default=1e-6, metadata=_doc("AdamW peak learning rate (see lr_schedule)"))
+    lr_schedule: str = field(
+        default="cosine",
+        metadata=_doc("cosine (lr down to min_lr_ratio x lr at max_steps) or constant", choices=LR_SCHEDULES),
+    )
+    min_lr_ratio: float = field(default=0.1, metadata=_doc("cosine: final LR as a fraction of lr"))
+    weight_decay: float = field(default=0.1, metadata=_doc("AdamW weight decay (matrices only)"))
+    beta1: float = field(default=0.9, metadata=_doc("AdamW beta1"))
+    beta2: float = field(default=0.99, metadata=_doc("AdamW beta2"))
+    grad_clip: float = field(default=0.2, metadata=_doc("clip the global grad norm (0 = off)"))
     eps_clip: float = field(default=0.5, metadata=_doc("PPO ratio clip epsilon"))
     beta: float = field(default=0.01, metadata=_doc("k3 KL weight to the reference policy (0 = no reference)"))
     ref_sync_every: int = field(default=64, metadata=_doc("sync the reference every N steps (0 = never)"))
+    ref_sync_alpha: float = field(
+        default=0.6, metadata=_doc("sync: reference = alpha x policy + (1 - alpha) x reference (1 = copy)")
+    )
     baseline: str = field(default="mean", metadata=_doc("advantage baseline", choices=BASELINES))
     scale_std: bool = field(default=False, metadata=_doc("divide advantages by the group's reward std"))
     t_low: float = field(default=0.2, metadata=_doc("coupled/decoupled: t ~ U(t_low, t_high)"))
@@ -104,8 +115,9 @@ class RLConfig:
             raise ConfigError(f"need 0 < t_low <= t_high < 1, got t_low={self.t_low}, t_high={self.t_high}")
         if not 0.0 < self.eps_clip < 1.0:
             raise ConfigError(f"eps_clip must be in (0, 1), got {self.eps_clip!r}")
-        if not 0.0 <= self.prompt_mask_ratio <= 1.0:
-            raise ConfigError(f"prompt_mask_ratio must be in [0, 1], got {self.prompt_mask_ratio!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
+        self._check_ranges()
         for name in ("lr", "timeout"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -124,6 +136,21 @@ class RLConfig:
                 get_reward(name)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
+
+    def _check_ranges(self) -> None:
+        """Fractions and Adam's betas: each a finite number inside its interval."""
+        for name, inside, interval in (
+            ("prompt_mask_ratio", lambda v: 0.0 <= v <= 1.0, "[0, 1]"),
+            ("min_lr_ratio", lambda v: 0.0 <= v <= 1.0, "[0, 1]"),
+            ("beta1", lambda v: 0.0 <= v < 1.0, "[0, 1)"),
+            ("beta2", lambda v: 0.0 <= v < 1.0, "[0, 1)"),
+            # 0 would never move the reference (ref_sync_every 0 says that); 1 is a hard copy.
+            ("ref_sync_alpha", lambda v: 0.0 < v <= 1.0, "(0, 1]"),
+        ):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not (number and inside(value)):
+                raise ConfigError(f"{name} must be a number in {interval}, got {value!r}")
 
     def reward_weight_map(self) -> dict[str, float]:
         names = [n.strip() for n in self.rewards.split(",") if n.strip()]

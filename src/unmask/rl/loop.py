@@ -59,8 +59,10 @@ from unmask.runs import (
     set_rng_state,
     start_run_dir,
 )
+from unmask.train import _param_groups, lr_factor
 
-__all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_update", "rl", "rollout"]
+__all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_update", "rl", "rollout", "sync_reference",
+           "update_lr"]
 
 # pass_index values of mask_seed reserved for things other than estimator passes.
 _ROLLOUT_PASS = 10_000
@@ -209,13 +211,16 @@ def _rows_per_micro(cfg: RLConfig, length: int) -> int:
 
 def policy_update(model: torch.nn.Module, wrapped: torch.nn.Module, reference: torch.nn.Module | None,
                   optimizer: torch.optim.Optimizer, batch: RolloutBatch, *, cfg: RLConfig, step: int,
-                  mask_id: int, world: int = 1) -> dict[str, float]:
+                  mask_id: int, world: int = 1, lrs: Sequence[float] | None = None) -> dict[str, float]:
     """``cfg.mu`` clipped-GRPO updates on one batch of rollouts; returns token-mean stats.
 
     Old and reference log-probs are computed first (no grad) with the same per-row mask seeds the current
     policy uses in each iteration. Rows are processed ``pass_token_budget`` tokens at a time; on a CUDA
-    out-of-memory error the iteration restarts with half the micro-batch.
+    out-of-memory error the iteration restarts with half the micro-batch. ``lrs``: the learning rate of
+    each of the ``mu`` updates (the loop passes :func:`update_lr`'s); None leaves the optimiser's as it is.
     """
+    if lrs is not None and len(lrs) != cfg.mu:
+        raise ValueError(f"lrs must give one learning rate per update (mu = {cfg.mu}), got {len(lrs)}")
     R, T = batch.input_ids.shape
     count = batch.completion_mask.sum().to(torch.float64)
     if world > 1:
@@ -265,6 +270,9 @@ def policy_update(model: torch.nn.Module, wrapped: torch.nn.Module, reference: t
                 torch.cuda.empty_cache()
         norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
                 else torch.zeros(()))
+        if lrs is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = float(lrs[k])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         for key in sums:
@@ -272,6 +280,39 @@ def policy_update(model: torch.nn.Module, wrapped: torch.nn.Module, reference: t
         stats["grad_norm"] += float(norm) / cfg.mu
     model.eval()
     return stats
+
+
+def update_lr(cfg: RLConfig, update: int) -> float:
+    """The learning rate of optimiser update ``update`` (0-based over the run: ``step * mu + k``).
+
+    ``cosine``: from ``lr`` down to ``min_lr_ratio * lr`` at ``max_steps * mu`` updates, no warm-up — the
+    shape of DiffuCoder's (TRL's cosine-with-min-LR) schedule (docs/rl.md). Computed from the update index
+    alone, so a resumed run continues the schedule exactly without a scheduler state.
+    """
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * lr_factor(update, warmup_steps=0, max_steps=cfg.max_steps * cfg.mu, min_lr_ratio=cfg.min_lr_ratio)
+
+
+@torch.no_grad()
+def sync_reference(reference: torch.nn.Module, policy: torch.nn.Module, alpha: float) -> None:
+    """Move the reference toward the policy in place: ``ref = alpha * policy + (1 - alpha) * ref``.
+
+    DiffuCoder's recipe (TRL's reference sync, docs/rl.md) blends with alpha 0.6 instead of copying, so the
+    KL anchor trails the policy. ``alpha == 1`` copies exactly. Parameters only (named_parameters lists a
+    tied weight once, so it is blended once); buffers are copied.
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+    source = dict(policy.named_parameters())
+    for name, param in reference.named_parameters():
+        if alpha == 1.0:
+            param.copy_(source[name])
+        else:
+            param.mul_(1.0 - alpha).add_(source[name], alpha=alpha)
+    policy_buffers = dict(policy.named_buffers())
+    for name, buffer in reference.named_buffers():
+        buffer.copy_(policy_buffers[name])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -353,18 +394,20 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         t_rollout = time.perf_counter() - t0
         batch = _rollout_batch(run, rollouts)
         t1 = time.perf_counter()
+        lrs = [update_lr(cfg, step * cfg.mu + k) for k in range(cfg.mu)]
         stats = policy_update(run.model, run.wrapped, run.reference, run.optimizer, batch, cfg=cfg, step=step,
-                              mask_id=run.mask_id, world=run.world)
+                              mask_id=run.mask_id, world=run.world, lrs=lrs)
         t_update = time.perf_counter() - t1
         step += 1
         if run.reference is not None and cfg.ref_sync_every and step % cfg.ref_sync_every == 0:
-            run.reference.load_state_dict(run.model.state_dict())
+            sync_reference(run.reference, run.model, cfg.ref_sync_alpha)
         rewards, gen_tokens = _reward_metrics(run, rollouts)
         step_s = time.perf_counter() - t0
         record: dict[str, Any] = {
             "step": step,
             **rewards,
             **{k: stats[k] for k in ("loss", "kl", "clip_fraction", "ratio", "grad_norm")},
+            "lr": lrs[-1],
             "rollout_s": round(t_rollout, 3),
             "update_s": round(t_update, 3),
             "step_s": round(step_s, 3),
@@ -392,7 +435,6 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
 
 def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     """Everything before the first step: checks, the policy on its device, optimiser, reference, resume."""
-    from unmask.train import _param_groups
     from unmask.training_data import EpochSampler
 
     rank, world = distributed()
@@ -417,7 +459,8 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     model = model.to(device=device, dtype=torch.float32)
     model.eval()  # rollouts and no-grad passes; policy_update switches to train mode around its backward
 
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, foreach=False, fused=False)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  foreach=False, fused=False)
     sampler = EpochSampler(len(tasks), cfg.seed + 1)
     reference = copy.deepcopy(model).requires_grad_(False) if cfg.beta > 0 else None
     step = 0 if resume_from is None else _resume(resume_from, model, optimizer, sampler, reference)
