@@ -8,6 +8,11 @@ pads not) are masked at random. One forward; the accuracy is the share of masked
 A model that fills well at high ratios can write code in few steps; comparing a from-scratch model with an
 AR-adapted one shows what the adaptation brought.
 
+``--next-token`` measures instead the state a left-to-right decode is in (blocks of 1): for every response
+position i the canvas is ``[prompt][response[:i]][mask x (new_tokens - i)]`` and the score is the argmax at i.
+A causal model (the AR twin) is scored on the same positions teacher-forced, so the two numbers compare the
+next-token skill of a diffusion model and of its AR parent directly.
+
     python bench/mask_accuracy.py MODEL [MODEL ...] --data runs/pipeline/sft.jsonl \
         --out reports/pipeline/mask_accuracy.json --png reports/pipeline/mask_accuracy.png
 """
@@ -61,14 +66,46 @@ def accuracy(model, rows, ratio: float, seq_len: int, generator: torch.Generator
     return correct, total
 
 
+@torch.no_grad()
+def next_token_accuracy(model, rows, new_tokens: int) -> tuple[int, int]:
+    """(correct, scored) of the argmax at the leftmost masked position, every response position in turn;
+    a causal model is scored teacher-forced on the same positions."""
+    from unmask.diffusion import shift_logits
+
+    correct = total = 0
+    for prompt, response in rows:
+        n, P = min(len(response), new_tokens), len(prompt)
+        target = torch.tensor(response[:n])  # (n,)
+        if getattr(model, "causal", False):
+            from unmask.autoregressive import causal_attention
+
+            ids = torch.tensor([prompt + response[:n]])
+            mask = causal_attention(torch.ones_like(ids, dtype=torch.bool))  # the model is causal only if told
+            logits = shift_logits(model(ids, attention_mask=mask))[0, P:P + n]  # (n, V)
+        else:
+            canvas = torch.full((n, P + new_tokens), model.config.mask_token_id)  # row i: response[:i] clean
+            canvas[:, :P] = torch.tensor(prompt)
+            for i in range(n):
+                canvas[i, P:P + i] = target[:i]
+            logits = shift_logits(model(canvas))[torch.arange(n), P + torch.arange(n)]  # (n, V)
+        correct += int((logits.argmax(-1) == target).sum())
+        total += n
+    return correct, total
+
+
 def measure(model_dir: str, pairs, args) -> dict:
     import unmask
 
     model, tokenizer = unmask.load(model_dir)
-    if getattr(model, "causal", False) or model.config.mask_token_id is None:
-        raise SystemExit(f"error: {model_dir} is a causal model; masked-token accuracy needs a diffusion model")
     model.eval()
     rows = held_out_rows(tokenizer, pairs, args.seq_len, args.rows, args.val_fraction)
+    if args.next_token:
+        correct, total = next_token_accuracy(model, rows, args.new_tokens)
+        return {"model": model_dir, "rows": len(rows), "next_token": {"accuracy": correct / total,
+                                                                      "correct": correct, "scored": total}}
+    if getattr(model, "causal", False) or model.config.mask_token_id is None:
+        raise SystemExit(f"error: {model_dir} is a causal model; masked-token accuracy needs a diffusion model "
+                         "(--next-token scores causal models too)")
     generator = torch.Generator().manual_seed(args.seed)
     result = {}
     for ratio in args.ratios:
@@ -110,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the trainer's val_fraction (same split); 0 = every pair (data no model trained on)")
     p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=list(RATIOS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--next-token", action="store_true",
+                   help="score the leftmost masked position (left-to-right decoding's state) instead")
+    p.add_argument("--new-tokens", type=int, default=64, help="--next-token: canvas length after the prompt")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--png", help="write the plot here")
     args = p.parse_args(argv)
@@ -122,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    if args.png:
+    if args.png and not args.next_token:
         plot(results, Path(args.png), labels)
-    print(json.dumps({label: {r: round(v["accuracy"], 4) for r, v in res["by_ratio"].items()}
-                      for label, res in zip(labels, results)}))
+    if args.next_token:
+        print(json.dumps({label: round(res["next_token"]["accuracy"], 4) for label, res in zip(labels, results)}))
+    else:
+        print(json.dumps({label: {r: round(v["accuracy"], 4) for r, v in res["by_ratio"].items()}
+                          for label, res in zip(labels, results)}))
     print("reproduce: python " + " ".join(sys.argv), file=sys.stderr)
     return 0
 
