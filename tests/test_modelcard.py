@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from unmask.modelcard import main, render_model_card, run_summary
+from unmask.modelcard import main, objective_words, render_model_card, run_summary
 
 CONFIG = {"model_type": "Dream", "vocab_size": 100, "hidden_size": 16, "intermediate_size": 32,
           "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "rope_theta": 10000.0,
@@ -133,3 +133,11 @@ def test_cli_keeps_stages_in_command_line_order_with_the_aliases(tmp_path, capsy
         main([str(model), "--stage", str(pre), "--command", "x"])
     assert exit_info.value.code == 2 and "NAME=RUN_DIR" in capsys.readouterr().err
     assert main([str(model), "--stage", f"x={tmp_path / 'missing'}", "--command", "x"]) == 2
+
+
+def test_objective_words_name_every_training_choice():
+    assert objective_words({"objective": "autoregressive"}) == "AR next-token"
+    assert objective_words({}) == "masked diffusion"
+    assert objective_words({"adapt_from_ar": True, "anneal_steps": 250}) == "AR→diffusion adaptation (anneal_steps 250)"
+    assert objective_words({"block_mask_prob": 0.5, "block_mask_length": 8}) == (
+        "masked diffusion, 50% semi-AR block rows (blocks of 8)")

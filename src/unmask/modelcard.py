@@ -103,9 +103,13 @@ def objective_words(config: Mapping[str, Any]) -> str:
     """A training stage's objective in words (run_config.json written before ``objective`` existed: diffusion)."""
     if config.get("objective", "diffusion") == "autoregressive":
         return "AR next-token"
+    words = "masked diffusion"
     if config.get("adapt_from_ar"):
-        return f"AR→diffusion adaptation (anneal_steps {config.get('anneal_steps', 0)})"
-    return "masked diffusion"
+        words = f"AR→diffusion adaptation (anneal_steps {config.get('anneal_steps', 0)})"
+    if config.get("block_mask_prob"):
+        share, length = float(config["block_mask_prob"]), config.get("block_mask_length", 8)
+        words += f", {100 * share:.0f}% semi-AR block rows (blocks of {length})"
+    return words
 
 
 def data_words(config: Mapping[str, Any], name: str) -> str:
