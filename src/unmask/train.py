@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -50,6 +48,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from unmask import runs
 from unmask.diffusion import (
     adaptation_spans,
     annealed_attention_mask,
@@ -64,20 +63,7 @@ from unmask.diffusion import (
 )
 from unmask.errors import ConfigError
 from unmask.model import DreamModel
-from unmask.runs import (  # noqa: F401  (latest_checkpoint: re-exported for callers of unmask.train)
-    OPTIMIZER_FILE,
-    append_jsonl,
-    distributed,
-    end_step,
-    latest_checkpoint,
-    progress_bar,
-    resolve_device,
-    resume_point,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    start_run_dir,
-)
+from unmask.runs import OPTIMIZER_FILE
 from unmask.train_config import DISTRIBUTED, NORMALIZERS, OBJECTIVES, STAGES, T_METHODS, TrainConfig  # noqa: F401
 from unmask.training_data import EpochSampler, TokenRows, val_batches
 
@@ -673,19 +659,8 @@ def train(
     Joins the process group when launched by torchrun (``WORLD_SIZE`` > 1; gloo on CPU, nccl on GPU).
     ``on_step(step, record)`` is called on every rank after each optimiser step (for tests and tools).
     """
-    started_group = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-        started_group = True
-    try:
+    with runs.process_group(cfg.device):
         return _train(cfg, model, tokenizer, data, on_step)
-    finally:
-        if started_group:
-            # FSDP modules left for the interpreter's final collection sometimes abort the process after
-            # a finished run (gloo, torch 2.13: "terminate called without an active exception", ~1 in 15
-            # runs); collecting them while the group still exists avoids it.
-            gc.collect()
-            dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -742,12 +717,10 @@ def _train(
 ) -> TrainResult:
     run = _setup(cfg, model, tokenizer, data)
     step = run.start
-    end = end_step(step, cfg.max_steps, cfg.stop_after_steps)
-    bar = progress_bar(run.rank == 0 and cfg.progress, total=cfg.max_steps, initial=step, desc="train")
+    loop = runs.StepLoop(step, cfg, rank=run.rank, desc="train", on_step=on_step)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     throughput = _Throughput(tokens_per_step)
-    history: list[dict[str, Any]] = []
-    while step < end:
+    while step < loop.end:
         batches = _draw_batches(run, step)
         stats = _train_step(run, batches)
         step += 1
@@ -762,32 +735,26 @@ def _train(
         # Under FSDP every forward is a collective, so all ranks validate (identically); only rank 0 writes.
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and (run.rank == 0 or run.fsdp):
             record.update(_validate(run, step))
-        if step % cfg.log_every == 0 or "val_loss" in record or step == end:
+        if loop.due(step, cfg.log_every) or "val_loss" in record:
             record["tokens_per_s"] = throughput.rate()
             if run.rank == 0:
-                append_jsonl(run.run_dir / "metrics.jsonl", record)
-        history.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{throughput.last:,.0f}")
-        if on_step is not None:
-            on_step(step, record)
-        if step % cfg.save_every == 0 or step == end:
+                runs.append_jsonl(run.run_dir / "metrics.jsonl", record)
+        loop.finished(step, record, loss=f"{record['loss']:.4f}", tok_s=f"{throughput.last:,.0f}")
+        if loop.due(step, cfg.save_every):
             _save(run, step)
-    if bar is not None:
-        bar.close()
-    return TrainResult(step=step, history=history, run_dir=run.run_dir)
+    loop.close()
+    return TrainResult(step=step, history=loop.history, run_dir=run.run_dir)
 
 
 def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: TrainData | None) -> _Run:
     """Everything before the first step: checks, model on its device (wrapped), optimiser, RNG, resume."""
-    rank, world = distributed()
+    rank, world = runs.distributed()
     if cfg.batch_size % world:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})"
         )
     run_dir = Path(cfg.run_dir)
-    resume_from = resume_point(run_dir, cfg.resume)
+    resume_from = runs.resume_point(run_dir, cfg.resume)
     if cfg.resume and resume_from is None and rank == 0:
         print(f"note: no checkpoint in {run_dir}; starting a fresh run", file=sys.stderr)
     model, tokenizer, data = _load(cfg, model, tokenizer, data, resume_from)
@@ -795,7 +762,7 @@ def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
     mask_id = int(model.config.mask_token_id) if model.config.mask_token_id is not None else -1
     model_config = model.config
     stop_id = _stop_id(cfg, model_config, tokenizer)
-    device = resolve_device(cfg.device, rank)
+    device = runs.resolve_device(cfg.device, rank)
     model = model.to(device=device, dtype=torch.float32)
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
@@ -811,7 +778,7 @@ def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
     if resume_from is not None:
         step = _resume(resume_from, model, optimizer, scheduler, sampler, noise, rank=rank, world=world)
     if rank == 0:
-        start_run_dir(run_dir, "run_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
+        runs.start_run_dir(run_dir, "run_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
                       logs=("metrics.jsonl", "samples.jsonl"))
     prompts = sample_prompts(data.val, cfg)
     pad_id = model_config.pad_token_id if model_config.pad_token_id is not None else mask_id
@@ -872,7 +839,7 @@ def _resume(
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
     noise.set_state(state["noise_generator"])
-    set_rng_state(state["rng"])
+    runs.set_rng_state(state["rng"])
     return int(state["step"])
 
 
@@ -959,10 +926,10 @@ def _save(run: _Run, step: int) -> None:
             "scheduler": run.scheduler.state_dict(),
             "sampler": run.sampler.state_dict(),
             "noise_generator": run.noise.get_state(),
-            "rng": rng_state(),
+            "rng": runs.rng_state(),
             "config": cfg.to_dict(),
         }
-        save_checkpoint(
+        runs.save_checkpoint(
             run.run_dir,
             plain_model(run.model_config, model_state),
             run.tokenizer,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from unmask import runs
 from unmask.data.benchmarks import Task
 from unmask.errors import ConfigError
 from unmask.fileio import parse_jsonl
@@ -47,18 +47,6 @@ from unmask.rl.grpo import (
     sequence_logprob_estimates,
 )
 from unmask.rl.rewards import combine_rewards
-from unmask.runs import (
-    append_jsonl,
-    distributed,
-    end_step,
-    progress_bar,
-    resolve_device,
-    resume_point,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    start_run_dir,
-)
 from unmask.train import _param_groups, lr_factor
 
 __all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_update", "rl", "rollout", "sync_reference",
@@ -334,15 +322,8 @@ def rl(cfg: RLConfig, *, model=None, tokenizer=None, tasks: list[Task] | None = 
        on_step: Callable[[int, dict[str, Any]], None] | None = None) -> RLResult:
     """Run GRPO per ``cfg``; ``model``/``tokenizer`` default to ``unmask.load(cfg.model)``, ``tasks`` to
     :func:`load_rl_tasks`. Joins the process group under torchrun (gloo on CPU, nccl on GPU)."""
-    started = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-        started = True
-    try:
+    with runs.process_group(cfg.device):
         return _rl(cfg, model, tokenizer, tasks, on_step)
-    finally:
-        if started:
-            dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -385,10 +366,8 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         on_step: Callable[[int, dict[str, Any]], None] | None) -> RLResult:
     run = _setup(cfg, model, tokenizer, tasks)
     step = run.start
-    end = end_step(step, cfg.max_steps, cfg.stop_after_steps)
-    bar = progress_bar(run.rank == 0 and cfg.progress, total=cfg.max_steps, initial=step, desc=f"rl {cfg.estimator}")
-    history: list[dict[str, Any]] = []
-    while step < end:
+    loop = runs.StepLoop(step, cfg, rank=run.rank, desc=f"rl {cfg.estimator}", on_step=on_step)
+    while step < loop.end:
         t0 = time.perf_counter()
         rollouts = _collect_rollouts(run, step)
         t_rollout = time.perf_counter() - t0
@@ -415,34 +394,28 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         }
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and run.rank == 0:
             record["eval_pass@1"] = _held_out_eval(run.model, run.tokenizer, cfg, step, run.run_dir)
-        if run.rank == 0 and (step % cfg.log_every == 0 or "eval_pass@1" in record or step == end):
-            append_jsonl(run.run_dir / "metrics.jsonl", record)
-        history.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}±{record['reward_std']:.2f}",
-                            pass_=f"{record['pass_rate']:.2f}", kl=f"{stats['kl']:.4f}",
-                            clip=f"{stats['clip_fraction']:.3f}", len=f"{record['completion_length']:.0f}",
-                            tok_s=f"{record['rollout_tokens_per_s']:.0f}")
-        if on_step is not None:
-            on_step(step, record)
-        if step % cfg.save_every == 0 or step == end:
+        if run.rank == 0 and (loop.due(step, cfg.log_every) or "eval_pass@1" in record):
+            runs.append_jsonl(run.run_dir / "metrics.jsonl", record)
+        loop.finished(step, record, reward=f"{record['reward_mean']:.3f}±{record['reward_std']:.2f}",
+                      pass_=f"{record['pass_rate']:.2f}", kl=f"{stats['kl']:.4f}",
+                      clip=f"{stats['clip_fraction']:.3f}", len=f"{record['completion_length']:.0f}",
+                      tok_s=f"{record['rollout_tokens_per_s']:.0f}")
+        if loop.due(step, cfg.save_every):
             _save(run, step)
-    if bar is not None:
-        bar.close()
-    return RLResult(step=step, history=history, run_dir=run.run_dir)
+    loop.close()
+    return RLResult(step=step, history=loop.history, run_dir=run.run_dir)
 
 
 def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     """Everything before the first step: checks, the policy on its device, optimiser, reference, resume."""
     from unmask.training_data import EpochSampler
 
-    rank, world = distributed()
+    rank, world = runs.distributed()
     if cfg.prompts_per_step % world:
         raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of "
                           f"processes ({world})")
     run_dir = Path(cfg.run_dir)
-    resume_from = resume_point(run_dir, cfg.resume)
+    resume_from = runs.resume_point(run_dir, cfg.resume)
     if model is None or tokenizer is None:
         import unmask
 
@@ -455,7 +428,7 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     mask_id = int(model.config.mask_token_id)
     tasks = load_rl_tasks(cfg) if tasks is None else tasks
     weights = cfg.reward_weight_map()
-    device = resolve_device(cfg.device, rank)
+    device = runs.resolve_device(cfg.device, rank)
     model = model.to(device=device, dtype=torch.float32)
     model.eval()  # rollouts and no-grad passes; policy_update switches to train mode around its backward
 
@@ -470,7 +443,7 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
-        start_run_dir(run_dir, "rl_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
+        runs.start_run_dir(run_dir, "rl_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
                       logs=("metrics.jsonl",))
     return _Run(cfg, rank, world, run_dir, model, wrapped, reference, tokenizer, tasks, weights, device, optimizer,
                 sampler, mask_id, step)
@@ -486,7 +459,7 @@ def _resume(checkpoint: Path, model, optimizer: torch.optim.Optimizer, sampler,
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     sampler.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"])
+    runs.set_rng_state(state["rng"])
     if reference is not None and state.get("reference") is not None:
         reference.load_state_dict(state["reference"])
     return int(state["step"])
@@ -557,10 +530,10 @@ def _save(run: _Run, step: int) -> None:
             "step": step,
             "optimizer": run.optimizer.state_dict(),
             "sampler": run.sampler.state_dict(),
-            "rng": rng_state(),
+            "rng": runs.rng_state(),
             "reference": None if run.reference is None else run.reference.state_dict(),
             "config": run.cfg.to_dict(),
         }
-        save_checkpoint(run.run_dir, run.model, run.tokenizer, trainer_state, run.cfg.keep_checkpoints)
+        runs.save_checkpoint(run.run_dir, run.model, run.tokenizer, trainer_state, run.cfg.keep_checkpoints)
     if run.world > 1:
         dist.barrier()
