@@ -564,8 +564,8 @@ def generate_samples(
     """Greedy completions (``sample_tokens`` ids each) of ``prompts`` with the reference sampler
     (alg entropy, one token per step). Uses its own generator and leaves the model in the mode it found,
     so it consumes none of the training randomness."""
-    from unmask.config import DecodeConfig
-    from unmask.decoding.reference import generate
+    from unmask.config import DecodeConfig, DecoderConfig
+    from unmask.decoding.dispatch import decode as generate
 
     if not prompts:
         return []
@@ -594,6 +594,7 @@ def generate_samples(
                 ids.to(device),
                 attention.to(device),
                 config=decode,
+                decoder=DecoderConfig(),
                 generator=torch.Generator(device=device).manual_seed(cfg.seed + 104729),
             )
     finally:

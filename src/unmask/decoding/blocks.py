@@ -35,8 +35,8 @@ import torch
 
 from unmask.config import DecodeConfig, DecoderConfig
 from unmask.decoding.eos import demote_early_stops
-from unmask.decoding.reference import DecodeStep
 from unmask.decoding.sampling import sample_tokens
+from unmask.decoding.steps import DecodeStep
 from unmask.diffusion import shift_logits
 from unmask.model import KVCache
 

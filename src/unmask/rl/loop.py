@@ -1,7 +1,7 @@
 """The GRPO loop for masked diffusion LMs (docs/rl.md): rollouts → rewards → μ updates → ref sync → eval → save.
 
 One plain loop (``rl``). Each step draws ``prompts_per_step`` tasks; for each, ``num_generations``
-completions are sampled with the reference diffusion sampler (``unmask.decoding.reference.generate``;
+completions are sampled with the reference diffusion sampler (``unmask.decoding.dispatch.decode``;
 DiffuCoder's rollout defaults: temperature 1.2, 256 tokens, 256 steps, entropy order), scored by the
 reward registry (``unmask.rl.rewards``; sandboxed tests), turned into group advantages and used for ``mu``
 PPO-clipped updates whose per-token log-probs come from masked forward passes (``--estimator``: coupled,
@@ -133,7 +133,8 @@ def _completion_mask(generated: torch.Tensor, stop_ids: Sequence[int]) -> torch.
 def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """G completions of one task: (prompt ids (P,), generated (G, L), completion mask (G, L), texts)."""
-    from unmask.decoding.reference import generate
+    from unmask.config import DecoderConfig
+    from unmask.decoding.dispatch import decode
     from unmask.evaluate import clean_completion, program_mode, prompt_text
 
     ids = tokenizer.encode(prompt_text(task, tokenizer, cfg.chat))
@@ -142,7 +143,7 @@ def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
     prompt = torch.tensor(ids, dtype=torch.long, device=model.device)
     batch = prompt[None, :].expand(cfg.num_generations, -1).contiguous()  # (G, P)
     generator = torch.Generator(device=model.device).manual_seed(mask_seed(step, slot, 0, _ROLLOUT_PASS, cfg.seed))
-    out = generate(model, batch, None, config=cfg.decode_config(), generator=generator)
+    out = decode(model, batch, None, config=cfg.decode_config(), decoder=DecoderConfig(), generator=generator)
     generated = out.generated.clone()  # (G, L); a normal tensor (generate runs in inference mode)
     mode = program_mode(task, cfg.chat)
     texts = [clean_completion(tokenizer.decode(row), mode) for row in generated.tolist()]
