@@ -1,5 +1,5 @@
-"""What several verbs share: flags generated from config dataclasses, the model argument, loading a model with
-its recommended sampler and decoder, and the one-line user error.
+"""What several verbs share: flags generated from config dataclasses, the model argument with the device and
+sampler flags, loading a model with its recommended sampler and decoder, and the one-line user error.
 
 Nothing here imports torch at module level: ``unmask VERB --help`` builds its parser from this module and the
 config dataclasses alone.
@@ -67,28 +67,37 @@ def dataclass_overrides(cls, args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
-def add_sampler_arguments(parser: argparse.ArgumentParser, *, decoder: bool = True) -> None:
-    """The DecodeConfig (and DecoderConfig) flags, whose defaults come from the model directory."""
-    from unmask.config import DecodeConfig, DecoderConfig
-
-    add_dataclass_arguments(parser, DecodeConfig, group=SAMPLER_GROUP, default_help=FROM_MODEL)
-    if decoder:
-        add_dataclass_arguments(parser, DecoderConfig, group=DECODER_GROUP, default_help=FROM_MODEL)
+def from_flags(cls, args: argparse.Namespace):
+    """``cls`` (a config dataclass) with the flags that were given, defaults for the rest."""
+    return cls(**dataclass_overrides(cls, args))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the model argument: positional (``unmask VERB MODEL``), ``--model MODEL`` still accepted
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """MODEL as the first positional, and ``--model`` for the older spelling. Call before other positionals."""
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True, positionals: tuple[str, ...] = (),
+                        sampler: str | None = SAMPLER_GROUP) -> None:
+    """MODEL as the first positional (``--model`` too, the older spelling), ``--dtype``, ``--device`` and, unless
+    ``sampler`` is None, the DecodeConfig flags (under the group title ``sampler``) and the DecoderConfig flags,
+    whose defaults are the model's. Call it before the verb's own positionals and name them in ``positionals``:
+    ``unmask.cli.parse`` then puts the model into ``args.model`` whichever way it came (``resolve_model``)."""
     what = "model directory (Hugging Face Dream format)" + ("" if required else "; optional")
     parser.add_argument("model", nargs="?", metavar="MODEL", help=what)
     parser.add_argument("--model", dest="model_flag", metavar="MODEL", help="the model directory, as an option")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    parser.set_defaults(model_positionals=positionals, model_required=required)
+    if sampler is not None:
+        from unmask.config import DecodeConfig, DecoderConfig
+
+        add_dataclass_arguments(parser, DecodeConfig, group=sampler, default_help=FROM_MODEL)
+        add_dataclass_arguments(parser, DecoderConfig, group=DECODER_GROUP, default_help=FROM_MODEL)
 
 
 def resolve_model(args: argparse.Namespace, positionals: tuple[str, ...] = (), *, required: bool = True) -> None:
-    """Put the model into ``args.model`` whichever way it came.
+    """Put the model into ``args.model`` whichever way it came (once: a second call changes nothing).
 
     All positionals are optional to argparse, so with ``--model`` the words the user typed fill MODEL first:
     they belong to the positionals after it (``repair FILE --model DIR``: FILE is the file, not the model).
@@ -100,15 +109,10 @@ def resolve_model(args: argparse.Namespace, positionals: tuple[str, ...] = (), *
             raise CLIError(f"the model is given twice: {values[0]!r} and --model {args.model_flag!r}")
         for name, value in zip(names, [args.model_flag, *values[:-1]]):
             setattr(args, name, value)
+        args.model_flag = None
     if required and args.model is None:
         raise CLIError(f"no model given: pass the model directory as MODEL (or --model MODEL); "
                        f"see unmask {getattr(args, 'verb', 'VERB')} --help")
-
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="auto",
-                        help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -116,20 +120,16 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """(model, tokenizer) of ``args.model`` on ``args.device``; an unusable device fails before any loading."""
+    """(model, tokenizer, DecodeConfig, DecoderConfig) of ``args.model`` on ``args.device``: the sampler and
+    decoder the model recommends (generation_config.json) with the flags given on top. Naming another decoder
+    than the recommended one starts from that decoder's defaults. An unusable device fails before any loading."""
     import unmask
-
-    return unmask.load(args.model, dtype=args.dtype, device=args.device)
-
-
-def sampler_settings(model, args: argparse.Namespace):
-    """(DecodeConfig, DecoderConfig): the model's recommended settings (generation_config.json) with the flags
-    given on top. Naming another decoder than the recommended one starts from that decoder's defaults."""
     from unmask.config import DecodeConfig, DecoderConfig, override_decoder
 
+    model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
     config = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
     recommended = getattr(model, "decoder_defaults", None) or DecoderConfig()
-    return config, override_decoder(recommended, dataclass_overrides(DecoderConfig, args))
+    return model, tokenizer, config, override_decoder(recommended, dataclass_overrides(DecoderConfig, args))
 
 
 def check_context(model, prompt_tokens: int, new_tokens: int, *, what: str = "the prompt",

@@ -13,16 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from unmask.commands.common import (
-    CLIError,
-    add_device_arguments,
-    add_model_arguments,
-    add_sampler_arguments,
-    check_context,
-    load_model,
-    resolve_model,
-    sampler_settings,
-)
+from unmask.commands.common import CLIError, add_model_arguments, check_context, load_model
 
 # statistics shown under the live view, in this order
 _TABLE_KEYS = ("forward_passes", "tokens_committed", "useful_tokens", "seconds", "tokens_per_second",
@@ -30,7 +21,7 @@ _TABLE_KEYS = ("forward_passes", "tokens_committed", "useful_tokens", "seconds",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
+    add_model_arguments(p, positionals=("prompt",))
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="prompt text, or - for stdin")
     p.add_argument("--prompt-file", help="read the prompt from this file (instead of PROMPT)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the ChatML template (Instruct models)")
@@ -41,8 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run prompt + completion + this file's asserts in the sandbox and print the verdict")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="live canvas view (default: on when stdout is a terminal)")
-    add_device_arguments(p)
-    add_sampler_arguments(p)
 
 
 def read_prompt(args: argparse.Namespace) -> str:
@@ -66,11 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from unmask.commands.infill import placeholders, print_infill
     from unmask.decoding.dispatch import decode
 
-    resolve_model(args, ("prompt",))
     prompt = read_prompt(args)
     tests = read_tests(args.tests)  # read before the model loads: a missing file costs nothing
-    model, tokenizer = load_model(args)
-    config, decoder = sampler_settings(model, args)
+    model, tokenizer, config, decoder = load_model(args)
     if args.chat:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     segments = placeholders(prompt)

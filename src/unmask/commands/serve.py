@@ -6,28 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from unmask.commands.common import (
-    CLIError,
-    add_dataclass_arguments,
-    add_device_arguments,
-    add_model_arguments,
-    dataclass_overrides,
-    load_model,
-    resolve_model,
-)
+from unmask.commands.common import CLIError, add_dataclass_arguments, add_model_arguments, from_flags, load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from unmask.serve.config import ServeConfig
 
-    add_model_arguments(p)
-    add_device_arguments(p)
+    add_model_arguments(p, sampler=None)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_dataclass_arguments(p, ServeConfig, group="server (address and limits)")
 
 
 def run(args: argparse.Namespace) -> int:
-    resolve_model(args)
     try:
         import uvicorn
 
@@ -36,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"unmask serve needs the serve extra (pip install 'unmask[serve]'): {err}") from None
     from unmask.serve.config import ServeConfig
 
-    serve = ServeConfig(**dataclass_overrides(ServeConfig, args))
-    model, tokenizer = load_model(args)
+    serve = from_flags(ServeConfig, args)
+    model, tokenizer, _, _ = load_model(args)
     app = create_app(model, tokenizer, serve, model_name=Path(args.model).resolve().name)
     print(f"unmask serve: http://{serve.host}:{serve.port}/v1  playground: http://{serve.host}:{serve.port}/playground",
           file=sys.stderr)
