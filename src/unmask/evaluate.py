@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unmask.config import doc
 from unmask.data.benchmarks import Task, load_benchmark
 from unmask.errors import ConfigError
 from unmask.fileio import atomic_write_text
@@ -41,23 +42,19 @@ SYNTHETIC = ("synthetic", "synthetic-train")
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", '\n"""', "\n#")
 
 
-def _doc(text: str) -> dict:
-    return {"doc": text}
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     """What to evaluate and how programs are run (sampler settings live in DecodeConfig)."""
 
-    benchmark: str = field(default="humaneval", metadata=_doc("humaneval, humaneval+, mbpp, mbpp+, synthetic, …"))
-    samples: int = field(default=1, metadata=_doc("completions per task (n of pass@k)"))
-    limit: int | None = field(default=None, metadata=_doc("evaluate only the first N tasks"))
-    batch_size: int = field(default=8, metadata=_doc("prompts decoded together"))
-    chat: bool = field(default=False, metadata=_doc("instruct prompts: ChatML + the code-fence prefill"))
-    timeout: float = field(default=5.0, metadata=_doc("seconds per test program"))
-    memory_mb: int = field(default=1024, metadata=_doc("address-space limit per test program"))
-    seed: int = field(default=0, metadata=_doc("base seed; each chunk's seed derives from it"))
-    synthetic_tasks: int = field(default=200, metadata=_doc("tasks drawn for the synthetic benchmark"))
+    benchmark: str = field(default="humaneval", metadata=doc("humaneval, humaneval+, mbpp, mbpp+, synthetic, …"))
+    samples: int = field(default=1, metadata=doc("completions per task (n of pass@k)"))
+    limit: int | None = field(default=None, metadata=doc("evaluate only the first N tasks"))
+    batch_size: int = field(default=8, metadata=doc("prompts decoded together"))
+    chat: bool = field(default=False, metadata=doc("instruct prompts: ChatML + the code-fence prefill"))
+    timeout: float = field(default=5.0, metadata=doc("seconds per test program"))
+    memory_mb: int = field(default=1024, metadata=doc("address-space limit per test program"))
+    seed: int = field(default=0, metadata=doc("base seed; each chunk's seed derives from it"))
+    synthetic_tasks: int = field(default=200, metadata=doc("tasks drawn for the synthetic benchmark"))
 
     def __post_init__(self) -> None:
         if self.samples <= 0 or self.batch_size <= 0:
@@ -73,12 +70,12 @@ class EditConfig:
     """Infilling length rule and test-guided repair for ``unmask eval``. Recorded in ``eval_config.json`` only
     when not the default, so run directories made before these settings existed still resume."""
 
-    infill_length: str = field(default="auto", metadata={"doc": (
+    infill_length: str = field(default="auto", metadata=doc(
         "infilling benchmarks: middle length rule: auto (search scored by the model) | oracle (the canonical "
-        "middle's token count) | N (fixed)")})
-    repair_rounds: int = field(default=0, metadata={"doc": "after generation, repair failed samples for up to N "
-                                                            "rounds and report pass@1 before and after"})
-    repair_spans: int = field(default=1, metadata={"doc": "repair: spans (lines) re-masked per round"})
+        "middle's token count) | N (fixed)"))
+    repair_rounds: int = field(default=0, metadata=doc(
+        "after generation, repair failed samples for up to N rounds and report pass@1 before and after"))
+    repair_spans: int = field(default=1, metadata=doc("repair: spans (lines) re-masked per round"))
 
     def __post_init__(self) -> None:
         if self.infill_length not in ("auto", "oracle") and not (self.infill_length.isdigit()

@@ -48,14 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from unmask.analysis.arness import DEFAULT_GLOBAL_KS, DEFAULT_LOCAL_KS, arness_profile, flatten_order, summarize
+from unmask.config import doc
 from unmask.errors import ConfigError
 from unmask.fileio import atomic_write_text
 
 POSITIONS = ("region", "content")
-
-
-def _doc(text: str) -> dict:
-    return {"doc": text}
 
 
 def _check_ks(name: str, ks: Any) -> tuple[int, ...]:
@@ -73,12 +70,12 @@ def _check_ks(name: str, ks: Any) -> tuple[int, ...]:
 class SweepConfig:
     """What the sweep varies and measures (benchmark and sampler settings live in EvalConfig / DecodeConfig)."""
 
-    temperatures: tuple[float, ...] = field(default=(0.2, 0.6, 1.0, 1.2), metadata=_doc("sampling temperatures"))
-    positions: str = field(default="region", metadata=_doc("region (all generated positions) | content "
+    temperatures: tuple[float, ...] = field(default=(0.2, 0.6, 1.0, 1.2), metadata=doc("sampling temperatures"))
+    positions: str = field(default="region", metadata=doc("region (all generated positions) | content "
                                                            "(before the first pad/EOS)"))
-    ks_local: tuple[int, ...] = field(default=DEFAULT_LOCAL_KS, metadata=_doc("k of local AR-ness@k"))
-    ks_global: tuple[int, ...] = field(default=DEFAULT_GLOBAL_KS, metadata=_doc("k of global AR-ness@k"))
-    pass_ks: tuple[int, ...] | None = field(default=None, metadata=_doc("k of pass@k (None: 1 and the samples "
+    ks_local: tuple[int, ...] = field(default=DEFAULT_LOCAL_KS, metadata=doc("k of local AR-ness@k"))
+    ks_global: tuple[int, ...] = field(default=DEFAULT_GLOBAL_KS, metadata=doc("k of global AR-ness@k"))
+    pass_ks: tuple[int, ...] | None = field(default=None, metadata=doc("k of pass@k (None: 1 and the samples "
                                                                           "per task)"))
 
     def __post_init__(self) -> None:
