@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from unmask.commands.common import CLIError, add_model_arguments, check_context, load_model
@@ -54,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from unmask.commands.infill import placeholders, print_infill
     from unmask.decoding.dispatch import decode
+    from unmask.decoding.eos import useful_lengths
 
     prompt = read_prompt(args)
     tests = read_tests(args.tests)  # read before the model loads: a missing file costs nothing
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         result.trace.save(args.trace)
     generated = result.generated[0].tolist()
     text = tokenizer.decode(generated)
-    summary = _summary(result, decoder, _useful_length(generated, tokenizer.special.stop_ids()))
+    summary = _summary(result, decoder, useful_lengths(result.generated[:1], tokenizer.special.stop_ids())[0])
     verdict = None if tests is None else run_tests(prompt + text, tests)
     if args.json:
         print(json.dumps({"prompt": prompt, "prompt_ids": prompt_ids, "generated_ids": generated, "text": text,
@@ -135,15 +135,6 @@ def _summary(result, decoder, useful: int) -> dict:
         summary["local_arness@1"] = round(profile["local"][1], 4)
         summary["global_arness@1"] = round(profile["global"][1], 4)
     return summary
-
-
-def _useful_length(ids: Sequence[int], stops: Sequence[int]) -> int:
-    """Tokens before the first eos/pad: what a user actually gets (early EOS, docs/sampler.md)."""
-    stop = set(stops)
-    for n, i in enumerate(ids):
-        if i in stop:
-            return n
-    return len(ids)
 
 
 class LiveView:
