@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 
 from unmask import runs
+from unmask.decoding.canvas import left_pad
 from unmask.diffusion import (
     adaptation_spans,
     annealed_attention_mask,
@@ -569,12 +570,7 @@ def generate_samples(
 
     if not prompts:
         return []
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (B, P) left-padded
-    attention = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        attention[row, width - len(prompt) :] = 1
+    ids, attention, _ = left_pad(prompts, pad_token_id)  # (B, P)
     decode = DecodeConfig(
         max_new_tokens=cfg.sample_tokens, steps=cfg.sample_tokens, temperature=0.0, alg="entropy"
     )

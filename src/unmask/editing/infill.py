@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from unmask.config import DecodeConfig, DecoderConfig
+from unmask.decoding.canvas import left_pad
 from unmask.decoding.dispatch import decode_canvas
 from unmask.diffusion import shift_logits
 from unmask.editing.placeholders import Hole, Segment
@@ -79,15 +80,6 @@ def build_canvas(segments: Sequence[Segment], encode, *, default_length: int, ma
     if not holes:
         raise ValueError("nothing to fill: the segments have no hole (use <|mask|> or <|mask:N|>)")
     return Canvas(tuple(ids), tuple(holes))
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """(B, W) ids and attention mask, left-padded; and each row's column offset (its padding)."""
-    width = max(len(r) for r in rows)
-    offsets = [width - len(r) for r in rows]
-    ids = torch.tensor([[pad_id] * o + list(r) for o, r in zip(offsets, rows)], dtype=torch.long)
-    mask = torch.tensor([[0] * o + [1] * len(r) for o, r in zip(offsets, rows)], dtype=torch.long)
-    return ids, mask, offsets
 
 
 def scaled_steps(config: DecodeConfig, masks: int) -> int:

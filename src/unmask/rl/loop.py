@@ -35,6 +35,7 @@ import torch.distributed as dist
 
 from unmask import runs
 from unmask.data.benchmarks import Task
+from unmask.decoding.canvas import left_pad
 from unmask.errors import ConfigError
 from unmask.fileio import parse_jsonl
 from unmask.rl.config import RLConfig
@@ -152,25 +153,17 @@ def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
 
 def _assemble(prompts: list[torch.Tensor], generated: list[torch.Tensor], completion: list[torch.Tensor],
               pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad (prompt + generated) groups to one length: ids, attention, prompt, generated and completion
-    masks."""
-    width = max(p.shape[0] for p in prompts) + generated[0].shape[1]
-    rows_ids, rows_attn, rows_prompt, rows_gen, rows_comp = [], [], [], [], []
-    for p, g, c in zip(prompts, generated, completion):
-        G, L = g.shape
-        pad = width - p.shape[0] - L
-        dev = g.device
-        rows_ids.append(torch.cat([torch.full((G, pad), pad_id, device=dev), p[None].expand(G, -1), g], dim=1))
-        rows_attn.append(torch.cat([torch.zeros(G, pad, dtype=torch.bool, device=dev),
-                                    torch.ones(G, p.shape[0] + L, dtype=torch.bool, device=dev)], dim=1))
-        rows_prompt.append(torch.cat([torch.zeros(G, pad, dtype=torch.bool, device=dev),
-                                      torch.ones(G, p.shape[0], dtype=torch.bool, device=dev),
-                                      torch.zeros(G, L, dtype=torch.bool, device=dev)], dim=1))
-        before = torch.zeros(G, pad + p.shape[0], dtype=torch.bool, device=dev)
-        rows_gen.append(torch.cat([before, torch.ones(G, L, dtype=torch.bool, device=dev)], dim=1))
-        rows_comp.append(torch.cat([before, c], dim=1))
-    return (torch.cat(rows_ids), torch.cat(rows_attn), torch.cat(rows_prompt), torch.cat(rows_gen),
-            torch.cat(rows_comp))
+    """Left-pad the (prompt + generated) rows of every group to one length T: ids, attention, prompt, generated
+    and completion masks, each (R, T)."""
+    length = generated[0].shape[1]  # L: every completion has the same length
+    rows = [p.tolist() + row for p, g in zip(prompts, generated) for row in g.tolist()]
+    ids, attention, offsets = left_pad(rows, pad_id, device=generated[0].device)  # (R, T)
+    column = torch.arange(ids.shape[1], device=ids.device)[None, :]
+    gen_mask = (column >= ids.shape[1] - length).expand_as(ids).clone()  # (R, T)
+    prompt_mask = (column >= torch.tensor(offsets, device=ids.device)[:, None]) & ~gen_mask
+    comp_mask = torch.zeros_like(gen_mask)
+    comp_mask[:, ids.shape[1] - length:] = torch.cat(completion)
+    return ids, attention.bool(), prompt_mask, gen_mask, comp_mask
 
 
 # ----------------------------------------------------------------------------------------------------------
