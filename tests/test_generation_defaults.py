@@ -124,6 +124,6 @@ def test_serve_requests_default_to_the_recommended_decoder(dirs):
     assert engine.plan(DiffusionParams(), prompt, []).decoder == DecoderConfig(decoder="blocks", block_length=8)
     assert engine.plan(DiffusionParams(block_length=4), prompt, []).decoder.block_length == 4
     assert engine.plan(DiffusionParams(decoder="reference"), prompt, []).decoder == DecoderConfig()
-    # masks inside the prompt need the reference sampler: the recommendation does not apply to them
+    # masks inside the prompt default to the reference sampler: the recommendation is for completions
     assert engine.plan(DiffusionParams(), prompt + [tokenizer.special.mask], [(len(prompt), 1)]).decoder == (
         DecoderConfig())

@@ -32,9 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unmask.analysis.arness import arness_profile, flatten_order
 from unmask.config import DecodeConfig, DecoderConfig, override_decoder
+from unmask.editing.infill import build_canvas
+from unmask.editing.placeholders import Hole, Segment, has_holes, parse_placeholders
 from unmask.errors import ConfigError, TokenizerError
 from unmask.serve.config import ServeConfig
-from unmask.serve.placeholder import split_placeholders
 from unmask.serve.playground import PLAYGROUND_HTML
 from unmask.serve.scheduler import DoneEvent, Event, FailedEvent, Job, Scheduler, StepEvent
 from unmask.serve.schemas import ChatRequest, CompletionRequest, DiffusionParams, InfillRequest
@@ -185,21 +186,22 @@ class Engine:
         self.context = model.config.max_position_embeddings
 
     # -- canvas -------------------------------------------------------------------------------------------
-    def canvas_of(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids of ``text`` with each placeholder replaced by its masks; (start, count) of each run."""
+    def segments(self, text: str) -> list[Segment]:
+        """``text`` split at its placeholders (the CLI's grammar; here ``<|mask|>`` is one masked token)."""
         try:
-            parts = split_placeholders(text, self.serve.max_masks)
+            return parse_placeholders(text, default_length=1, max_masks=self.serve.max_masks)
         except ValueError as err:
             raise ClientError(str(err)) from None
-        ids: list[int] = []
-        runs: list[tuple[int, int]] = []
-        for part in parts:
-            if isinstance(part, int):
-                runs.append((len(ids), part))
-                ids.extend([self.mask_id] * part)
-            else:
-                ids.extend(self.tokenizer.encode(part))
-        return ids, runs
+
+    def canvas_of(self, segments: list[Segment]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of text segments and holes (``editing.infill.build_canvas``); (start, count) of each hole."""
+        if not has_holes(segments):
+            return self.tokenizer.encode("".join(segments)), []
+        if isinstance(segments[0], Hole):
+            raise ClientError("the prompt must start with text, not a mask (position 0 must be a real token)")
+        canvas = build_canvas(segments, self.tokenizer.encode, default_length=1, mask_id=self.mask_id,
+                              bos_id=self.mask_id)  # never used: the canvas starts with text
+        return list(canvas.ids), [(start, end - start) for start, end in canvas.holes]
 
     def plan(self, req: DiffusionParams, prompt_ids: list[int], runs: list[tuple[int, int]], *,
              default_tokens: bool = True) -> Plan:
@@ -230,16 +232,14 @@ class Engine:
             raise ClientError(f"at most {serve.max_stop} stop sequences are allowed")
         if any(not s or len(s) > serve.max_stop_chars for s in stops):
             raise ClientError(f"each stop sequence must have 1 to {serve.max_stop_chars} characters")
-        if runs and (req.decoder or "reference") != "reference":
-            raise ClientError("masks inside the prompt need decoder=reference (blocks decoders fill a suffix)")
         changes = {"max_new_tokens": masks, "steps": req.steps or masks}
         for name in ("temperature", "top_p", "top_k", "alg", "alg_temp"):
             if getattr(req, name) is not None:
                 changes[name] = getattr(req, name)
         try:
             config = self.defaults.replace(**changes)
-            # The model's recommended decoder unless the request names one; masks inside the prompt need the
-            # reference sampler (checked above), so a recommendation does not apply to them.
+            # The model's recommended decoder unless the request names one. It is recommended for completions:
+            # masks inside the prompt default to the reference sampler (every decoder fills them if asked).
             recommended = DecoderConfig() if runs else self.decoder_defaults
             asked = {k: getattr(req, k) for k in ("decoder", "block_length", "threshold")
                      if getattr(req, k) is not None}
@@ -422,7 +422,7 @@ async def playground() -> HTMLResponse:
 async def completions(request: Request, req: CompletionRequest, engine: EngineDep):
     if req.echo and req.stream:
         raise ClientError("echo is not supported together with stream")
-    ids, runs = engine.canvas_of(req.prompt)
+    ids, runs = engine.canvas_of(engine.segments(req.prompt))
     plan = engine.plan(req, ids, runs)
     return await _generate(engine, request, req, plan, chat=False, echo_text=req.prompt if req.echo else None)
 
@@ -433,7 +433,7 @@ async def chat_completions(request: Request, req: ChatRequest, engine: EngineDep
         text = engine.tokenizer.apply_chat_template(messages)
     except TokenizerError:
         raise ClientError("this model's tokenizer has no chat template") from None
-    ids, runs = engine.canvas_of(text)
+    ids, runs = engine.canvas_of(engine.segments(text))
     plan = engine.plan(req, ids, runs)
     return await _generate(engine, request, req, plan, chat=True, echo_text=None)
 
@@ -442,18 +442,17 @@ async def infill(request: Request, req: InfillRequest, engine: EngineDep):
     """prefix + ``max_tokens`` masks (default 16) + suffix; ``text`` is the middle, ``full`` the document."""
     if req.stream:
         raise ClientError("stream is not supported on /v1/infill")
-    if split_placeholders(req.prefix, 10**9) != [req.prefix] or (
-            req.suffix and split_placeholders(req.suffix, 10**9) != [req.suffix]):
+    if has_holes(engine.segments(req.prefix)) or has_holes(engine.segments(req.suffix)):
         raise ClientError("prefix and suffix must not contain <|mask|> placeholders (use /v1/completions)")
-    prefix_ids, suffix_ids = engine.tokenizer.encode(req.prefix), engine.tokenizer.encode(req.suffix)
     middle = req.max_tokens if req.max_tokens is not None else min(16, engine.serve.max_tokens)
     if middle == 0:
         raise ClientError("max_tokens (the middle's length) must be at least 1")
     if middle > engine.serve.max_tokens:
         raise ClientError(f"max_tokens must be at most {engine.serve.max_tokens}")
-    # The middle is a placeholder run between two literal spans: the masks-anywhere path.
-    plan = engine.plan(req.model_copy(update={"max_tokens": 0}),
-                       prefix_ids + [engine.mask_id] * middle + suffix_ids, [(len(prefix_ids), middle)])
+    # The middle is a hole between two literal spans: the canvas a prompt with one placeholder makes.
+    ids, runs = engine.canvas_of([s for s in (req.prefix, Hole(middle), req.suffix) if s != ""])
+    plan = engine.plan(req.model_copy(update={"max_tokens": 0}), ids, runs)
+    prefix_ids, suffix_ids = ids[:runs[0][0]], ids[runs[0][0] + middle:]
     done, jobs = await _run_to_completion(request, engine, plan)
     choices = []
     for index in range(len(jobs)):
