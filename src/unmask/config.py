@@ -260,3 +260,30 @@ def override_decoder(base: DecoderConfig, changes: dict[str, Any]) -> DecoderCon
     if changes.get("decoder", base.decoder) != base.decoder:
         base = DecoderConfig()
     return base.replace(**changes)
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The sampler and the decoder a model recommends. Its generation_config.json is the one source of both:
+    ``checkpoint.load_generation_defaults(directory)`` reads them beside the model, and the ``unmask`` verbs
+    pass them explicitly. (For the Python API, ``unmask.load`` also leaves them on the model, where ``of`` finds
+    them when a caller passes no settings.)"""
+
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    @classmethod
+    def from_dict(cls, generation: dict[str, Any]) -> GenerationDefaults:
+        """From a generation_config.json's contents (its other keys are ignored)."""
+        return cls(DecodeConfig.from_dict(generation), DecoderConfig.from_dict(generation))
+
+    @classmethod
+    def of(cls, model: Any) -> GenerationDefaults:
+        """What ``unmask.load`` left on ``model``; the plain defaults for a model made otherwise."""
+        return cls(getattr(model, "generation_defaults", None) or DecodeConfig(),
+                   getattr(model, "decoder_defaults", None) or DecoderConfig())
+
+    def updated(self, decode: dict[str, Any], decoder: dict[str, Any]) -> tuple[DecodeConfig, DecoderConfig]:
+        """(sampler, decoder) with a caller's changes on top (flags, request fields); naming another decoder than
+        the recommended one starts from that decoder's defaults (``override_decoder``)."""
+        return self.decode.replace(**decode), override_decoder(self.decoder, decoder)

@@ -242,12 +242,12 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
 
     ``stop_after_chunks`` ends the run early (used to test that resuming equals an uninterrupted run).
     """
-    from unmask.config import DecoderConfig
+    from unmask.config import GenerationDefaults
 
     tasks = load_tasks(config)
     check_context(model, tokenizer, tasks, config.chat, decode.max_new_tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
-    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
+    decoder = decoder or GenerationDefaults.of(model).decoder
     edit = edit or EditConfig()
     atomic_write_text(out_dir / "eval_config.json",
                       json.dumps(run_settings(config, decode, decoder, edit), indent=2) + "\n")

@@ -202,10 +202,10 @@ def run_sweep(model, tokenizer, config: SweepConfig, eval_config, decode, out_di
     recommended decoder, else the reference sampler). ``stop_after_chunks`` ends the run after that many chunks
     in total (to test that resuming equals an uninterrupted run); the report then covers what is done.
     """
-    from unmask.config import DecoderConfig
+    from unmask.config import GenerationDefaults
     from unmask.evaluate import chunk_bar, chunk_plan, load_tasks, score_chunks
 
-    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
+    decoder = decoder or GenerationDefaults.of(model).decoder
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = _settings(config, eval_config, decode, decoder)

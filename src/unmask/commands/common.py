@@ -124,12 +124,12 @@ def load_model(args: argparse.Namespace):
     decoder the model recommends (generation_config.json) with the flags given on top. Naming another decoder
     than the recommended one starts from that decoder's defaults. An unusable device fails before any loading."""
     import unmask
-    from unmask.config import DecodeConfig, DecoderConfig, override_decoder
+    from unmask.checkpoint import load_generation_defaults
+    from unmask.config import DecodeConfig, DecoderConfig
 
     model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
-    config = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
-    recommended = getattr(model, "decoder_defaults", None) or DecoderConfig()
-    return model, tokenizer, config, override_decoder(recommended, dataclass_overrides(DecoderConfig, args))
+    flags = dataclass_overrides(DecodeConfig, args), dataclass_overrides(DecoderConfig, args)
+    return model, tokenizer, *load_generation_defaults(args.model).updated(*flags)
 
 
 def check_context(model, prompt_tokens: int, new_tokens: int, *, what: str = "the prompt",

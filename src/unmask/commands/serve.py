@@ -24,11 +24,13 @@ def run(args: argparse.Namespace) -> int:
         from unmask.serve.app import create_app
     except ImportError as err:
         raise CLIError(f"unmask serve needs the serve extra (pip install 'unmask[serve]'): {err}") from None
+    from unmask.config import GenerationDefaults
     from unmask.serve.config import ServeConfig
 
     serve = from_flags(ServeConfig, args)
-    model, tokenizer, _, _ = load_model(args)
-    app = create_app(model, tokenizer, serve, model_name=Path(args.model).resolve().name)
+    model, tokenizer, decode, decoder = load_model(args)
+    app = create_app(model, tokenizer, serve, model_name=Path(args.model).resolve().name,
+                     defaults=GenerationDefaults(decode, decoder))
     print(f"unmask serve: http://{serve.host}:{serve.port}/v1  playground: http://{serve.host}:{serve.port}/playground",
           file=sys.stderr)
     uvicorn.run(app, host=serve.host, port=serve.port, log_level=args.log_level)

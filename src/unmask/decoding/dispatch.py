@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from unmask.config import DecodeConfig, DecoderConfig
+from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults
 from unmask.decoding.blocks import LogitsProbe, block_stream
 from unmask.decoding.canvas import check_canvas
 from unmask.decoding.eos import default_stop_ids
@@ -46,12 +46,13 @@ def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
 
 def _settings(model, config: DecodeConfig | None, decoder: DecoderConfig | None, params: dict
               ) -> tuple[DecodeConfig, DecoderConfig, int]:
-    """(sampler config, decoder, mask id) of a call: the model's generation defaults updated by ``params``, the
-    model's recommended decoder (``unmask.load`` reads both from generation_config.json) or the reference by
-    default; combinations no decoder can run are errors here."""
-    base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
+    """(sampler config, decoder, mask id) of a call: ``config`` (else the model's generation defaults) updated
+    by ``params``, and ``decoder`` (else the model's recommended one; ``GenerationDefaults.of``); combinations no
+    decoder can run are errors here."""
+    defaults = GenerationDefaults.of(model)
+    base = config or defaults.decode
     config = base.replace(**params) if params else base
-    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
+    decoder = decoder or defaults.decoder
     if not isinstance(decoder, DecoderConfig):
         raise TypeError(f"decoder must be a DecoderConfig, got {type(decoder).__name__}")
     if decoder.decoder == "blocks" and config.alg == "origin":

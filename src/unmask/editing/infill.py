@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unmask.config import DecodeConfig, DecoderConfig
+from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults
 from unmask.decoding.canvas import left_pad
 from unmask.decoding.dispatch import decode_canvas
 from unmask.diffusion import shift_logits
@@ -123,8 +123,8 @@ def infill(model, tokenizer, requests: Sequence[Sequence[Segment]], *, length: i
     """
     if not requests:
         return []
-    config = config or getattr(model, "generation_defaults", None) or DecodeConfig()
-    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
+    defaults = GenerationDefaults.of(model)  # for callers that pass no settings
+    config, decoder = config or defaults.decode, decoder or defaults.decoder
     special = tokenizer.special
     mask_id, pad_id = special.mask, special.pad
     bos_id = special.bos if special.bos is not None else special.eos

@@ -14,6 +14,7 @@ and answered 500 without details (client input alone never causes one: schemathe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -31,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unmask.analysis.arness import arness_profile, flatten_order
-from unmask.config import DecodeConfig, DecoderConfig, override_decoder
+from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults
 from unmask.editing.infill import build_canvas
 from unmask.editing.placeholders import Hole, Segment, has_holes, parse_placeholders
 from unmask.errors import ConfigError, TokenizerError
@@ -171,7 +172,8 @@ class Limiter:
 class Engine:
     """Turns validated requests into scheduler jobs and results into OpenAI-shaped answers."""
 
-    def __init__(self, model, tokenizer, serve: ServeConfig, model_name: str) -> None:
+    def __init__(self, model, tokenizer, serve: ServeConfig, model_name: str,
+                 defaults: GenerationDefaults | None = None) -> None:
         self.model, self.tokenizer, self.serve, self.model_name = model, tokenizer, serve, model_name
         self.mask_id = tokenizer.special.mask
         if model.config.mask_token_id is not None and model.config.mask_token_id != self.mask_id:
@@ -181,8 +183,7 @@ class Engine:
                                    batch_wait_ms=serve.batch_wait_ms)
         self.limiter = Limiter(serve.max_concurrency)
         self.stop_ids = tokenizer.special.stop_ids()
-        self.defaults = getattr(model, "generation_defaults", None) or DecodeConfig()
-        self.decoder_defaults = getattr(model, "decoder_defaults", None) or DecoderConfig()
+        self.defaults = defaults or GenerationDefaults.of(model)
         self.context = model.config.max_position_embeddings
 
     # -- canvas -------------------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ class Engine:
         elif runs or not default_tokens:
             appended = 0
         else:
-            appended = min(self.defaults.max_new_tokens, serve.max_tokens)
+            appended = min(self.defaults.decode.max_new_tokens, serve.max_tokens)
         if appended > serve.max_tokens:
             raise ClientError(f"max_tokens must be at most {serve.max_tokens}")
         masks = appended + sum(c for _, c in runs)
@@ -237,13 +238,12 @@ class Engine:
             if getattr(req, name) is not None:
                 changes[name] = getattr(req, name)
         try:
-            config = self.defaults.replace(**changes)
             # The model's recommended decoder unless the request names one. It is recommended for completions:
             # masks inside the prompt default to the reference sampler (every decoder fills them if asked).
-            recommended = DecoderConfig() if runs else self.decoder_defaults
+            base = dataclasses.replace(self.defaults, decoder=DecoderConfig()) if runs else self.defaults
             asked = {k: getattr(req, k) for k in ("decoder", "block_length", "threshold")
                      if getattr(req, k) is not None}
-            decoder = override_decoder(recommended, asked)
+            config, decoder = base.updated(changes, asked)
         except ConfigError as err:
             raise ClientError(_config_message(err)) from None
         if decoder.decoder == "blocks" and config.alg == "origin":
@@ -356,10 +356,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.scheduler.close()
 
 
-def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name: str = "unmask") -> FastAPI:
-    """The server for one loaded model; the scheduler thread lives as long as the app's lifespan."""
+def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name: str = "unmask",
+               defaults: GenerationDefaults | None = None) -> FastAPI:
+    """The server for one loaded model and its recommended sampler and decoder (``defaults``; else what
+    ``unmask.load`` left on the model); the scheduler thread lives as long as the app's lifespan."""
     serve = serve or ServeConfig()
-    engine = Engine(model, tokenizer, serve, serve.model_name or model_name)
+    engine = Engine(model, tokenizer, serve, serve.model_name or model_name, defaults)
     app = FastAPI(title="unmask", version="1", lifespan=_lifespan,
                   description="OpenAI-compatible API for masked diffusion language models.")
     app.state.engine = engine
