@@ -34,7 +34,7 @@ import torch
 from unmask.config import DecodeConfig
 from unmask.decoding.canvas import check_canvas
 from unmask.decoding.eos import demote_early_stops
-from unmask.decoding.sampling import sample_tokens
+from unmask.decoding.sampling import gumbel_scores, sample_tokens
 from unmask.decoding.steps import DecodeResult, DecodeStep, run_steps
 from unmask.diffusion import shift_logits
 from unmask.errors import ConfigError
@@ -102,15 +102,8 @@ def reference_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Ten
             continue
         rows = torch.tensor(row_group, device=canvas.device)
         scores = ranking[rows]  # (b, T)
-        if config.alg_temp > 0:
-            # k draws without replacement from softmax(scores / alg_temp), as Gumbel-top-k: the same
-            # (Plackett-Luce) distribution as torch.multinomial, but it cannot fail when softmax underflows
-            # to zero for some masked positions.
-            exp1 = torch.empty(scores.shape, device=scores.device).exponential_(generator=generator)
-            gumbel = -torch.log(exp1)  # Gumbel(0, 1) noise, since -log(Exp(1)) ~ Gumbel
-            picks = torch.topk(scores / config.alg_temp + gumbel, k, dim=-1).indices  # (b, k)
-        else:
-            picks = torch.topk(scores, k, dim=-1).indices  # (b, k)
+        # the k most confident, or (alg_temp > 0) k drawn without replacement from softmax(scores / alg_temp)
+        picks = torch.topk(gumbel_scores(scores, config.alg_temp, generator), k, dim=-1).indices  # (b, k)
         row_idx = rows[:, None].expand_as(picks)
         canvas[row_idx, picks] = candidates[row_idx, picks]
         committed[row_idx, picks] = True
