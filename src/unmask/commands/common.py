@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -146,3 +148,56 @@ def read_text(path: str, what: str) -> str:
         return Path(path).read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise CLIError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run verbs (train, rl): one resolved-config path
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, cls, *, start_help: str, group: str) -> None:
+    """MODEL (the model a run starts from), ``--config FILE`` and one flag per field of ``cls``."""
+    parser.add_argument("start", nargs="?", metavar="MODEL", help=start_help)
+    parser.add_argument("--config", metavar="FILE", help=f"JSON/YAML file of {cls.__name__} fields; flags override")
+    add_dataclass_arguments(parser, cls, group=group)
+
+
+def run_settings(cls, args: argparse.Namespace, *, start_field: str, saved: str) -> dict:
+    """A run's config values in order of precedence: flags (MODEL is ``start_field``) > ``--config FILE`` > the
+    resumed run's saved config (``saved`` in its run directory, with ``--resume``)."""
+    flags = dataclass_overrides(cls, args)
+    if args.start is not None:
+        if start_field in flags:
+            raise CLIError(f"the model is given twice: {args.start!r} and {flag(start_field)} {flags[start_field]!r}")
+        flags[start_field] = args.start
+    values: dict = read_config_file(Path(args.config)) if args.config else {}
+    saved_path = Path(flags.get("run_dir") or values.get("run_dir") or cls.run_dir) / saved
+    if flags.get("resume") and saved_path.is_file():
+        values = {**json.loads(saved_path.read_text(encoding="utf-8")), **values}
+    return {**values, **flags}
+
+
+def read_config_file(path: Path) -> dict:
+    """A JSON or YAML mapping of config fields."""
+    text = read_text(str(path), "config file")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise CLIError("YAML configs need pyyaml (pip install pyyaml); or use JSON") from None
+        loaded = yaml.safe_load(text)
+    else:
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CLIError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(loaded, dict):
+        raise CLIError(f"{path}: the config must be a mapping of field names to values")
+    return loaded
+
+
+def print_run_summary(result, keys: tuple[str, ...]) -> int:
+    """One JSON line on rank 0: the run directory and the last step's ``keys`` (those it logged)."""
+    last = result.history[-1] if result.history else {}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), **{k: last[k] for k in keys if k in last}}))
+    return 0
