@@ -53,6 +53,11 @@ def check_numbers(config: Any, names: tuple[str, ...], interval: str) -> None:
             raise ConfigError(f"{name} must be a number in {interval}, got {v!r}")
 
 
+def check_device(device: str) -> None:
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N]; got {device!r}")
+
+
 class Settings:
     """What every frozen config dataclass can do: ``replace`` fields, ``to_dict``, ``from_dict``.
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unmask.config import doc
+from unmask.config import check_ints, check_numbers, doc
 from unmask.data.benchmarks import Task, load_benchmark
 from unmask.errors import ConfigError
 from unmask.fileio import append_records, atomic_write_text, read_records
@@ -56,12 +56,9 @@ class EvalConfig:
     synthetic_tasks: int = field(default=200, metadata=doc("tasks drawn for the synthetic benchmark"))
 
     def __post_init__(self) -> None:
-        if self.samples <= 0 or self.batch_size <= 0:
-            raise ConfigError("samples and batch_size must be positive integers")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"limit must be a positive integer, got {self.limit}")
-        if not self.timeout > 0 or self.memory_mb <= 0:
-            raise ConfigError("timeout and memory_mb must be positive")
+        check_ints(self, ("samples", "batch_size", "memory_mb"))
+        check_ints(self, ("limit",), optional=True)
+        check_numbers(self, ("timeout",), "(0, inf)")
 
 
 @dataclass(frozen=True)
@@ -80,10 +77,8 @@ class EditConfig:
         if self.infill_length not in ("auto", "oracle") and not (self.infill_length.isdigit()
                                                                  and int(self.infill_length) > 0):
             raise ConfigError(f"infill_length must be auto, oracle or a positive integer, got {self.infill_length!r}")
-        if isinstance(self.repair_rounds, bool) or not isinstance(self.repair_rounds, int) or self.repair_rounds < 0:
-            raise ConfigError(f"repair_rounds must be an integer >= 0, got {self.repair_rounds!r}")
-        if isinstance(self.repair_spans, bool) or not isinstance(self.repair_spans, int) or self.repair_spans < 1:
-            raise ConfigError(f"repair_spans must be a positive integer, got {self.repair_spans!r}")
+        check_ints(self, ("repair_rounds",), minimum=0)
+        check_ints(self, ("repair_spans",))
 
     def recorded(self) -> dict:
         """What eval_config.json holds for these settings: nothing when they are the defaults."""

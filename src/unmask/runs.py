@@ -16,6 +16,7 @@ import random
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from unmask.fileio import atomic_write_text
 
 __all__ = [
     "OPTIMIZER_FILE",
+    "RunResult",
     "StepLoop",
     "append_jsonl",
     "distributed",
@@ -164,6 +166,15 @@ def progress_bar(enabled: bool, *, total: int, initial: int, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+@dataclass
+class RunResult:
+    """What a train or rl invocation returns: the step it stopped at, its metric records, its run directory."""
+
+    step: int
+    history: list[dict[str, Any]]
+    run_dir: Path
 
 
 class StepLoop:

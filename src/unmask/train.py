@@ -77,11 +77,7 @@ class TrainData:
     val: TokenRows
 
 
-@dataclass
-class TrainResult:
-    step: int
-    history: list[dict[str, Any]]
-    run_dir: Path
+TrainResult = runs.RunResult
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -113,32 +109,15 @@ class Batch:
     row_weight: torch.Tensor | None = None  # (B,) loss multiplier per row (semi-AR block rows), None = all 1
 
     def rows(self, start: int, stop: int) -> Batch:
-        mask = None if self.attention_mask is None else self.attention_mask[start:stop]
-        weight = None if self.row_weight is None else self.row_weight[start:stop]
-        return Batch(
-            self.input_ids[start:stop],
-            self.targets[start:stop],
-            self.masked[start:stop],
-            self.maskable[start:stop],
-            self.t[start:stop],
-            mask,
-            self.anneal_fraction,
-            weight,
-        )
+        return self._map(lambda tensor: tensor[start:stop])
 
     def to(self, device: torch.device) -> Batch:
-        mask = None if self.attention_mask is None else self.attention_mask.to(device)
-        weight = None if self.row_weight is None else self.row_weight.to(device)
-        return Batch(
-            self.input_ids.to(device),
-            self.targets.to(device),
-            self.masked.to(device),
-            self.maskable.to(device),
-            self.t.to(device),
-            mask,
-            self.anneal_fraction,
-            weight,
-        )
+        return self._map(lambda tensor: tensor.to(device))
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        """This batch with ``fn`` applied to every tensor (the optional ones stay None)."""
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 def make_batch(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unmask.config import Settings, check_choices, check_ints, check_numbers, doc
+from unmask.config import Settings, check_choices, check_device, check_ints, check_numbers, doc
 from unmask.errors import ConfigError
 
 STAGES = ("pretrain", "sft")
@@ -103,8 +103,7 @@ class TrainConfig(Settings):
             raise ConfigError("block_mask_prob shapes the masked-diffusion noise; it has no meaning for objective "
                               "autoregressive")
         check_numbers(self, ("weight_decay", "grad_clip"), "[0, inf)")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        check_device(self.device)
         if self.init_from is not None and self.tokenizer is not None:
             raise ConfigError("pass either init_from (which brings its tokenizer) or tokenizer, not both")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unmask.config import ALGS, DecodeConfig, Settings, check_choices, check_ints, check_numbers, doc
+from unmask.config import ALGS, DecodeConfig, Settings, check_choices, check_device, check_ints, check_numbers, doc
 from unmask.errors import ConfigError
 from unmask.rl.rewards import get_reward
 
@@ -102,8 +102,7 @@ class RLConfig(Settings):
         check_numbers(self, ("beta", "weight_decay", "grad_clip", "temperature", "alg_temp"), "[0, inf)")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise ConfigError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        check_device(self.device)
         weights = self.reward_weight_map()  # validates names, counts and numbers
         for name in weights:
             try:

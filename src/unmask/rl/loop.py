@@ -57,11 +57,7 @@ __all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_upda
 _ROLLOUT_PASS = 10_000
 
 
-@dataclass
-class RLResult:
-    step: int
-    history: list[dict[str, Any]]
-    run_dir: Path
+RLResult = runs.RunResult
 
 
 # ----------------------------------------------------------------------------------------------------------
