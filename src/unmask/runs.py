@@ -1,5 +1,6 @@
-"""The run lifecycle shared by ``unmask train`` and ``unmask rl``: ranks and devices, the run directory
-(config file, ``metrics.jsonl``, the ``latest`` pointer), RNG state and atomic checkpoints.
+"""The run lifecycle shared by ``unmask train`` and ``unmask rl``: ranks and devices, the optimiser and its
+LR schedule, the run directory (config file, ``metrics.jsonl``, the ``latest`` pointer), the step loop's
+bookkeeping, RNG state and atomic checkpoints.
 
 A run directory holds ``checkpoint-{step:07d}/`` directories (an HF model directory plus
 ``trainer_state.pt``; training adds ``optimizer.pt``) and ``latest``, the name of the newest complete one.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import os
 import random
 import shutil
@@ -30,10 +32,13 @@ __all__ = [
     "OPTIMIZER_FILE",
     "RunResult",
     "StepLoop",
+    "adamw",
     "append_jsonl",
     "distributed",
     "end_step",
     "latest_checkpoint",
+    "lr_factor",
+    "param_groups",
     "process_group",
     "progress_bar",
     "resolve_device",
@@ -101,6 +106,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The optimiser and its schedule
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Decay matrices only (not norms or biases), the usual AdamW practice.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(model: torch.nn.Module, cfg: Any) -> torch.optim.AdamW:
+    """AdamW over ``model`` with ``cfg``'s ``lr``, ``beta1``/``beta2`` and ``weight_decay`` (``param_groups``)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             fused=False, foreach=False)
+
+
+def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the peak LR for optimiser step ``step`` (0-based): linear warm-up from
+    ``1/warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine decay to ``min_lr_ratio`` at
+    ``max_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ----------------------------------------------------------------------------------------------------------

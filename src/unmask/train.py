@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import random
 import sys
 import time
@@ -64,7 +63,7 @@ from unmask.diffusion import (
 )
 from unmask.errors import ConfigError
 from unmask.model import DreamModel
-from unmask.runs import OPTIMIZER_FILE
+from unmask.runs import OPTIMIZER_FILE, lr_factor
 from unmask.train_config import DISTRIBUTED, NORMALIZERS, OBJECTIVES, STAGES, T_METHODS, TrainConfig  # noqa: F401
 from unmask.training_data import EpochSampler, TokenRows, val_batches
 
@@ -82,17 +81,6 @@ TrainResult = runs.RunResult
 
 # ----------------------------------------------------------------------------------------------------------
 # Pure pieces: LR schedule, batch construction
-
-
-def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the peak LR for optimiser step ``step`` (0-based): linear warm-up from
-    ``1/warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine decay to ``min_lr_ratio`` at
-    ``max_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, max_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
@@ -445,13 +433,6 @@ def load_full_state(
 # The loop
 
 
-def _param_groups(model: DreamModel, weight_decay: float) -> list[dict[str, Any]]:
-    # Decay matrices only (not norms or biases), the usual AdamW practice.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 @torch.no_grad()
 def evaluate(
     model: DreamModel,
@@ -782,13 +763,7 @@ def _load(
 
 def _optimizer(model: DreamModel, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW and its warm-up + cosine schedule (``lr_factor``)."""
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        fused=False,
-        foreach=False,
-    )
+    optimizer = runs.adamw(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_factor(

@@ -48,7 +48,6 @@ from unmask.rl.grpo import (
     sequence_logprob_estimates,
 )
 from unmask.rl.rewards import combine_rewards
-from unmask.train import _param_groups, lr_factor
 
 __all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_update", "rl", "rollout", "sync_reference",
            "update_lr"]
@@ -269,7 +268,8 @@ def update_lr(cfg: RLConfig, update: int) -> float:
     """
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    return cfg.lr * lr_factor(update, warmup_steps=0, max_steps=cfg.max_steps * cfg.mu, min_lr_ratio=cfg.min_lr_ratio)
+    return cfg.lr * runs.lr_factor(update, warmup_steps=0, max_steps=cfg.max_steps * cfg.mu,
+                                   min_lr_ratio=cfg.min_lr_ratio)
 
 
 @torch.no_grad()
@@ -422,8 +422,7 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     model = model.to(device=device, dtype=torch.float32)
     model.eval()  # rollouts and no-grad passes; policy_update switches to train mode around its backward
 
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  foreach=False, fused=False)
+    optimizer = runs.adamw(model, cfg)
     sampler = EpochSampler(len(tasks), cfg.seed + 1)
     reference = copy.deepcopy(model).requires_grad_(False) if cfg.beta > 0 else None
     step = 0 if resume_from is None else _resume(resume_from, model, optimizer, sampler, reference)
