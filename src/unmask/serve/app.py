@@ -492,15 +492,9 @@ async def _generate(engine: Engine, request: Request, req: DiffusionParams, plan
         text = streamer.feed(reply, final=True)
         completion_tokens += len(cut_at_stop_ids(reply, engine.stop_ids)[0])
         finish = "stop" if streamer.stopped else "length"
-        ext = engine.extension(plan, event)
-        if chat:
-            choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                            "finish_reason": finish, "logprobs": None, "unmask": ext})
-        else:
-            if echo_text is not None:
-                text = engine.decode_text(event.canvas[:plan.prompt_tokens]) + text
-            choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": None,
-                            "unmask": ext})
+        if echo_text is not None:
+            text = engine.decode_text(event.canvas[:plan.prompt_tokens]) + text
+        choices.append(_choice(chat, index, text, finish, engine.extension(plan, event)))
     usage = {"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": plan.prompt_tokens + completion_tokens}
     return {"id": ident, "object": obj, "created": created, "model": engine.model_name, "choices": choices,
@@ -527,11 +521,12 @@ async def _stream(engine: Engine, plan: Plan, req: DiffusionParams, ident: str, 
                 delta = streamers[index].feed(engine.reply_region(plan, event.region))
                 ext = _canvas_ext(engine, event) if req.stream_canvas else None
                 if delta or ext is not None:
-                    yield _sse(_chunk(base, chat, index, delta, ext=ext))
+                    yield _sse({**base, "choices": [_choice(chat, index, delta, ext=ext, stream=True)]})
                 continue
             delta = streamers[index].feed(engine.reply_region(plan, event.region), final=True)
             finish = "stop" if streamers[index].stopped else "length"
-            yield _sse(_chunk(base, chat, index, delta, finish, engine.extension(plan, event)))
+            choice = _choice(chat, index, delta, finish, engine.extension(plan, event), stream=True)
+            yield _sse({**base, "choices": [choice]})
             left -= 1
         yield _sse("[DONE]")
     finally:
@@ -541,16 +536,18 @@ async def _stream(engine: Engine, plan: Plan, req: DiffusionParams, ident: str, 
         slot.release()
 
 
-def _chunk(base: dict, chat: bool, index: int, text: str, finish: str | None = None, ext: dict | None = None
-           ) -> dict:
-    if chat:
-        choice = {"index": index, "delta": {"content": text} if text else {}, "finish_reason": finish,
-                  "logprobs": None}
+def _choice(chat: bool, index: int, text: str, finish: str | None = None, ext: dict | None = None, *,
+            stream: bool = False) -> dict:
+    """One OpenAI choice: a completion's text, or a chat message (its delta in a stream chunk); ``unmask``
+    carries the extension (``Engine.extension``, or a step's canvas)."""
+    if not chat:
+        body: dict = {"text": text}
+    elif stream:
+        body = {"delta": {"content": text} if text else {}}
     else:
-        choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
-    if ext is not None:
-        choice["unmask"] = ext
-    return {**base, "choices": [choice]}
+        body = {"message": {"role": "assistant", "content": text}}
+    return {"index": index, **body, "finish_reason": finish, "logprobs": None,
+            **({} if ext is None else {"unmask": ext})}
 
 
 def _canvas_ext(engine: Engine, event: StepEvent) -> dict:
