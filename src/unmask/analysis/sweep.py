@@ -16,8 +16,8 @@ report directory then holds:
     summary.md                a short table of the same numbers
     arness_vs_k.png, pass_vs_temperature.png, decode_heatmap_T<temp>.png   (needs the ``plot`` extra)
 
-It reuses the evaluation harness (``unmask.evaluate``): its task loading, prompts, fixed chunk plan,
-sandbox execution and pass@k. Like ``evaluate_model`` it is resumable: chunk seeds depend only on
+It reuses the evaluation harness (``unmask.evaluate``): its task loading, prompts, sandbox execution, pass@k
+and its resumable loop (``score_chunks``, with a generate that also keeps each decode order): chunk seeds depend only on
 (seed, temperature, chunk index), a chunk whose samples are all recorded is skipped, lines are appended per
 chunk and fsync'ed, and a torn last line is ignored — so a killed sweep resumed later writes exactly what an
 uninterrupted one would.
