@@ -50,6 +50,19 @@ def test_train_and_rl_read_a_positional_model():
         rl.settings(parse(["rl", "M", "--model", "N"]))
 
 
+def test_train_and_rl_resolve_settings_the_same_way(tmp_path):
+    """flags > --config FILE > the resumed run's saved config, for both run verbs."""
+    from unmask.commands import rl, train
+
+    (tmp_path / "c.json").write_text('{"max_steps": 7, "seed": 3, "run_dir": "%s"}' % (tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    for verb, saved in ((rl, "rl_config.json"), (train, "run_config.json")):
+        (tmp_path / "run" / saved).write_text('{"max_steps": 1, "lr": 0.5, "log_every": 9}')
+        argv = [verb.__name__.rsplit(".", 1)[1], "--config", str(tmp_path / "c.json"), "--seed", "4", "--resume"]
+        values = verb.settings(parse(argv))
+        assert (values["max_steps"], values["seed"], values["lr"], values["log_every"]) == (7, 4, 0.5, 9)
+
+
 def test_argument_errors_are_one_line_errors_not_exits():
     with pytest.raises(CLIError, match=r"^unmask eval: argument --samples: invalid int value: 'x'"):
         parse(["eval", "M", "--samples", "x"])

@@ -142,14 +142,14 @@ def test_resumed_eval_equals_uninterrupted(tiny, tmp_path):
     assert full["pass@k"] == resumed["pass@k"] and full["samples"] == 6
     # a completed run is not regenerated
     generate_calls = []
-    import unmask.decoding.reference as ref
+    import unmask.decoding.dispatch as dispatch  # every decoder runs through its decode_stream
 
-    original = ref.generate
-    ref.generate = lambda *a, **k: generate_calls.append(1) or original(*a, **k)
+    original = dispatch.decode_stream
+    dispatch.decode_stream = lambda *a, **k: generate_calls.append(1) or original(*a, **k)
     try:
         evaluate_model(model, tokenizer, config, decode, tmp_path / "b", progress=False)
     finally:
-        ref.generate = original
+        dispatch.decode_stream = original
     assert generate_calls == []
 
 

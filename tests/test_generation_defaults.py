@@ -124,6 +124,27 @@ def test_serve_requests_default_to_the_recommended_decoder(dirs):
     assert engine.plan(DiffusionParams(), prompt, []).decoder == DecoderConfig(decoder="blocks", block_length=8)
     assert engine.plan(DiffusionParams(block_length=4), prompt, []).decoder.block_length == 4
     assert engine.plan(DiffusionParams(decoder="reference"), prompt, []).decoder == DecoderConfig()
-    # masks inside the prompt need the reference sampler: the recommendation does not apply to them
+    # masks inside the prompt default to the reference sampler: the recommendation is for completions
     assert engine.plan(DiffusionParams(), prompt + [tokenizer.special.mask], [(len(prompt), 1)]).decoder == (
         DecoderConfig())
+
+
+def test_defaults_load_beside_the_model_and_explicit_settings_win(dirs):
+    from unmask.checkpoint import load_generation_defaults
+    from unmask.config import GenerationDefaults
+
+    _, blocks = dirs
+    model, tokenizer = unmask.load(blocks)
+    defaults = load_generation_defaults(blocks)  # what the verbs read and pass on
+    assert defaults == GenerationDefaults.of(model)
+    assert defaults.decoder == DecoderConfig(decoder="blocks", block_length=8)
+    assert defaults.updated({"steps": 4}, {"decoder": "reference"}) == (defaults.decode.replace(steps=4),
+                                                                        DecoderConfig())
+    pytest.importorskip("fastapi")
+    from unmask.serve.app import Engine
+    from unmask.serve.config import ServeConfig
+    from unmask.serve.schemas import DiffusionParams
+
+    given = GenerationDefaults(defaults.decode.replace(max_new_tokens=16), DecoderConfig())
+    engine = Engine(model, tokenizer, ServeConfig(), "blocks", given)  # the settings given, not the model's
+    assert engine.plan(DiffusionParams(), tokenizer.encode("def f(x):"), []).decoder == DecoderConfig()

@@ -13,9 +13,11 @@ from conftest import make_model
 from unmask.errors import ConfigError
 from unmask.runs import (
     OPTIMIZER_FILE,
+    StepLoop,
     append_jsonl,
     end_step,
     latest_checkpoint,
+    process_group,
     resolve_device,
     resume_point,
     rng_state,
@@ -70,3 +72,22 @@ def test_resolve_device_and_end_step(monkeypatch):
     with pytest.raises(ConfigError, match="no CUDA device"):
         resolve_device("cuda", 0)
     assert end_step(0, 10, None) == 10 and end_step(4, 10, 3) == 7 and end_step(8, 10, 5) == 10
+
+
+def test_step_loop_ends_saves_on_the_last_step_and_calls_the_hook():
+    from types import SimpleNamespace
+
+    seen = []
+    cfg = SimpleNamespace(max_steps=10, stop_after_steps=3, progress=False)
+    loop = StepLoop(4, cfg, rank=0, desc="t", on_step=lambda step, record: seen.append((step, record)))
+    assert loop.end == 7 and loop.bar is None
+    assert [s for s in range(5, 8) if loop.due(s, 5)] == [5, 7]  # every 5 steps, and the last one
+    loop.finished(5, {"loss": 1.0}, loss="1.0")
+    loop.close()
+    assert loop.history == [{"loss": 1.0}] and seen == [(5, {"loss": 1.0})]
+
+
+def test_process_group_is_nothing_outside_torchrun(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with process_group("cpu"):
+        assert not torch.distributed.is_initialized()

@@ -49,6 +49,7 @@ def server(tmp_path_factory):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     srv = Server(f"http://127.0.0.1:{port}", model, tokenizer, app)
+    srv.path = path
 
     def hook(module, args):
         srv.forwards += 1
@@ -214,7 +215,7 @@ BAD = [
     ("/v1/completions", {"prompt": SECRET, "max_tokens": 0}, 400),  # nothing to generate
     ("/v1/completions", {"prompt": SECRET + "<|mask:0|>"}, 400),
     ("/v1/completions", {"prompt": "<|mask|>" + SECRET}, 400),  # position 0 must be real
-    ("/v1/completions", {"prompt": SECRET + "<|mask:2|>", "decoder": "blocks"}, 400),
+    ("/v1/completions", {"prompt": SECRET + "<|mask:" + SECRET + "|>"}, 400),  # malformed: an error, as in the CLI
     ("/v1/completions", {"prompt": SECRET, "echo": True, "stream": True}, 400),
     ("/v1/completions", {"prompt": SECRET * 3000}, 413),  # body over 20 kB
     ("/v1/chat/completions", {"messages": []}, 422),
@@ -274,6 +275,23 @@ def test_completion_placeholders_are_filled_in_place(server):
     assert len(filled) == 2
     assert choice["text"] == "x = [" + filled[0] + "]\ny = " + filled[1] + "\n"
     assert choice["unmask"]["forward_passes"] == 4  # one step per masked token by default
+
+
+def test_masks_in_the_prompt_with_the_blocks_decoder_equal_the_cli(server, capsys):
+    """The blocks decoder fills placeholders inside the prompt; the server's fill is the CLI's (and the library's:
+    ``unmask generate`` runs ``editing.infill``) for the same canvas, decoder and steps."""
+    prompt = "x = [<|mask:3|>]\ny = <|mask:2|>\n"
+    blocks = {"decoder": "blocks", "block_length": 2, "temperature": 0, "steps": 5, "alg": "entropy"}
+    resp = httpx.post(server.url + "/v1/completions", json={"prompt": prompt, **blocks}, timeout=30)
+    assert resp.status_code == 200, resp.text[:300]
+    ext = resp.json()["choices"][0]["unmask"]
+    assert ext["decoder"] == "blocks" and ext["steps"] == 5
+    capsys.readouterr()
+    assert main(["generate", str(server.path), prompt, "--decoder", "blocks", "--block-length", "2",
+                 "--temperature", "0", "--alg", "entropy", "--max-new-tokens", "5", "--steps", "5", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert cli["lengths"] == [3, 2] and cli["decoder"]["decoder"] == "blocks"
+    assert ext["filled"] == [server.tokenizer.decode(ids, cut=False) for ids in cli["middle_ids"]]
 
 
 # -- playground -----------------------------------------------------------------------------------------------

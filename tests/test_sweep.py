@@ -216,7 +216,7 @@ def _strip_durations(path) -> list[dict]:
 
 
 def test_sweep_report_is_consistent_with_its_traces_and_resumes_exactly(model_dir, tmp_path):
-    from unmask.decoding.reference import generate
+    from unmask.decoding.dispatch import decode as generate
     from unmask.evaluate import chunk_seed, load_tasks, prompt_text
 
     model, tokenizer = unmask.load(model_dir)

@@ -686,7 +686,8 @@ def test_resume_from_an_old_format_checkpoint(tmp_path):
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     from unmask.checkpoint import load_model
-    from unmask.train import OPTIMIZER_FILE, _param_groups
+    from unmask.runs import OPTIMIZER_FILE
+    from unmask.runs import param_groups as _param_groups
 
     rows = cyclic_rows()
     straight = tiny_model()

@@ -23,13 +23,13 @@ def load(path: str | os.PathLike, *, dtype="auto", device="cpu"):
     ``dtype="auto"`` computes in float32 on CPU (bf16 matmuls there are slow and coarse) and keeps the
     stored dtype on accelerators; ``None`` always keeps the stored dtype; or name one ("bfloat16", ...).
 
-    The model carries the directory's generation_config.json as ``model.generation_defaults`` (the sampler:
-    steps, alg, temperature, …) and ``model.decoder_defaults`` (the recommended decoder: reference unless the
-    file names one), which ``generate`` and every ``unmask`` verb use for what the caller does not pass.
+    The directory's generation_config.json (``checkpoint.load_generation_defaults``: the sampler — steps, alg,
+    temperature, … — and the recommended decoder, the reference unless the file names one) is left on the model
+    as ``model.generation_defaults`` and ``model.decoder_defaults``, which ``generate`` uses for what the caller
+    does not pass; the ``unmask`` verbs read the file themselves and pass the settings explicitly.
     A device this machine does not have is a ``ConfigError`` before anything is read.
     """
-    from unmask.checkpoint import load_model, read_config, read_generation_config
-    from unmask.config import DecodeConfig, DecoderConfig
+    from unmask.checkpoint import load_generation_defaults, load_model, read_config
     from unmask.tokenizer import load_tokenizer
 
     if dtype == "auto":
@@ -37,18 +37,19 @@ def load(path: str | os.PathLike, *, dtype="auto", device="cpu"):
     model = load_model(path, dtype=dtype, device=device)
     _, _, raw = read_config(path)
     tokenizer = load_tokenizer(path, raw)
-    generation = read_generation_config(path)
-    model.generation_defaults = DecodeConfig.from_dict(generation)
-    model.decoder_defaults = DecoderConfig.from_dict(generation)
+    defaults = load_generation_defaults(path)
+    model.generation_defaults, model.decoder_defaults = defaults.decode, defaults.decoder
     return model, tokenizer
 
 
 def save(model, path: str | os.PathLike, *, tokenizer=None, **kwargs):
     """Save a model (and tokenizer) as a Hugging Face-format Dream directory, atomically."""
     from unmask.checkpoint import save_model
+    from unmask.config import GenerationDefaults
 
-    kwargs.setdefault("generation", getattr(model, "generation_defaults", None))
-    kwargs.setdefault("decoder", getattr(model, "decoder_defaults", None))
+    defaults = GenerationDefaults.of(model)
+    kwargs.setdefault("generation", defaults.decode)
+    kwargs.setdefault("decoder", defaults.decoder)
     return save_model(model, path, tokenizer=tokenizer, **kwargs)
 
 

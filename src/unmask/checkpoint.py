@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from unmask.config import DecodeConfig, DecoderConfig, ModelConfig
+from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults, ModelConfig
 from unmask.errors import CheckpointError, ConfigError
 from unmask.model import DreamModel
 
@@ -182,6 +182,11 @@ def read_config(directory: str | os.PathLike) -> tuple[ModelConfig, str, dict[st
 def read_generation_config(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / "generation_config.json"
     return _read_json(path) if path.is_file() else {}
+
+
+def load_generation_defaults(directory: str | os.PathLike) -> GenerationDefaults:
+    """The sampler and decoder a model directory recommends (its generation_config.json; defaults without one)."""
+    return GenerationDefaults.from_dict(read_generation_config(directory))
 
 
 def _check_directory(directory: str | os.PathLike) -> Path:

@@ -35,6 +35,7 @@ from unmask.commands.common import (  # noqa: F401 — re-exported: the CLI's pu
     CLIError,
     add_dataclass_arguments,
     dataclass_overrides,
+    resolve_model,
 )
 from unmask.errors import UnmaskError
 
@@ -90,6 +91,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         build_parser().parse_args(argv)
     args = build_parser(verb).parse_intermixed_args(argv[1:])
     args.verb = verb
+    if "model_flag" in vars(args):  # a verb that runs a model (``add_model_arguments``)
+        resolve_model(args, args.model_positionals, required=args.model_required)
     return args
 
 

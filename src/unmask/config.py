@@ -16,36 +16,101 @@ from typing import Any
 from unmask.errors import ConfigError
 
 
-def _doc(text: str, **extra: Any) -> dict[str, Any]:
+def doc(text: str, **extra: Any) -> dict[str, Any]:
+    """A config field's metadata: its one-line doc (the CLI's ``--help``) and extras such as ``choices``."""
     return {"doc": text, **extra}
 
 
+def check_choices(config: Any) -> None:
+    """Every field whose metadata lists ``choices`` holds one of them, else a ``ConfigError`` naming it."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}; got {value!r}")
+
+
+def check_ints(config: Any, names: tuple[str, ...], *, minimum: int = 1, optional: bool = False) -> None:
+    """Each named field an int (not a bool) >= ``minimum`` (1: positive, 0: non-negative), or None if
+    ``optional``; else a ``ConfigError`` naming it."""
+    kind = "positive" if minimum >= 1 else "non-negative"
+    for name in names:
+        value = getattr(config, name)
+        if (optional and value is None) or (isinstance(value, int) and not isinstance(value, bool)
+                                             and value >= minimum):
+            continue
+        raise ConfigError(f"{name} must be a {kind} integer{' or None' if optional else ''}, got {value!r}")
+
+
+def check_numbers(config: Any, names: tuple[str, ...], interval: str) -> None:
+    """Each named field a finite number (not a bool) in ``interval``, written as in maths: "[0, 1)",
+    "(0, inf)"; else a ``ConfigError`` naming it."""
+    low, high = (float(x) for x in interval[1:-1].split(","))
+    for name in names:
+        v = getattr(config, name)
+        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not (number and (v > low if interval[0] == "(" else v >= low)
+                and (v < high if interval[-1] == ")" else v <= high)):
+            raise ConfigError(f"{name} must be a number in {interval}, got {v!r}")
+
+
+def check_device(device: str) -> None:
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N]; got {device!r}")
+
+
+class Settings:
+    """What every frozen config dataclass can do: ``replace`` fields, ``to_dict``, ``from_dict``.
+
+    ``from_dict`` refuses an unknown key or a bad value with a ``ConfigError`` naming it (``_what`` says whose
+    config, for the message), unless the class is ``_lenient``: the sampler configs are read from a whole
+    generation_config.json, whose other keys (and nulls) belong to others."""
+
+    _what = "the"
+    _lenient = False
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        if cls._lenient:
+            values = {k: v for k, v in values.items() if k in names and v is not None}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls._what} config field(s): {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ConfigError(f"bad {cls._what} config: {err}") from None
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Settings):
     """Architecture of a Dream-family model (a bidirectional Qwen2 decoder stack)."""
 
-    vocab_size: int = field(default=4096, metadata=_doc("rows of the embedding and of lm_head"))
-    hidden_size: int = field(default=256, metadata=_doc("residual stream width"))
-    intermediate_size: int = field(default=704, metadata=_doc("SwiGLU inner width"))
-    num_hidden_layers: int = field(default=4, metadata=_doc("transformer blocks"))
-    num_attention_heads: int = field(default=4, metadata=_doc("query heads"))
-    num_key_value_heads: int = field(default=2, metadata=_doc("key/value heads (grouped-query attention)"))
-    max_position_embeddings: int = field(default=2048, metadata=_doc("longest canvas the model is meant for"))
-    rope_theta: float = field(default=1_000_000.0, metadata=_doc("RoPE base frequency"))
-    rms_norm_eps: float = field(default=1e-6, metadata=_doc("RMSNorm epsilon"))
-    initializer_range: float = field(default=0.02, metadata=_doc("std of the normal weight init"))
-    tie_word_embeddings: bool = field(default=False, metadata=_doc("Dream unties lm_head; kept for loading"))
-    mask_token_id: int | None = field(default=None, metadata=_doc("id of <|mask|>; read from the checkpoint"))
-    pad_token_id: int | None = field(default=None, metadata=_doc("id of the pad token"))
-    bos_token_id: int | None = field(default=None, metadata=_doc("id of the bos token"))
-    eos_token_id: int | None = field(default=None, metadata=_doc("id of the eos token"))
+    vocab_size: int = field(default=4096, metadata=doc("rows of the embedding and of lm_head"))
+    hidden_size: int = field(default=256, metadata=doc("residual stream width"))
+    intermediate_size: int = field(default=704, metadata=doc("SwiGLU inner width"))
+    num_hidden_layers: int = field(default=4, metadata=doc("transformer blocks"))
+    num_attention_heads: int = field(default=4, metadata=doc("query heads"))
+    num_key_value_heads: int = field(default=2, metadata=doc("key/value heads (grouped-query attention)"))
+    max_position_embeddings: int = field(default=2048, metadata=doc("longest canvas the model is meant for"))
+    rope_theta: float = field(default=1_000_000.0, metadata=doc("RoPE base frequency"))
+    rms_norm_eps: float = field(default=1e-6, metadata=doc("RMSNorm epsilon"))
+    initializer_range: float = field(default=0.02, metadata=doc("std of the normal weight init"))
+    tie_word_embeddings: bool = field(default=False, metadata=doc("Dream unties lm_head; kept for loading"))
+    mask_token_id: int | None = field(default=None, metadata=doc("id of <|mask|>; read from the checkpoint"))
+    pad_token_id: int | None = field(default=None, metadata=doc("id of the pad token"))
+    bos_token_id: int | None = field(default=None, metadata=doc("id of the bos token"))
+    eos_token_id: int | None = field(default=None, metadata=doc("id of the eos token"))
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        check_ints(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                          "num_attention_heads", "num_key_value_heads", "max_position_embeddings"))
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
@@ -78,9 +143,6 @@ class ModelConfig:
         head = 0 if self.tie_word_embeddings else self.vocab_size * h
         return self.vocab_size * h + self.num_hidden_layers * block + h + head
 
-    def replace(self, **changes: Any) -> ModelConfig:
-        return dataclasses.replace(self, **changes)
-
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in MODEL_PRESETS:
@@ -110,19 +172,21 @@ ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
 @dataclass(frozen=True)
-class DecodeConfig:
+class DecodeConfig(Settings):
     """Parameters of the reference sampler (Dream ``diffusion_generate`` semantics, docs/sampler.md)."""
 
-    max_new_tokens: int = field(default=256, metadata=_doc("masked positions appended to the prompt"))
-    steps: int = field(default=256, metadata=_doc("denoising steps = forward passes"))
-    temperature: float = field(default=0.0, metadata=_doc("0 = argmax"))
-    top_p: float | None = field(default=None, metadata=_doc("nucleus filter (None or 1 = off)"))
-    top_k: int | None = field(default=None, metadata=_doc("top-k filter (None = off)"))
-    alg: str = field(default="entropy", metadata=_doc("origin | maskgit_plus | topk_margin | entropy",
+    _lenient = True  # read from a whole generation_config.json
+
+    max_new_tokens: int = field(default=256, metadata=doc("masked positions appended to the prompt"))
+    steps: int = field(default=256, metadata=doc("denoising steps = forward passes"))
+    temperature: float = field(default=0.0, metadata=doc("0 = argmax"))
+    top_p: float | None = field(default=None, metadata=doc("nucleus filter (None or 1 = off)"))
+    top_k: int | None = field(default=None, metadata=doc("top-k filter (None = off)"))
+    alg: str = field(default="entropy", metadata=doc("origin | maskgit_plus | topk_margin | entropy",
                                                       choices=ALGS))
-    alg_temp: float = field(default=0.0, metadata=_doc("> 0 draws the commit order from softmax(conf/alg_temp)"))
-    eps: float = field(default=1e-3, metadata=_doc("last timestep of linspace(1, eps, steps + 1)"))
-    stop_last: bool = field(default=False, metadata=_doc(
+    alg_temp: float = field(default=0.0, metadata=doc("> 0 draws the commit order from softmax(conf/alg_temp)"))
+    eps: float = field(default=1e-3, metadata=doc("last timestep of linspace(1, eps, steps + 1)"))
+    stop_last: bool = field(default=False, metadata=doc(
         "never commit an eos/pad while a mask lies to its left (off = Dream's sampler exactly)"))
 
     def __post_init__(self) -> None:
@@ -141,21 +205,12 @@ class DecodeConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k <= 0):
             raise ConfigError(f"top_k must be a positive integer, got {self.top_k!r}")
-        if self.alg not in ALGS:
-            raise ConfigError(f"alg must be one of {', '.join(ALGS)}; got {self.alg!r}")
+        check_choices(self)
         if not (math.isfinite(self.alg_temp) and self.alg_temp >= 0):
             raise ConfigError(f"alg_temp must be a finite number >= 0, got {self.alg_temp!r}")
         if not (0 < self.eps < 1):
             raise ConfigError(f"eps must be in (0, 1), got {self.eps!r}")
 
-    def replace(self, **changes: Any) -> DecodeConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DecodeConfig:
-        """Build from a mapping, ignoring unrelated keys (e.g. a whole generation_config.json)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
 
 DECODERS = ("reference", "blocks", "parallel")
@@ -163,30 +218,29 @@ CACHES = ("none", "prefix", "dual")
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(Settings):
     """Which decoder runs the sampler parameters of ``DecodeConfig``, and how fast (docs/sampler.md)."""
 
-    decoder: str = field(default="reference", metadata=_doc(
+    _lenient = True  # a generation_config.json may recommend a decoder
+
+    decoder: str = field(default="reference", metadata=doc(
         "reference (Dream) | blocks (semi-AR, fixed tokens per step) | parallel (confidence threshold)",
         choices=DECODERS))
-    block_length: int = field(default=32, metadata=_doc("tokens per semi-autoregressive block (blocks, parallel)"))
-    threshold: float = field(default=0.9, metadata=_doc("parallel: commit every token with p(x0) >= threshold"))
-    factor: float | None = field(default=None, metadata=_doc(
+    block_length: int = field(default=32, metadata=doc("tokens per semi-autoregressive block (blocks, parallel)"))
+    threshold: float = field(default=0.9, metadata=doc("parallel: commit every token with p(x0) >= threshold"))
+    factor: float | None = field(default=None, metadata=doc(
         "parallel: factor rule instead of the threshold, accept top n while (n+1)(1-c_n) < factor"))
-    cache: str = field(default="none", metadata=_doc("approximate KV cache: none | prefix | dual", choices=CACHES))
-    refresh_every: int = field(default=0, metadata=_doc(
+    cache: str = field(default="none", metadata=doc("approximate KV cache: none | prefix | dual", choices=CACHES))
+    refresh_every: int = field(default=0, metadata=doc(
         "cache: also refresh with a full forward every N steps inside a block (0 = once per block)"))
-    early_stop: bool = field(default=False, metadata=_doc(
+    early_stop: bool = field(default=False, metadata=doc(
         "stop once every row has a committed eos/pad with everything before it committed; pad the rest"))
-    lossless: bool = field(default=False, metadata=_doc(
+    lossless: bool = field(default=False, metadata=doc(
         "reference only: skip forwards that cannot change the result, draft-and-verify steps (same output)"))
-    draft: int = field(default=4, metadata=_doc("lossless: canvases drafted and verified per batched forward"))
+    draft: int = field(default=4, metadata=doc("lossless: canvases drafted and verified per batched forward"))
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}; got {self.decoder!r}")
-        if self.cache not in CACHES:
-            raise ConfigError(f"cache must be one of {', '.join(CACHES)}; got {self.cache!r}")
+        check_choices(self)
         if not isinstance(self.block_length, int) or isinstance(self.block_length, bool) or self.block_length <= 0:
             raise ConfigError(f"block_length must be a positive integer, got {self.block_length!r}")
         if not (isinstance(self.threshold, (int, float)) and 0 < self.threshold <= 1):
@@ -203,14 +257,6 @@ class DecoderConfig:
         if self.lossless and (self.decoder != "reference"):
             raise ConfigError("--lossless reproduces the reference sampler; it needs --decoder reference")
 
-    def replace(self, **changes: Any) -> DecoderConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DecoderConfig:
-        """Build from a mapping, ignoring unrelated keys (a generation_config.json may recommend a decoder)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
 
 def override_decoder(base: DecoderConfig, changes: dict[str, Any]) -> DecoderConfig:
@@ -221,14 +267,28 @@ def override_decoder(base: DecoderConfig, changes: dict[str, Any]) -> DecoderCon
     return base.replace(**changes)
 
 
-def config_from_dict(cls, values: dict[str, Any], what: str):
-    """``cls(**values)`` for a frozen config dataclass, with an unknown key or a bad value a ``ConfigError``
-    naming it (``what``: e.g. "training", for the message)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown {what} config field(s): {', '.join(unknown)}")
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise ConfigError(f"bad {what} config: {err}") from None
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The sampler and the decoder a model recommends. Its generation_config.json is the one source of both:
+    ``checkpoint.load_generation_defaults(directory)`` reads them beside the model, and the ``unmask`` verbs
+    pass them explicitly. (For the Python API, ``unmask.load`` also leaves them on the model, where ``of`` finds
+    them when a caller passes no settings.)"""
+
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    @classmethod
+    def from_dict(cls, generation: dict[str, Any]) -> GenerationDefaults:
+        """From a generation_config.json's contents (its other keys are ignored)."""
+        return cls(DecodeConfig.from_dict(generation), DecoderConfig.from_dict(generation))
+
+    @classmethod
+    def of(cls, model: Any) -> GenerationDefaults:
+        """What ``unmask.load`` left on ``model``; the plain defaults for a model made otherwise."""
+        return cls(getattr(model, "generation_defaults", None) or DecodeConfig(),
+                   getattr(model, "decoder_defaults", None) or DecoderConfig())
+
+    def updated(self, decode: dict[str, Any], decoder: dict[str, Any]) -> tuple[DecodeConfig, DecoderConfig]:
+        """(sampler, decoder) with a caller's changes on top (flags, request fields); naming another decoder than
+        the recommended one starts from that decoder's defaults (``override_decoder``)."""
+        return self.decode.replace(**decode), override_decoder(self.decoder, decoder)

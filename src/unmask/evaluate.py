@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unmask.config import check_ints, check_numbers, doc
 from unmask.data.benchmarks import Task, load_benchmark
 from unmask.errors import ConfigError
-from unmask.fileio import atomic_write_text
+from unmask.fileio import append_records, atomic_write_text, read_records
 from unmask.passk import pass_at_k
 from unmask.programs import INSTRUCT_PREFILL, build_program, default_mode
 
@@ -41,31 +41,24 @@ SYNTHETIC = ("synthetic", "synthetic-train")
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", '\n"""', "\n#")
 
 
-def _doc(text: str) -> dict:
-    return {"doc": text}
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     """What to evaluate and how programs are run (sampler settings live in DecodeConfig)."""
 
-    benchmark: str = field(default="humaneval", metadata=_doc("humaneval, humaneval+, mbpp, mbpp+, synthetic, …"))
-    samples: int = field(default=1, metadata=_doc("completions per task (n of pass@k)"))
-    limit: int | None = field(default=None, metadata=_doc("evaluate only the first N tasks"))
-    batch_size: int = field(default=8, metadata=_doc("prompts decoded together"))
-    chat: bool = field(default=False, metadata=_doc("instruct prompts: ChatML + the code-fence prefill"))
-    timeout: float = field(default=5.0, metadata=_doc("seconds per test program"))
-    memory_mb: int = field(default=1024, metadata=_doc("address-space limit per test program"))
-    seed: int = field(default=0, metadata=_doc("base seed; each chunk's seed derives from it"))
-    synthetic_tasks: int = field(default=200, metadata=_doc("tasks drawn for the synthetic benchmark"))
+    benchmark: str = field(default="humaneval", metadata=doc("humaneval, humaneval+, mbpp, mbpp+, synthetic, …"))
+    samples: int = field(default=1, metadata=doc("completions per task (n of pass@k)"))
+    limit: int | None = field(default=None, metadata=doc("evaluate only the first N tasks"))
+    batch_size: int = field(default=8, metadata=doc("prompts decoded together"))
+    chat: bool = field(default=False, metadata=doc("instruct prompts: ChatML + the code-fence prefill"))
+    timeout: float = field(default=5.0, metadata=doc("seconds per test program"))
+    memory_mb: int = field(default=1024, metadata=doc("address-space limit per test program"))
+    seed: int = field(default=0, metadata=doc("base seed; each chunk's seed derives from it"))
+    synthetic_tasks: int = field(default=200, metadata=doc("tasks drawn for the synthetic benchmark"))
 
     def __post_init__(self) -> None:
-        if self.samples <= 0 or self.batch_size <= 0:
-            raise ConfigError("samples and batch_size must be positive integers")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"limit must be a positive integer, got {self.limit}")
-        if not self.timeout > 0 or self.memory_mb <= 0:
-            raise ConfigError("timeout and memory_mb must be positive")
+        check_ints(self, ("samples", "batch_size", "memory_mb"))
+        check_ints(self, ("limit",), optional=True)
+        check_numbers(self, ("timeout",), "(0, inf)")
 
 
 @dataclass(frozen=True)
@@ -73,21 +66,19 @@ class EditConfig:
     """Infilling length rule and test-guided repair for ``unmask eval``. Recorded in ``eval_config.json`` only
     when not the default, so run directories made before these settings existed still resume."""
 
-    infill_length: str = field(default="auto", metadata={"doc": (
+    infill_length: str = field(default="auto", metadata=doc(
         "infilling benchmarks: middle length rule: auto (search scored by the model) | oracle (the canonical "
-        "middle's token count) | N (fixed)")})
-    repair_rounds: int = field(default=0, metadata={"doc": "after generation, repair failed samples for up to N "
-                                                            "rounds and report pass@1 before and after"})
-    repair_spans: int = field(default=1, metadata={"doc": "repair: spans (lines) re-masked per round"})
+        "middle's token count) | N (fixed)"))
+    repair_rounds: int = field(default=0, metadata=doc(
+        "after generation, repair failed samples for up to N rounds and report pass@1 before and after"))
+    repair_spans: int = field(default=1, metadata=doc("repair: spans (lines) re-masked per round"))
 
     def __post_init__(self) -> None:
         if self.infill_length not in ("auto", "oracle") and not (self.infill_length.isdigit()
                                                                  and int(self.infill_length) > 0):
             raise ConfigError(f"infill_length must be auto, oracle or a positive integer, got {self.infill_length!r}")
-        if isinstance(self.repair_rounds, bool) or not isinstance(self.repair_rounds, int) or self.repair_rounds < 0:
-            raise ConfigError(f"repair_rounds must be an integer >= 0, got {self.repair_rounds!r}")
-        if isinstance(self.repair_spans, bool) or not isinstance(self.repair_spans, int) or self.repair_spans < 1:
-            raise ConfigError(f"repair_spans must be a positive integer, got {self.repair_spans!r}")
+        check_ints(self, ("repair_rounds",), minimum=0)
+        check_ints(self, ("repair_spans",))
 
     def recorded(self) -> dict:
         """What eval_config.json holds for these settings: nothing when they are the defaults."""
@@ -172,30 +163,12 @@ def chunk_seed(base: int, chunk: int) -> int:
 
 def read_results(path: Path) -> list[SampleResult]:
     """Complete lines of results.jsonl; a torn final line (killed mid-write) is dropped."""
-    if not path.is_file():
-        return []
-    results = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines):
-        try:
-            results.append(SampleResult(**json.loads(line)))
-        except (json.JSONDecodeError, TypeError):
-            if n == len(lines) - 1:
-                break
-            raise ConfigError(f"{path}: line {n + 1} is not a result record; remove the file to start over") from None
-    return results
+    return read_records(path, lambda row: SampleResult(**row), "a result record")
 
 
-def append_results(path: Path, results: Sequence[SampleResult]) -> None:
-    # A torn last line from an earlier crash must not glue onto the new records.
-    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        text = path.read_text(encoding="utf-8")
-        atomic_write_text(path, text[: text.rfind("\n") + 1])
-    with open(path, "a", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(r.to_json()) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def append_results(path: Path, results: Sequence[Any]) -> None:
+    """Append records (``SampleResult``, or anything with ``to_json``) to a results file, fsync'ed."""
+    append_records(path, (r.to_json() for r in results))
 
 
 def summarize(results: Sequence[SampleResult], ks: Sequence[int] = (1, 10)) -> dict[str, Any]:
@@ -264,82 +237,109 @@ def evaluate_model(model, tokenizer, config: EvalConfig, decode, out_dir: Path, 
 
     ``stop_after_chunks`` ends the run early (used to test that resuming equals an uninterrupted run).
     """
-    import torch
-
-    from unmask.config import DecoderConfig
-    from unmask.decoding.dispatch import decode as run_decoder
+    from unmask.config import GenerationDefaults
 
     tasks = load_tasks(config)
     check_context(model, tokenizer, tasks, config.chat, decode.max_new_tokens)
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_id = {t.task_id: t for t in tasks}
-    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
+    decoder = decoder or GenerationDefaults.of(model).decoder
     edit = edit or EditConfig()
     atomic_write_text(out_dir / "eval_config.json",
                       json.dumps(run_settings(config, decode, decoder, edit), indent=2) + "\n")
-    results_path = out_dir / "results.jsonl"
-    done = {(r.task_id, r.sample) for r in read_results(results_path)}
     plan = chunk_plan(tasks, config.samples, config.batch_size)
-    pad = tokenizer.special.pad
-
-    chunks = range(len(plan))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(plan), desc=f"eval {config.benchmark}", unit="chunk")
-    for ci in chunks:
-        if stop_after_chunks is not None and ci >= stop_after_chunks:
-            break
-        chunk = plan[ci]
-        if all((tasks[t].task_id, s) in done for t, s in chunk):
-            if bar is not None:
-                bar.update(1)
-            continue
-        generator = torch.Generator(device=model.device).manual_seed(chunk_seed(config.seed, ci))
-        infilling = all(program_mode(tasks[t], config.chat) == "infilling" for t, _ in chunk)
-        if infilling and getattr(model, "causal", False):
-            raise ConfigError(f"{config.benchmark} needs infilling, which a causal (qwen2) model cannot do")
-        if infilling:
-            texts = infill_middles([tasks[t] for t, _ in chunk], model, tokenizer, decode, decoder, edit, generator)
-        else:
-            prompts = [tokenizer.encode(prompt_text(tasks[t], tokenizer, config.chat)) for t, _ in chunk]
-            width = max(len(p) for p in prompts)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-            if getattr(model, "causal", False):  # the AR baseline: left to right
-                from unmask.autoregressive import generate_ar
-
-                generated = generate_ar(model, ids, mask, max_new_tokens=decode.max_new_tokens,
-                                        stop_ids=tokenizer.special.stop_ids(), pad_id=pad,
-                                        temperature=decode.temperature, top_p=decode.top_p, top_k=decode.top_k,
-                                        generator=generator).generated
-            else:
-                generated = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
-                                        stop_ids=tokenizer.special.stop_ids()).generated
-            texts = [clean_completion(tokenizer.decode(row), program_mode(tasks[t], config.chat))
-                     for (t, _), row in zip(chunk, generated.tolist())]
-        pending = []
-        for (t, s), text in zip(chunk, texts):
-            task = tasks[t]
-            if (task.task_id, s) in done:
-                continue
-            pending.append((task.task_id, s, text))
-        results = execute(by_id, pending, mode_of=lambda task: program_mode(task, config.chat),
-                          timeout=config.timeout, memory_mb=config.memory_mb)
-        append_results(results_path, results)
-        done.update((r.task_id, r.sample) for r in results)
-        if bar is not None:
-            bar.update(1)
-            passed = sum(1 for r in results if r.verdict == "passed")
-            bar.set_postfix(passed=f"{passed}/{len(results)}")
+    bar = chunk_bar(progress, len(plan), f"eval {config.benchmark}")
+    completions = _completions(model, tokenizer, tasks, config, decode, decoder, edit)
+    score_chunks(model, tasks, plan, config, out_dir / "results.jsonl", completions, seed=config.seed, bar=bar,
+                 budget=stop_after_chunks)
     if bar is not None:
         bar.close()
     summary = finish(out_dir, config)
     if edit.repair_rounds > 0 and (stop_after_chunks is None or stop_after_chunks >= len(plan)):
+        by_id = {t.task_id: t for t in tasks}
         summary["repair"] = repair_results(model, tokenizer, config, decode, decoder, edit, out_dir, by_id)
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def chunk_bar(progress: bool, total: int, desc: str) -> Any:
+    """A tqdm bar counting chunks, or None."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="chunk")
+
+
+def score_chunks(model, tasks: Sequence[Task], plan: list[list[tuple[int, int]]], config: EvalConfig, path: Path,
+                 generate: Callable, *, seed: int, read: Callable[[Path], list] | None = None,
+                 record: Callable | None = None, bar: Any = None, budget: int | None = None) -> int:
+    """The resumable loop of ``unmask eval`` and the AR-ness sweep: generate a chunk, score it, append.
+
+    For each chunk of ``plan`` with a sample not yet in ``path``, ``generate(chunk, generator)`` returns one
+    (completion text, extra) per (task index, sample); the new samples run in the sandbox and are appended to
+    ``path`` (fsync'ed), each as ``record(result, extra)`` (default: the ``SampleResult``). A chunk's generator is
+    seeded from (``seed``, chunk index) alone, so a resumed run writes exactly the lines of an uninterrupted one.
+    ``read`` reads the records already in ``path`` (default ``read_results``); ``budget`` runs at most that
+    many chunks (to test resuming). Returns the chunks run.
+    """
+    import torch
+
+    done = {(r.task_id, r.sample) for r in (read or read_results)(path)}
+    by_id = {t.task_id: t for t in tasks}
+    ran = 0
+    for index, chunk in enumerate(plan):
+        if all((tasks[t].task_id, s) in done for t, s in chunk):
+            if bar is not None:
+                bar.update(1)
+            continue
+        if budget is not None and ran >= budget:
+            break
+        ran += 1
+        generator = torch.Generator(device=model.device).manual_seed(chunk_seed(seed, index))
+        fresh = [(tasks[t].task_id, s, out) for (t, s), out in zip(chunk, generate(chunk, generator))
+                 if (tasks[t].task_id, s) not in done]
+        results = execute(by_id, [(t, s, text) for t, s, (text, _) in fresh],
+                          mode_of=lambda task: program_mode(task, config.chat), timeout=config.timeout,
+                          memory_mb=config.memory_mb)
+        records = [r if record is None else record(r, extra) for r, (_, _, (_, extra)) in zip(results, fresh)]
+        append_results(path, records)
+        done.update((r.task_id, r.sample) for r in records)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(passed=f"{sum(r.verdict == 'passed' for r in records)}/{len(records)}")
+    return ran
+
+
+def _completions(model, tokenizer, tasks: Sequence[Task], config: EvalConfig, decode, decoder, edit) -> Callable:
+    """``score_chunks``'s ``generate`` for evaluation: infills for infilling tasks, the AR baseline left to
+    right, otherwise ``decode`` over the left-padded prompts; completions cut by ``clean_completion``."""
+    from unmask.decoding.canvas import left_pad
+    from unmask.decoding.dispatch import decode as run_decoder
+
+    causal, special = getattr(model, "causal", False), tokenizer.special
+
+    def generate(chunk: list[tuple[int, int]], generator) -> list[tuple[str, None]]:
+        chosen = [tasks[t] for t, _ in chunk]
+        if all(program_mode(task, config.chat) == "infilling" for task in chosen):
+            if causal:
+                raise ConfigError(f"{config.benchmark} needs infilling, which a causal (qwen2) model cannot do")
+            return [(text, None) for text in infill_middles(chosen, model, tokenizer, decode, decoder, edit,
+                                                            generator)]
+        prompts = [tokenizer.encode(prompt_text(task, tokenizer, config.chat)) for task in chosen]
+        ids, mask, _ = left_pad(prompts, special.pad, device=model.device)
+        if causal:  # the AR baseline: left to right
+            from unmask.autoregressive import generate_ar
+
+            generated = generate_ar(model, ids, mask, max_new_tokens=decode.max_new_tokens,
+                                    stop_ids=special.stop_ids(), pad_id=special.pad, temperature=decode.temperature,
+                                    top_p=decode.top_p, top_k=decode.top_k, generator=generator).generated
+        else:
+            generated = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
+                                    stop_ids=special.stop_ids()).generated
+        return [(clean_completion(tokenizer.decode(row), program_mode(task, config.chat)), None)
+                for task, row in zip(chosen, generated.tolist())]
+
+    return generate
 
 
 def infill_middles(tasks: Sequence[Task], model, tokenizer, decode, decoder, edit, generator) -> list[str]:

@@ -1,13 +1,18 @@
-"""File helpers: atomic writes (a crash mid-write leaves the old file or the new one) and JSONL parsing."""
+"""File helpers: atomic writes (a crash mid-write leaves the old file or the new one), JSONL parsing, and the
+append-only record files of resumable runs (a kill mid-write leaves a torn last line, ignored and repaired)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from unmask.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -39,3 +44,33 @@ def parse_jsonl(lines: Iterable[str], source: str | os.PathLike, *, error: type[
             yield number, json.loads(line)
         except json.JSONDecodeError as err:
             raise error(f"{source}:{number}: not valid JSON ({err.msg})") from None
+
+
+def read_records(path: Path, parse: Callable[[Any], T], what: str) -> list[T]:
+    """Each complete line of an append-only JSONL file through ``parse``; a torn final line (a kill mid-write)
+    is dropped, any other line ``parse`` cannot read is a ``ConfigError`` (``what``: "a result record")."""
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines):
+        try:
+            records.append(parse(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
+            if n == len(lines) - 1:
+                break
+            raise ConfigError(f"{path}: line {n + 1} is not {what}; remove the file to start over") from None
+    return records
+
+
+def append_records(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append one JSON line per row and fsync; a torn last line left by an earlier crash is cut off first, so it
+    cannot glue onto the new rows."""
+    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        text = path.read_text(encoding="utf-8")
+        atomic_write_text(path, text[: text.rfind("\n") + 1])
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import json
-import math
-import os
 import random
 import sys
 import time
@@ -50,6 +47,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from unmask import runs
+from unmask.decoding.canvas import left_pad
 from unmask.diffusion import (
     adaptation_spans,
     annealed_attention_mask,
@@ -64,20 +63,7 @@ from unmask.diffusion import (
 )
 from unmask.errors import ConfigError
 from unmask.model import DreamModel
-from unmask.runs import (  # noqa: F401  (latest_checkpoint: re-exported for callers of unmask.train)
-    OPTIMIZER_FILE,
-    append_jsonl,
-    distributed,
-    end_step,
-    latest_checkpoint,
-    progress_bar,
-    resolve_device,
-    resume_point,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    start_run_dir,
-)
+from unmask.runs import OPTIMIZER_FILE, lr_factor
 from unmask.train_config import DISTRIBUTED, NORMALIZERS, OBJECTIVES, STAGES, T_METHODS, TrainConfig  # noqa: F401
 from unmask.training_data import EpochSampler, TokenRows, val_batches
 
@@ -90,26 +76,11 @@ class TrainData:
     val: TokenRows
 
 
-@dataclass
-class TrainResult:
-    step: int
-    history: list[dict[str, Any]]
-    run_dir: Path
+TrainResult = runs.RunResult
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Pure pieces: LR schedule, batch construction
-
-
-def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
-    """Multiplier of the peak LR for optimiser step ``step`` (0-based): linear warm-up from
-    ``1/warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine decay to ``min_lr_ratio`` at
-    ``max_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, max_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
@@ -126,32 +97,15 @@ class Batch:
     row_weight: torch.Tensor | None = None  # (B,) loss multiplier per row (semi-AR block rows), None = all 1
 
     def rows(self, start: int, stop: int) -> Batch:
-        mask = None if self.attention_mask is None else self.attention_mask[start:stop]
-        weight = None if self.row_weight is None else self.row_weight[start:stop]
-        return Batch(
-            self.input_ids[start:stop],
-            self.targets[start:stop],
-            self.masked[start:stop],
-            self.maskable[start:stop],
-            self.t[start:stop],
-            mask,
-            self.anneal_fraction,
-            weight,
-        )
+        return self._map(lambda tensor: tensor[start:stop])
 
     def to(self, device: torch.device) -> Batch:
-        mask = None if self.attention_mask is None else self.attention_mask.to(device)
-        weight = None if self.row_weight is None else self.row_weight.to(device)
-        return Batch(
-            self.input_ids.to(device),
-            self.targets.to(device),
-            self.masked.to(device),
-            self.maskable.to(device),
-            self.t.to(device),
-            mask,
-            self.anneal_fraction,
-            weight,
-        )
+        return self._map(lambda tensor: tensor.to(device))
+
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+        """This batch with ``fn`` applied to every tensor (the optional ones stay None)."""
+        return dataclasses.replace(self, **{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 def make_batch(
@@ -479,13 +433,6 @@ def load_full_state(
 # The loop
 
 
-def _param_groups(model: DreamModel, weight_decay: float) -> list[dict[str, Any]]:
-    # Decay matrices only (not norms or biases), the usual AdamW practice.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 @torch.no_grad()
 def evaluate(
     model: DreamModel,
@@ -578,17 +525,12 @@ def generate_samples(
     """Greedy completions (``sample_tokens`` ids each) of ``prompts`` with the reference sampler
     (alg entropy, one token per step). Uses its own generator and leaves the model in the mode it found,
     so it consumes none of the training randomness."""
-    from unmask.config import DecodeConfig
-    from unmask.decoding.reference import generate
+    from unmask.config import DecodeConfig, DecoderConfig
+    from unmask.decoding.dispatch import decode as generate
 
     if not prompts:
         return []
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (B, P) left-padded
-    attention = torch.zeros(len(prompts), width, dtype=torch.long)  # (B, P)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        attention[row, width - len(prompt) :] = 1
+    ids, attention, _ = left_pad(prompts, pad_token_id)  # (B, P)
     decode = DecodeConfig(
         max_new_tokens=cfg.sample_tokens, steps=cfg.sample_tokens, temperature=0.0, alg="entropy"
     )
@@ -608,6 +550,7 @@ def generate_samples(
                 ids.to(device),
                 attention.to(device),
                 config=decode,
+                decoder=DecoderConfig(),
                 generator=torch.Generator(device=device).manual_seed(cfg.seed + 104729),
             )
     finally:
@@ -673,19 +616,8 @@ def train(
     Joins the process group when launched by torchrun (``WORLD_SIZE`` > 1; gloo on CPU, nccl on GPU).
     ``on_step(step, record)`` is called on every rank after each optimiser step (for tests and tools).
     """
-    started_group = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-        started_group = True
-    try:
+    with runs.process_group(cfg.device):
         return _train(cfg, model, tokenizer, data, on_step)
-    finally:
-        if started_group:
-            # FSDP modules left for the interpreter's final collection sometimes abort the process after
-            # a finished run (gloo, torch 2.13: "terminate called without an active exception", ~1 in 15
-            # runs); collecting them while the group still exists avoids it.
-            gc.collect()
-            dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -742,12 +674,10 @@ def _train(
 ) -> TrainResult:
     run = _setup(cfg, model, tokenizer, data)
     step = run.start
-    end = end_step(step, cfg.max_steps, cfg.stop_after_steps)
-    bar = progress_bar(run.rank == 0 and cfg.progress, total=cfg.max_steps, initial=step, desc="train")
+    loop = runs.StepLoop(step, cfg, rank=run.rank, desc="train", on_step=on_step)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     throughput = _Throughput(tokens_per_step)
-    history: list[dict[str, Any]] = []
-    while step < end:
+    while step < loop.end:
         batches = _draw_batches(run, step)
         stats = _train_step(run, batches)
         step += 1
@@ -762,32 +692,26 @@ def _train(
         # Under FSDP every forward is a collective, so all ranks validate (identically); only rank 0 writes.
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and (run.rank == 0 or run.fsdp):
             record.update(_validate(run, step))
-        if step % cfg.log_every == 0 or "val_loss" in record or step == end:
+        if loop.due(step, cfg.log_every) or "val_loss" in record:
             record["tokens_per_s"] = throughput.rate()
             if run.rank == 0:
-                append_jsonl(run.run_dir / "metrics.jsonl", record)
-        history.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{throughput.last:,.0f}")
-        if on_step is not None:
-            on_step(step, record)
-        if step % cfg.save_every == 0 or step == end:
+                runs.append_jsonl(run.run_dir / "metrics.jsonl", record)
+        loop.finished(step, record, loss=f"{record['loss']:.4f}", tok_s=f"{throughput.last:,.0f}")
+        if loop.due(step, cfg.save_every):
             _save(run, step)
-    if bar is not None:
-        bar.close()
-    return TrainResult(step=step, history=history, run_dir=run.run_dir)
+    loop.close()
+    return TrainResult(step=step, history=loop.history, run_dir=run.run_dir)
 
 
 def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: TrainData | None) -> _Run:
     """Everything before the first step: checks, model on its device (wrapped), optimiser, RNG, resume."""
-    rank, world = distributed()
+    rank, world = runs.distributed()
     if cfg.batch_size % world:
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})"
         )
     run_dir = Path(cfg.run_dir)
-    resume_from = resume_point(run_dir, cfg.resume)
+    resume_from = runs.resume_point(run_dir, cfg.resume)
     if cfg.resume and resume_from is None and rank == 0:
         print(f"note: no checkpoint in {run_dir}; starting a fresh run", file=sys.stderr)
     model, tokenizer, data = _load(cfg, model, tokenizer, data, resume_from)
@@ -795,7 +719,7 @@ def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
     mask_id = int(model.config.mask_token_id) if model.config.mask_token_id is not None else -1
     model_config = model.config
     stop_id = _stop_id(cfg, model_config, tokenizer)
-    device = resolve_device(cfg.device, rank)
+    device = runs.resolve_device(cfg.device, rank)
     model = model.to(device=device, dtype=torch.float32)
     model.gradient_checkpointing = cfg.gradient_checkpointing
     model.train()
@@ -811,7 +735,7 @@ def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
     if resume_from is not None:
         step = _resume(resume_from, model, optimizer, scheduler, sampler, noise, rank=rank, world=world)
     if rank == 0:
-        start_run_dir(run_dir, "run_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
+        runs.start_run_dir(run_dir, "run_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
                       logs=("metrics.jsonl", "samples.jsonl"))
     prompts = sample_prompts(data.val, cfg)
     pad_id = model_config.pad_token_id if model_config.pad_token_id is not None else mask_id
@@ -839,13 +763,7 @@ def _load(
 
 def _optimizer(model: DreamModel, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW and its warm-up + cosine schedule (``lr_factor``)."""
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        fused=False,
-        foreach=False,
-    )
+    optimizer = runs.adamw(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_factor(
@@ -872,7 +790,7 @@ def _resume(
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
     noise.set_state(state["noise_generator"])
-    set_rng_state(state["rng"])
+    runs.set_rng_state(state["rng"])
     return int(state["step"])
 
 
@@ -959,10 +877,10 @@ def _save(run: _Run, step: int) -> None:
             "scheduler": run.scheduler.state_dict(),
             "sampler": run.sampler.state_dict(),
             "noise_generator": run.noise.get_state(),
-            "rng": rng_state(),
+            "rng": runs.rng_state(),
             "config": cfg.to_dict(),
         }
-        save_checkpoint(
+        runs.save_checkpoint(
             run.run_dir,
             plain_model(run.model_config, model_state),
             run.tokenizer,

@@ -16,8 +16,8 @@ report directory then holds:
     summary.md                a short table of the same numbers
     arness_vs_k.png, pass_vs_temperature.png, decode_heatmap_T<temp>.png   (needs the ``plot`` extra)
 
-It reuses the evaluation harness (``unmask.evaluate``): its task loading, prompts, fixed chunk plan,
-sandbox execution and pass@k. Like ``evaluate_model`` it is resumable: chunk seeds depend only on
+It reuses the evaluation harness (``unmask.evaluate``): its task loading, prompts, sandbox execution, pass@k
+and its resumable loop (``score_chunks``, with a generate that also keeps each decode order): chunk seeds depend only on
 (seed, temperature, chunk index), a chunk whose samples are all recorded is skipped, lines are appended per
 chunk and fsync'ed, and a torn last line is ignored — so a killed sweep resumed later writes exactly what an
 uninterrupted one would.
@@ -48,14 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from unmask.analysis.arness import DEFAULT_GLOBAL_KS, DEFAULT_LOCAL_KS, arness_profile, flatten_order, summarize
+from unmask.config import doc
 from unmask.errors import ConfigError
-from unmask.fileio import atomic_write_text
+from unmask.fileio import atomic_write_text, read_records
 
 POSITIONS = ("region", "content")
-
-
-def _doc(text: str) -> dict:
-    return {"doc": text}
 
 
 def _check_ks(name: str, ks: Any) -> tuple[int, ...]:
@@ -73,12 +70,12 @@ def _check_ks(name: str, ks: Any) -> tuple[int, ...]:
 class SweepConfig:
     """What the sweep varies and measures (benchmark and sampler settings live in EvalConfig / DecodeConfig)."""
 
-    temperatures: tuple[float, ...] = field(default=(0.2, 0.6, 1.0, 1.2), metadata=_doc("sampling temperatures"))
-    positions: str = field(default="region", metadata=_doc("region (all generated positions) | content "
+    temperatures: tuple[float, ...] = field(default=(0.2, 0.6, 1.0, 1.2), metadata=doc("sampling temperatures"))
+    positions: str = field(default="region", metadata=doc("region (all generated positions) | content "
                                                            "(before the first pad/EOS)"))
-    ks_local: tuple[int, ...] = field(default=DEFAULT_LOCAL_KS, metadata=_doc("k of local AR-ness@k"))
-    ks_global: tuple[int, ...] = field(default=DEFAULT_GLOBAL_KS, metadata=_doc("k of global AR-ness@k"))
-    pass_ks: tuple[int, ...] | None = field(default=None, metadata=_doc("k of pass@k (None: 1 and the samples "
+    ks_local: tuple[int, ...] = field(default=DEFAULT_LOCAL_KS, metadata=doc("k of local AR-ness@k"))
+    ks_global: tuple[int, ...] = field(default=DEFAULT_GLOBAL_KS, metadata=doc("k of global AR-ness@k"))
+    pass_ks: tuple[int, ...] | None = field(default=None, metadata=doc("k of pass@k (None: 1 and the samples "
                                                                           "per task)"))
 
     def __post_init__(self) -> None:
@@ -168,18 +165,7 @@ class SweepSample:
 
 def read_samples(path: Path) -> list[SweepSample]:
     """Complete lines of a sweep results.jsonl; a torn final line (killed mid-write) is dropped."""
-    if not path.is_file():
-        return []
-    samples = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines):
-        try:
-            samples.append(SweepSample.from_json(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
-            if n == len(lines) - 1:
-                break
-            raise ConfigError(f"{path}: line {n + 1} is not a sweep record; remove the file to start over") from None
-    return samples
+    return read_records(path, SweepSample.from_json, "a sweep record")
 
 
 def temperature_dir(out_dir: Path, temperature: float) -> Path:
@@ -216,13 +202,10 @@ def run_sweep(model, tokenizer, config: SweepConfig, eval_config, decode, out_di
     recommended decoder, else the reference sampler). ``stop_after_chunks`` ends the run after that many chunks
     in total (to test that resuming equals an uninterrupted run); the report then covers what is done.
     """
-    import torch
+    from unmask.config import GenerationDefaults
+    from unmask.evaluate import chunk_bar, chunk_plan, load_tasks, score_chunks
 
-    from unmask.config import DecoderConfig
-    from unmask.decoding.dispatch import decode as run_decoder
-    from unmask.evaluate import chunk_plan, chunk_seed, clean_completion, execute, load_tasks, program_mode, prompt_text
-
-    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
+    decoder = decoder or GenerationDefaults.of(model).decoder
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = _settings(config, eval_config, decode, decoder)
@@ -234,77 +217,56 @@ def run_sweep(model, tokenizer, config: SweepConfig, eval_config, decode, out_di
         atomic_write_text(config_path, json.dumps(settings, indent=2) + "\n")
 
     tasks = load_tasks(eval_config)
-    by_id = {t.task_id: t for t in tasks}
     plan = chunk_plan(tasks, eval_config.samples, eval_config.batch_size)
-    pad, stops = tokenizer.special.pad, tokenizer.special.stop_ids()
-    prompts = [tokenizer.encode(prompt_text(t, tokenizer, eval_config.chat)) for t in tasks]
-
-    def mode_of(task) -> str:
-        return program_mode(task, eval_config.chat)
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(plan) * len(config.temperatures), desc="arness sweep", unit="chunk")
-    chunks_run = 0
+    bar = chunk_bar(progress, len(plan) * len(config.temperatures), "arness sweep")
+    budget = stop_after_chunks
     for temperature in config.temperatures:
         tdir = temperature_dir(out_dir, temperature)
         tdir.mkdir(exist_ok=True)
-        results_path = tdir / "results.jsonl"
-        done = {(s.task_id, s.sample) for s in read_samples(results_path)}
-        decode_t = decode.replace(temperature=temperature)
-        base_seed = temperature_seed(eval_config.seed, temperature)
-        for ci, chunk in enumerate(plan):
-            if all((tasks[t].task_id, s) in done for t, s in chunk):
-                if bar is not None:
-                    bar.update(1)
-                continue
-            if stop_after_chunks is not None and chunks_run >= stop_after_chunks:
-                break
-            chunks_run += 1
-            rows = [prompts[t] for t, _ in chunk]
-            width = max(len(p) for p in rows)
-            # left-padded prompts, as the harness does: (b, width)
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=model.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=model.device)
-            generator = torch.Generator(device=model.device).manual_seed(chunk_seed(base_seed, ci))
-            out = run_decoder(model, ids, mask, config=decode_t, decoder=decoder, generator=generator, trace=True,
-                              stop_ids=stops)
-            generated = out.generated.tolist()  # (b, max_new_tokens)
-            pending, traced = [], []
-            for row, ((t, s), gen) in enumerate(zip(chunk, generated)):
-                task = tasks[t]
-                if (task.task_id, s) in done:
-                    continue
-                pending.append((task.task_id, s, clean_completion(tokenizer.decode(gen), mode_of(task))))
-                traced.append((out.trace.order(row, drop_empty=False), len(gen), useful_length(gen, stops)))
-            results = execute(by_id, pending, mode_of=mode_of, timeout=eval_config.timeout,
-                              memory_mb=eval_config.memory_mb)
-            records = []
-            for r, (steps, length, useful) in zip(results, traced):
-                order, region = counted_order(steps, length, useful, config.positions)
-                local = glob = None
-                if order:
-                    profile = arness_profile(order, config.ks_local, config.ks_global, length=region)
-                    local = [profile["local"][k] for k in config.ks_local]
-                    glob = [profile["global"][k] for k in config.ks_global]
-                records.append(SweepSample(r.task_id, r.sample, r.completion, r.verdict, r.error_kind, r.duration,
-                                           steps, length, useful, local, glob))
-            _append(results_path, records)
-            done.update((r.task_id, r.sample) for r in records)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(T=f"{temperature:g}", passed=sum(r.verdict == "passed" for r in records))
+        if bar is not None:
+            bar.set_description(f"arness sweep T={temperature:g}")
+        traced = _traced_completions(model, tokenizer, tasks, eval_config, decode.replace(temperature=temperature),
+                                     decoder)
+        ran = score_chunks(model, tasks, plan, eval_config, tdir / "results.jsonl", traced,
+                           seed=temperature_seed(eval_config.seed, temperature), read=read_samples,
+                           record=lambda r, extra: _sample(r, *extra, config), bar=bar, budget=budget)
+        budget = None if budget is None else budget - ran
     if bar is not None:
         bar.close()
     return write_report(out_dir)
 
 
-def _append(path: Path, records: Sequence[SweepSample]) -> None:
-    from unmask.evaluate import append_results
+def _traced_completions(model, tokenizer, tasks, eval_config, decode, decoder):
+    """``score_chunks``'s ``generate`` for the sweep: each completion with its decode order (empty steps
+    kept), region length and useful length."""
+    from unmask.decoding.canvas import left_pad
+    from unmask.decoding.dispatch import decode as run_decoder
+    from unmask.evaluate import clean_completion, program_mode, prompt_text
 
-    append_results(path, records)  # duck-typed: it only calls .to_json(); handles a torn last line
+    prompts = [tokenizer.encode(prompt_text(t, tokenizer, eval_config.chat)) for t in tasks]
+    pad, stops = tokenizer.special.pad, tokenizer.special.stop_ids()
+
+    def generate(chunk, generator):
+        ids, mask, _ = left_pad([prompts[t] for t, _ in chunk], pad, device=model.device)
+        out = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator, trace=True,
+                          stop_ids=stops)
+        return [(clean_completion(tokenizer.decode(gen), program_mode(tasks[t], eval_config.chat)),
+                 (out.trace.order(row, drop_empty=False), len(gen), useful_length(gen, stops)))
+                for row, ((t, _), gen) in enumerate(zip(chunk, out.generated.tolist()))]
+
+    return generate
+
+
+def _sample(result, steps: list[list[int]], length: int, useful: int, config: SweepConfig) -> SweepSample:
+    """A sweep record: the sandbox's result with the sample's decode order and its AR-ness profile."""
+    order, region = counted_order(steps, length, useful, config.positions)
+    local = glob = None
+    if order:
+        profile = arness_profile(order, config.ks_local, config.ks_global, length=region)
+        local = [profile["local"][k] for k in config.ks_local]
+        glob = [profile["global"][k] for k in config.ks_global]
+    return SweepSample(result.task_id, result.sample, result.completion, result.verdict, result.error_kind,
+                       result.duration, steps, length, useful, local, glob)
 
 
 # ----------------------------------------------------------------------------------------------------------

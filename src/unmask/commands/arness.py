@@ -8,25 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from unmask.commands.common import (
-    DECODER_GROUP,
-    FROM_MODEL,
-    CLIError,
-    add_dataclass_arguments,
-    add_device_arguments,
-    add_model_arguments,
-    dataclass_overrides,
-    load_model,
-    resolve_model,
-    sampler_settings,
-)
+from unmask.commands.common import CLIError, add_dataclass_arguments, add_model_arguments, from_flags, load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from unmask.config import DecodeConfig, DecoderConfig
     from unmask.evaluate import EvalConfig
 
-    add_model_arguments(p, required=False)
+    add_model_arguments(p, required=False,
+                        sampler="sampler (defaults: the model's generation_config.json; steps = max_new_tokens)")
     p.add_argument("--trace", metavar="FILE", help="analyse this saved decode trace instead of sweeping "
                                                    "(MODEL then only gives token texts for the picture)")
     p.add_argument("--row", type=int, default=0, help="which row of the trace (default 0)")
@@ -38,11 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pass-k", help="comma-separated k of pass@k (default: 1 and --samples)")
     p.add_argument("--out", help="report directory (default runs/arness-BENCHMARK-MODEL); reruns resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_device_arguments(p)
     add_dataclass_arguments(p, EvalConfig, group="evaluation")
-    add_dataclass_arguments(p, DecodeConfig, default_help=FROM_MODEL,
-                            group="sampler (defaults: the model's generation_config.json; steps = max_new_tokens)")
-    add_dataclass_arguments(p, DecoderConfig, group=DECODER_GROUP, default_help=FROM_MODEL)
 
 
 def _number_list(text: str, flag: str, kind: type) -> tuple:
@@ -56,11 +41,9 @@ def _number_list(text: str, flag: str, kind: type) -> tuple:
 
 
 def run(args: argparse.Namespace) -> int:
-    resolve_model(args, required=False)
     if args.trace:
         return _trace(args)
     from unmask.analysis.sweep import SweepConfig, run_sweep
-    from unmask.config import DecodeConfig
     from unmask.evaluate import EvalConfig, check_context, load_tasks
 
     if args.model is None:
@@ -72,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
     sweep = SweepConfig(temperatures=_number_list(args.temperatures, "--temperatures", float),
                         positions=args.positions,
                         pass_ks=_number_list(args.pass_k, "--pass-k", int) if args.pass_k else None)
-    eval_config = EvalConfig(**dataclass_overrides(EvalConfig, args))
-    model, tokenizer = load_model(args)
-    decode, decoder = sampler_settings(model, args)
-    if "steps" not in dataclass_overrides(DecodeConfig, args):  # one token per step, as the paper measures AR-ness
+    eval_config = from_flags(EvalConfig, args)
+    model, tokenizer, decode, decoder = load_model(args)
+    if args.steps is None:  # one token per step, as the paper measures AR-ness
         decode = decode.replace(steps=decode.max_new_tokens)
     check_context(model, tokenizer, load_tasks(eval_config), eval_config.chat, decode.max_new_tokens)
     out = Path(args.out) if args.out else Path("runs") / f"arness-{eval_config.benchmark}-{Path(args.model).name}"

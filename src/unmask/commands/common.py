@@ -1,5 +1,5 @@
-"""What several verbs share: flags generated from config dataclasses, the model argument, loading a model with
-its recommended sampler and decoder, and the one-line user error.
+"""What several verbs share: flags generated from config dataclasses, the model argument with the device and
+sampler flags, loading a model with its recommended sampler and decoder, and the one-line user error.
 
 Nothing here imports torch at module level: ``unmask VERB --help`` builds its parser from this module and the
 config dataclasses alone.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -67,28 +69,37 @@ def dataclass_overrides(cls, args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
-def add_sampler_arguments(parser: argparse.ArgumentParser, *, decoder: bool = True) -> None:
-    """The DecodeConfig (and DecoderConfig) flags, whose defaults come from the model directory."""
-    from unmask.config import DecodeConfig, DecoderConfig
-
-    add_dataclass_arguments(parser, DecodeConfig, group=SAMPLER_GROUP, default_help=FROM_MODEL)
-    if decoder:
-        add_dataclass_arguments(parser, DecoderConfig, group=DECODER_GROUP, default_help=FROM_MODEL)
+def from_flags(cls, args: argparse.Namespace):
+    """``cls`` (a config dataclass) with the flags that were given, defaults for the rest."""
+    return cls(**dataclass_overrides(cls, args))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the model argument: positional (``unmask VERB MODEL``), ``--model MODEL`` still accepted
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """MODEL as the first positional, and ``--model`` for the older spelling. Call before other positionals."""
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True, positionals: tuple[str, ...] = (),
+                        sampler: str | None = SAMPLER_GROUP) -> None:
+    """MODEL as the first positional (``--model`` too, the older spelling), ``--dtype``, ``--device`` and, unless
+    ``sampler`` is None, the DecodeConfig flags (under the group title ``sampler``) and the DecoderConfig flags,
+    whose defaults are the model's. Call it before the verb's own positionals and name them in ``positionals``:
+    ``unmask.cli.parse`` then puts the model into ``args.model`` whichever way it came (``resolve_model``)."""
     what = "model directory (Hugging Face Dream format)" + ("" if required else "; optional")
     parser.add_argument("model", nargs="?", metavar="MODEL", help=what)
     parser.add_argument("--model", dest="model_flag", metavar="MODEL", help="the model directory, as an option")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
+    parser.set_defaults(model_positionals=positionals, model_required=required)
+    if sampler is not None:
+        from unmask.config import DecodeConfig, DecoderConfig
+
+        add_dataclass_arguments(parser, DecodeConfig, group=sampler, default_help=FROM_MODEL)
+        add_dataclass_arguments(parser, DecoderConfig, group=DECODER_GROUP, default_help=FROM_MODEL)
 
 
 def resolve_model(args: argparse.Namespace, positionals: tuple[str, ...] = (), *, required: bool = True) -> None:
-    """Put the model into ``args.model`` whichever way it came.
+    """Put the model into ``args.model`` whichever way it came (once: a second call changes nothing).
 
     All positionals are optional to argparse, so with ``--model`` the words the user typed fill MODEL first:
     they belong to the positionals after it (``repair FILE --model DIR``: FILE is the file, not the model).
@@ -100,15 +111,10 @@ def resolve_model(args: argparse.Namespace, positionals: tuple[str, ...] = (), *
             raise CLIError(f"the model is given twice: {values[0]!r} and --model {args.model_flag!r}")
         for name, value in zip(names, [args.model_flag, *values[:-1]]):
             setattr(args, name, value)
+        args.model_flag = None
     if required and args.model is None:
         raise CLIError(f"no model given: pass the model directory as MODEL (or --model MODEL); "
                        f"see unmask {getattr(args, 'verb', 'VERB')} --help")
-
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="auto",
-                        help="auto (float32 on CPU, as stored on GPU) | float32 | bfloat16 | float16")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 …")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -116,20 +122,16 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace):
-    """(model, tokenizer) of ``args.model`` on ``args.device``; an unusable device fails before any loading."""
+    """(model, tokenizer, DecodeConfig, DecoderConfig) of ``args.model`` on ``args.device``: the sampler and
+    decoder the model recommends (generation_config.json) with the flags given on top. Naming another decoder
+    than the recommended one starts from that decoder's defaults. An unusable device fails before any loading."""
     import unmask
+    from unmask.checkpoint import load_generation_defaults
+    from unmask.config import DecodeConfig, DecoderConfig
 
-    return unmask.load(args.model, dtype=args.dtype, device=args.device)
-
-
-def sampler_settings(model, args: argparse.Namespace):
-    """(DecodeConfig, DecoderConfig): the model's recommended settings (generation_config.json) with the flags
-    given on top. Naming another decoder than the recommended one starts from that decoder's defaults."""
-    from unmask.config import DecodeConfig, DecoderConfig, override_decoder
-
-    config = model.generation_defaults.replace(**dataclass_overrides(DecodeConfig, args))
-    recommended = getattr(model, "decoder_defaults", None) or DecoderConfig()
-    return config, override_decoder(recommended, dataclass_overrides(DecoderConfig, args))
+    model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
+    flags = dataclass_overrides(DecodeConfig, args), dataclass_overrides(DecoderConfig, args)
+    return model, tokenizer, *load_generation_defaults(args.model).updated(*flags)
 
 
 def check_context(model, prompt_tokens: int, new_tokens: int, *, what: str = "the prompt",
@@ -146,3 +148,56 @@ def read_text(path: str, what: str) -> str:
         return Path(path).read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise CLIError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run verbs (train, rl): one resolved-config path
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, cls, *, start_help: str, group: str) -> None:
+    """MODEL (the model a run starts from), ``--config FILE`` and one flag per field of ``cls``."""
+    parser.add_argument("start", nargs="?", metavar="MODEL", help=start_help)
+    parser.add_argument("--config", metavar="FILE", help=f"JSON/YAML file of {cls.__name__} fields; flags override")
+    add_dataclass_arguments(parser, cls, group=group)
+
+
+def run_settings(cls, args: argparse.Namespace, *, start_field: str, saved: str) -> dict:
+    """A run's config values in order of precedence: flags (MODEL is ``start_field``) > ``--config FILE`` > the
+    resumed run's saved config (``saved`` in its run directory, with ``--resume``)."""
+    flags = dataclass_overrides(cls, args)
+    if args.start is not None:
+        if start_field in flags:
+            raise CLIError(f"the model is given twice: {args.start!r} and {flag(start_field)} {flags[start_field]!r}")
+        flags[start_field] = args.start
+    values: dict = read_config_file(Path(args.config)) if args.config else {}
+    saved_path = Path(flags.get("run_dir") or values.get("run_dir") or cls.run_dir) / saved
+    if flags.get("resume") and saved_path.is_file():
+        values = {**json.loads(saved_path.read_text(encoding="utf-8")), **values}
+    return {**values, **flags}
+
+
+def read_config_file(path: Path) -> dict:
+    """A JSON or YAML mapping of config fields."""
+    text = read_text(str(path), "config file")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise CLIError("YAML configs need pyyaml (pip install pyyaml); or use JSON") from None
+        loaded = yaml.safe_load(text)
+    else:
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CLIError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(loaded, dict):
+        raise CLIError(f"{path}: the config must be a mapping of field names to values")
+    return loaded
+
+
+def print_run_summary(result, keys: tuple[str, ...]) -> int:
+    """One JSON line on rank 0: the run directory and the last step's ``keys`` (those it logged)."""
+    last = result.history[-1] if result.history else {}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), **{k: last[k] for k in keys if k in last}}))
+    return 0

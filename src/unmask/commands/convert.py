@@ -25,12 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
 
 
-def generation_settings(model, items: list[str]) -> dict:
-    """The model's sampler and decoder defaults with each ``KEY=VALUE`` applied (VALUE read as JSON if it is)."""
-    from unmask.config import DecoderConfig
-
-    decoder = getattr(model, "decoder_defaults", None) or DecoderConfig()
-    settings = {**dataclasses.asdict(model.generation_defaults), **dataclasses.asdict(decoder)}
+def generation_settings(defaults, items: list[str]) -> dict:
+    """The model's sampler and decoder defaults (a ``GenerationDefaults``) with each ``KEY=VALUE`` applied
+    (VALUE read as JSON if it is)."""
+    settings = {**dataclasses.asdict(defaults.decode), **dataclasses.asdict(defaults.decoder)}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or key not in settings:
@@ -44,7 +42,8 @@ def generation_settings(model, items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import unmask
-    from unmask.config import DecodeConfig, DecoderConfig
+    from unmask.checkpoint import load_generation_defaults
+    from unmask.config import GenerationDefaults
 
     src, dst = Path(args.source), Path(args.destination)
     if dst.exists() and any(dst.iterdir()) and not args.force:
@@ -52,9 +51,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_shard_mb <= 0:
         raise CLIError(f"--max-shard-mb must be positive, got {args.max_shard_mb}")
     model, tokenizer = unmask.load(src, dtype=None)
-    settings = generation_settings(model, args.generation)
-    generation, decoder = DecodeConfig.from_dict(settings), DecoderConfig.from_dict(settings)  # both validate
-    unmask.save(model, dst, tokenizer=tokenizer, generation=generation, decoder=decoder, dtype=args.dtype,
+    defaults = GenerationDefaults.from_dict(generation_settings(load_generation_defaults(src), args.generation))
+    unmask.save(model, dst, tokenizer=tokenizer, generation=defaults.decode, decoder=defaults.decoder, dtype=args.dtype,
                 max_shard_bytes=args.max_shard_mb * 2**20)
     size = sum(f.stat().st_size for f in dst.iterdir() if f.is_file())
     print(f"wrote {dst}: {model.config.num_parameters() / 1e6:.2f}M parameters as "

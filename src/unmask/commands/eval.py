@@ -10,17 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from unmask.commands.common import (
-    CLIError,
-    add_dataclass_arguments,
-    add_device_arguments,
-    add_model_arguments,
-    add_sampler_arguments,
-    dataclass_overrides,
-    load_model,
-    resolve_model,
-    sampler_settings,
-)
+from unmask.commands.common import CLIError, add_dataclass_arguments, add_model_arguments, from_flags, load_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,9 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--import-samples", metavar="FILE", help="score EvalPlus-format samples instead of generating")
     p.add_argument("--export-evalplus", metavar="FILE", help="also write the samples in EvalPlus jsonl format")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_device_arguments(p)
     add_dataclass_arguments(p, EvalConfig, group="evaluation")
-    add_sampler_arguments(p)
     add_dataclass_arguments(p, EditConfig, group="editing (infilling length rule, test-guided repair)")
 
 
@@ -42,9 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     from unmask.evaluate import EditConfig, EvalConfig, summary_table
 
-    resolve_model(args, required=False)
-    config = EvalConfig(**dataclass_overrides(EvalConfig, args))
-    edit = EditConfig(**dataclass_overrides(EditConfig, args))
+    config = from_flags(EvalConfig, args)
+    edit = from_flags(EditConfig, args)
     if args.model is None and args.import_samples is None:
         raise CLIError("give MODEL to generate samples, or --import-samples FILE to score existing ones")
     name = Path(args.model).name if args.model else Path(args.import_samples).stem
@@ -69,8 +56,7 @@ def _import(args: argparse.Namespace, config, out: Path) -> dict:
 def _generate(args: argparse.Namespace, config, edit, out: Path) -> dict:
     from unmask.evaluate import evaluate_model, export_evalplus, load_tasks, run_settings
 
-    model, tokenizer = load_model(args)
-    decode, decoder = sampler_settings(model, args)
+    model, tokenizer, decode, decoder = load_model(args)
     previous = out / "eval_config.json"
     if previous.is_file():
         if json.loads(previous.read_text()) != run_settings(config, decode, decoder, edit):

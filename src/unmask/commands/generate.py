@@ -10,19 +10,9 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from unmask.commands.common import (
-    CLIError,
-    add_device_arguments,
-    add_model_arguments,
-    add_sampler_arguments,
-    check_context,
-    load_model,
-    resolve_model,
-    sampler_settings,
-)
+from unmask.commands.common import CLIError, add_model_arguments, check_context, load_model
 
 # statistics shown under the live view, in this order
 _TABLE_KEYS = ("forward_passes", "tokens_committed", "useful_tokens", "seconds", "tokens_per_second",
@@ -30,7 +20,7 @@ _TABLE_KEYS = ("forward_passes", "tokens_committed", "useful_tokens", "seconds",
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
+    add_model_arguments(p, positionals=("prompt",))
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="prompt text, or - for stdin")
     p.add_argument("--prompt-file", help="read the prompt from this file (instead of PROMPT)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the ChatML template (Instruct models)")
@@ -41,8 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run prompt + completion + this file's asserts in the sandbox and print the verdict")
     p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                    help="live canvas view (default: on when stdout is a terminal)")
-    add_device_arguments(p)
-    add_sampler_arguments(p)
 
 
 def read_prompt(args: argparse.Namespace) -> str:
@@ -65,12 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
     from unmask.commands.infill import placeholders, print_infill
     from unmask.decoding.dispatch import decode
+    from unmask.decoding.eos import useful_lengths
 
-    resolve_model(args, ("prompt",))
     prompt = read_prompt(args)
     tests = read_tests(args.tests)  # read before the model loads: a missing file costs nothing
-    model, tokenizer = load_model(args)
-    config, decoder = sampler_settings(model, args)
+    model, tokenizer, config, decoder = load_model(args)
     if args.chat:
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     segments = placeholders(prompt)
@@ -96,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         result.trace.save(args.trace)
     generated = result.generated[0].tolist()
     text = tokenizer.decode(generated)
-    summary = _summary(result, decoder, _useful_length(generated, tokenizer.special.stop_ids()))
+    summary = _summary(result, decoder, useful_lengths(result.generated[:1], tokenizer.special.stop_ids())[0])
     verdict = None if tests is None else run_tests(prompt + text, tests)
     if args.json:
         print(json.dumps({"prompt": prompt, "prompt_ids": prompt_ids, "generated_ids": generated, "text": text,
@@ -148,15 +135,6 @@ def _summary(result, decoder, useful: int) -> dict:
         summary["local_arness@1"] = round(profile["local"][1], 4)
         summary["global_arness@1"] = round(profile["global"][1], 4)
     return summary
-
-
-def _useful_length(ids: Sequence[int], stops: Sequence[int]) -> int:
-    """Tokens before the first eos/pad: what a user actually gets (early EOS, docs/sampler.md)."""
-    stop = set(stops)
-    for n, i in enumerate(ids):
-        if i in stop:
-            return n
-    return len(ids)
 
 
 class LiveView:

@@ -7,17 +7,7 @@ import dataclasses
 import json
 import sys
 
-from unmask.commands.common import (
-    CLIError,
-    add_device_arguments,
-    add_model_arguments,
-    add_sampler_arguments,
-    check_context,
-    load_model,
-    read_text,
-    resolve_model,
-    sampler_settings,
-)
+from unmask.commands.common import CLIError, add_model_arguments, check_context, load_model, read_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,8 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="middle tokens: N (fixed) or auto (a few lengths, the one the model scores best)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, middles, lengths, forwards)")
-    add_device_arguments(p)
-    add_sampler_arguments(p)
 
 
 def _length(text: str) -> int | str:
@@ -43,12 +31,10 @@ def _length(text: str) -> int | str:
 def run(args: argparse.Namespace) -> int:
     from unmask.editing.placeholders import Hole
 
-    resolve_model(args)
     prefix = read_text(args.prefix, "--prefix file") if args.prefix else ""
     suffix = read_text(args.suffix, "--suffix file") if args.suffix else ""
     length = _length(args.length)
-    model, tokenizer = load_model(args)
-    config, decoder = sampler_settings(model, args)
+    model, tokenizer, config, decoder = load_model(args)
     segments = [p for p in (prefix, Hole(), suffix) if p != ""]
     return print_infill(model, tokenizer, segments, length, config, decoder, args.seed, args.json)
 

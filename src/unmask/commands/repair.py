@@ -6,20 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from unmask.commands.common import (
-    CLIError,
-    add_device_arguments,
-    add_model_arguments,
-    add_sampler_arguments,
-    load_model,
-    read_text,
-    resolve_model,
-    sampler_settings,
-)
+from unmask.commands.common import CLIError, add_model_arguments, load_model, read_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
+    add_model_arguments(p, positionals=("file",))
     p.add_argument("file", nargs="?", metavar="FILE", help="the Python file to repair")
     p.add_argument("--tests", required=True, help="test code appended to the file (asserts; raises on failure)")
     p.add_argument("--rounds", type=int, default=3, help="most repair rounds")
@@ -27,8 +18,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per test run")
     p.add_argument("--out", help="write the repaired code here (default: only print the diffs)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    add_device_arguments(p)
-    add_sampler_arguments(p)
 
 
 def _show(index: int, record) -> None:
@@ -42,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from unmask.editing.repair import RepairConfig, repair
     from unmask.fileio import atomic_write_text
 
-    resolve_model(args, ("file",))
     if args.file is None:
         raise CLIError("no file to repair: unmask repair MODEL FILE --tests TESTS")
     code = read_text(args.file, "the code")
@@ -51,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
         rcfg = RepairConfig(rounds=args.rounds, spans_per_round=args.spans_per_round, timeout=args.timeout)
     except ValueError as err:
         raise CLIError(str(err)) from None
-    model, tokenizer = load_model(args)
-    config, decoder = sampler_settings(model, args)
+    model, tokenizer, config, decoder = load_model(args)
     result = repair(model, tokenizer, code, lambda c: c + "\n\n" + tests, config=rcfg, decode=config,
                     decoder=decoder, seed=args.seed, on_round=_show)
     if result.passed_before:

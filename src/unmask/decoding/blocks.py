@@ -35,8 +35,8 @@ import torch
 
 from unmask.config import DecodeConfig, DecoderConfig
 from unmask.decoding.eos import demote_early_stops
-from unmask.decoding.reference import DecodeStep
-from unmask.decoding.sampling import sample_tokens
+from unmask.decoding.sampling import gumbel_scores, sample_tokens
+from unmask.decoding.steps import DecodeStep
 from unmask.diffusion import shift_logits
 from unmask.model import KVCache
 
@@ -66,11 +66,7 @@ def select_topk(conf: torch.Tensor, k: int, alg_temp: float, generator: torch.Ge
     pick = torch.zeros(conf.shape, dtype=torch.bool, device=conf.device)
     if k <= 0:
         return pick
-    scores = conf
-    if alg_temp > 0:
-        exp1 = torch.empty(conf.shape, device=conf.device).exponential_(generator=generator)
-        scores = conf / alg_temp - torch.log(exp1)
-    pick.scatter_(1, torch.topk(scores, k, dim=-1).indices, True)
+    pick.scatter_(1, torch.topk(gumbel_scores(conf, alg_temp, generator), k, dim=-1).indices, True)
     return pick
 
 
@@ -106,10 +102,7 @@ def select_topk_rows(conf: torch.Tensor, ks: list[int], alg_temp: float,
     ``select_topk`` itself: the same noise draw, the same picks."""
     if len(set(ks)) <= 1:
         return select_topk(conf, ks[0] if ks else 0, alg_temp, generator)
-    scores = conf
-    if alg_temp > 0:
-        exp1 = torch.empty(conf.shape, device=conf.device).exponential_(generator=generator)
-        scores = conf / alg_temp - torch.log(exp1)
+    scores = gumbel_scores(conf, alg_temp, generator)
     pick = torch.zeros(conf.shape, dtype=torch.bool, device=conf.device)
     for row, k in enumerate(ks):
         if k > 0:

@@ -2,7 +2,7 @@
 
 ``DecodeConfig`` holds the sampler parameters (Dream names), ``DecoderConfig`` picks the decoder and its speed
 options. Every decoder yields the same ``DecodeStep`` events, so stats, traces, the live view (``on_step``) and
-early EOS are handled once, here:
+early EOS are handled once, by ``steps.run_steps``:
 
 - ``reference`` → ``reference.denoise_stream`` (or ``lossless.lossless_stream`` with ``lossless``);
 - ``blocks`` / ``parallel`` → ``blocks.block_stream`` (with the optional prefix/dual KV cache).
@@ -10,31 +10,22 @@ early EOS are handled once, here:
 ``decode`` builds prompt + ``max_new_tokens`` masks; ``decode_canvas`` takes a canvas with masks anywhere
 (infilling, several spans) and runs the same decoders over it.
 
-Early EOS (``early_stop``) only ends the loop once *every* row is finished (``eos.rows_finished``); it never
-changes a decision, so each row's text equals the text of the same decode run to the end. Finished rows get
-pad after their first stop token. ``stats.useful_tokens`` counts tokens before the first stop, per row.
+Early EOS (``early_stop``): see ``unmask.decoding.steps``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from unmask.config import DecodeConfig, DecoderConfig
+from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults
 from unmask.decoding.blocks import LogitsProbe, block_stream
-from unmask.decoding.eos import default_stop_ids, pad_after_stop, rows_finished, useful_lengths
+from unmask.decoding.canvas import check_canvas
+from unmask.decoding.eos import default_stop_ids
 from unmask.decoding.lossless import lossless_stream
-from unmask.decoding.reference import (
-    DecodeResult,
-    DecodeStats,
-    DecodeStep,
-    _check_canvas,
-    denoise_stream,
-    require_mask_id,
-)
-from unmask.decoding.trace import DecodeTrace
+from unmask.decoding.reference import denoise_stream, require_mask_id
+from unmask.decoding.steps import DecodeResult, DecodeStep, run_steps
 from unmask.errors import ConfigError
 
 
@@ -55,12 +46,13 @@ def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
 
 def _settings(model, config: DecodeConfig | None, decoder: DecoderConfig | None, params: dict
               ) -> tuple[DecodeConfig, DecoderConfig, int]:
-    """(sampler config, decoder, mask id) of a call: the model's generation defaults updated by ``params``, the
-    model's recommended decoder (``unmask.load`` reads both from generation_config.json) or the reference by
-    default; combinations no decoder can run are errors here."""
-    base = config or getattr(model, "generation_defaults", None) or DecodeConfig()
+    """(sampler config, decoder, mask id) of a call: ``config`` (else the model's generation defaults) updated
+    by ``params``, and ``decoder`` (else the model's recommended one; ``GenerationDefaults.of``); combinations no
+    decoder can run are errors here."""
+    defaults = GenerationDefaults.of(model)
+    base = config or defaults.decode
     config = base.replace(**params) if params else base
-    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
+    decoder = decoder or defaults.decoder
     if not isinstance(decoder, DecoderConfig):
         raise TypeError(f"decoder must be a DecoderConfig, got {type(decoder).__name__}")
     if decoder.decoder == "blocks" and config.alg == "origin":
@@ -82,12 +74,10 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
         counts in the stats).
     """
     config, decoder, mask_id = _settings(model, config, decoder, params)
-    _check_canvas(input_ids, attention_mask)
+    check_canvas(input_ids, attention_mask)
     stops = tuple(stop_ids) if stop_ids is not None else default_stop_ids(model.config)
     if decoder.early_stop and not stops:
         raise ConfigError("early_stop needs stop ids: the model config has no eos_token_id or pad_token_id")
-    if generator is None:
-        generator = torch.Generator(device=model.device).manual_seed(0 if seed is None else seed)
     batch, prompt_len = input_ids.shape
     device = model.device
     masks = torch.full((batch, config.max_new_tokens), mask_id, dtype=torch.long, device=device)
@@ -95,30 +85,14 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     full_mask = None
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         full_mask = torch.cat([attention_mask.to(device).long(), torch.ones_like(masks)], dim=1)
-
-    stats = DecodeStats()
-    record = DecodeTrace.empty(batch, prompt_len) if trace else None
-    start = time.perf_counter()
-    final = canvas
-    for event in decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=prompt_len,
-                               mask_token_id=mask_id, generator=generator, probe=probe, stop_ids=stops):
-        stats.forward_passes += event.forwards
-        stats.canvas_forwards += event.canvases
-        stats.tokens_committed += int(event.committed.sum())
-        if record is not None:
-            record.add_step(event.committed, event.canvas, event.confidence)
-        if on_step is not None:
-            on_step(event)
-        final = event.canvas
-        if decoder.early_stop and bool(rows_finished(final[:, prompt_len:], stops, mask_id).all()):
-            break
-    final = final.clone()
-    if decoder.early_stop:
-        pad = model.config.pad_token_id if model.config.pad_token_id is not None else stops[0]
-        final[:, prompt_len:] = pad_after_stop(final[:, prompt_len:], stops, pad)
-    stats.seconds = time.perf_counter() - start
-    stats.useful_tokens = sum(useful_lengths(final[:, prompt_len:], stops)) if stops else None
-    return DecodeResult(final, prompt_len, stats, record)
+    stream = decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=prompt_len,
+                           mask_token_id=mask_id, generator=_generator(model, generator, seed), probe=probe,
+                           stop_ids=stops)
+    early = None
+    if decoder.early_stop:  # rows finished early are padded with the model's pad (its first stop id without one)
+        early = (mask_id, model.config.pad_token_id if model.config.pad_token_id is not None else stops[0])
+    return run_steps(stream, canvas, region_start=prompt_len, trace=trace, on_step=on_step, stop_ids=stops,
+                     early_stop=early)
 
 
 def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
@@ -133,7 +107,7 @@ def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
     (the canvas says how many masks there are); ``config.steps`` is the step budget (reference: exactly).
     """
     config, decoder, mask_id = _settings(model, config, decoder, params)
-    _check_canvas(canvas, attention_mask)
+    check_canvas(canvas, attention_mask)
     if canvas.shape[1] < 2:
         raise ValueError("a canvas needs at least two columns: a real token at position 0 and something to fill")
     canvas = canvas.to(model.device).long()
@@ -141,23 +115,14 @@ def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
             else attention_mask.to(model.device).bool())
     if bool(((canvas[:, 0] == mask_id) & real[:, 0]).any()):
         raise ValueError("column 0 of the canvas is a mask: position 0 must be a real token (prepend a bos)")
-    if generator is None:
-        generator = torch.Generator(device=model.device).manual_seed(0 if seed is None else seed)
     full_mask = None if attention_mask is None or bool(real.all()) else real.long()
-    batch = canvas.shape[0]
-    stats = DecodeStats()
-    record = DecodeTrace.empty(batch, 0) if trace else None
-    start = time.perf_counter()
-    final = canvas
-    for event in decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=1,
-                               mask_token_id=mask_id, generator=generator):
-        stats.forward_passes += event.forwards
-        stats.canvas_forwards += event.canvases
-        stats.tokens_committed += int(event.committed.sum())
-        if record is not None:
-            record.add_step(event.committed, event.canvas, event.confidence)
-        if on_step is not None:
-            on_step(event)
-        final = event.canvas
-    stats.seconds = time.perf_counter() - start
-    return DecodeResult(final.clone(), 0, stats, record)
+    stream = decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=1,
+                           mask_token_id=mask_id, generator=_generator(model, generator, seed))
+    return run_steps(stream, canvas, region_start=0, trace=trace, on_step=on_step)
+
+
+def _generator(model, generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+    """The caller's generator, or a new one on the model's device seeded with ``seed`` (default 0)."""
+    if generator is not None:
+        return generator
+    return torch.Generator(device=model.device).manual_seed(0 if seed is None else seed)

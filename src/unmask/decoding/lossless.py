@@ -27,7 +27,9 @@ from collections.abc import Iterator
 import torch
 
 from unmask.config import DecodeConfig
-from unmask.decoding.reference import DecodeStep, _check_canvas, dream_timesteps, reference_step, reveal_counts
+from unmask.decoding.canvas import check_canvas
+from unmask.decoding.reference import dream_timesteps, reference_step, reveal_counts
+from unmask.decoding.steps import DecodeStep
 from unmask.diffusion import shift_logits
 from unmask.model import padding_attention_mask, positions_from_mask
 
@@ -74,7 +76,7 @@ def lossless_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | 
                     config: DecodeConfig, mask_token_id: int, generator: torch.Generator | None = None,
                     draft: int = 4, stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
     """Same events (canvas, committed, confidence per step) as ``reference.denoise_stream``, fewer forwards."""
-    _check_canvas(canvas, attention_mask)
+    check_canvas(canvas, attention_mask)
     if draft <= 0:
         raise ValueError(f"draft must be a positive integer, got {draft}")
     x = canvas.to(model.device, dtype=torch.long).clone()

@@ -74,3 +74,14 @@ def sample_tokens(logits: torch.Tensor, *, temperature: float, top_p: float | No
     elif confidence == "entropy":
         score = (probs * torch.log(probs + 1e-10)).sum(-1)
     return x0, score
+
+
+def gumbel_scores(scores: torch.Tensor, alg_temp: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``scores`` / ``alg_temp`` plus Gumbel(0, 1) noise (``scores`` itself when ``alg_temp`` is 0), one draw
+    per entry from ``generator``: the top k of the result are k draws without replacement from
+    softmax(scores / alg_temp) (Gumbel-top-k). That is the (Plackett-Luce) distribution of torch.multinomial,
+    but it cannot fail when softmax underflows to zero for some masked positions."""
+    if alg_temp <= 0:
+        return scores
+    exp1 = torch.empty(scores.shape, device=scores.device).exponential_(generator=generator)
+    return scores / alg_temp - torch.log(exp1)  # -log(Exp(1)) ~ Gumbel(0, 1)

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from unmask.config import DecodeConfig, DecoderConfig
+from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults
+from unmask.decoding.canvas import left_pad
 from unmask.decoding.dispatch import decode_canvas
 from unmask.diffusion import shift_logits
 from unmask.editing.placeholders import Hole, Segment
@@ -81,15 +82,6 @@ def build_canvas(segments: Sequence[Segment], encode, *, default_length: int, ma
     return Canvas(tuple(ids), tuple(holes))
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """(B, W) ids and attention mask, left-padded; and each row's column offset (its padding)."""
-    width = max(len(r) for r in rows)
-    offsets = [width - len(r) for r in rows]
-    ids = torch.tensor([[pad_id] * o + list(r) for o, r in zip(offsets, rows)], dtype=torch.long)
-    mask = torch.tensor([[0] * o + [1] * len(r) for o, r in zip(offsets, rows)], dtype=torch.long)
-    return ids, mask, offsets
-
-
 def scaled_steps(config: DecodeConfig, masks: int) -> int:
     """Steps for a canvas with ``masks`` masked tokens, keeping the config's tokens per step."""
     return max(1, math.ceil(config.steps * masks / config.max_new_tokens))
@@ -131,8 +123,8 @@ def infill(model, tokenizer, requests: Sequence[Sequence[Segment]], *, length: i
     """
     if not requests:
         return []
-    config = config or getattr(model, "generation_defaults", None) or DecodeConfig()
-    decoder = decoder or getattr(model, "decoder_defaults", None) or DecoderConfig()
+    defaults = GenerationDefaults.of(model)  # for callers that pass no settings
+    config, decoder = config or defaults.decode, decoder or defaults.decoder
     special = tokenizer.special
     mask_id, pad_id = special.mask, special.pad
     bos_id = special.bos if special.bos is not None else special.eos

@@ -1,6 +1,8 @@
-"""Mask placeholders in prompt text: ``<|mask|>`` (one span of the default length) and ``<|mask:N|>``
-(exactly N masked tokens). ``unmask generate`` and ``unmask infill`` turn text into segments with
-``parse_placeholders`` before tokenising, so the literal placeholder never reaches the tokenizer.
+"""Mask placeholders in prompt text, one grammar for the CLI and the server: ``<|mask|>`` (one span of the
+default length) and ``<|mask:N|>`` (exactly N masked tokens). ``unmask generate`` / ``unmask infill`` read
+``<|mask|>`` as a span whose length the infill rule chooses; the server as one masked token (its
+``default_length``). Text becomes segments before tokenising, so the literal placeholder never reaches the
+tokenizer; ``editing.infill.build_canvas`` turns segments into ids.
 
     parse_placeholders("def f(x):\\n    return <|mask:3|>\\n")  ->  ["def f(x):\\n    return ", Hole(3), "\\n"]
 """
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 # `<|mask` followed by anything up to `|>`: the tail is validated below, so typos are errors, not text.
 _PLACEHOLDER = re.compile(r"<\|mask(:[^|<>]*)?\|>")
+# Longer counts are refused without converting them (a 10,000-digit count must not cost a bignum).
+_MAX_DIGITS = 9
 
 
 @dataclass(frozen=True)
@@ -29,28 +33,37 @@ class Hole:
 Segment = str | Hole
 
 
-def parse_placeholders(text: str) -> list[Segment]:
-    """Split ``text`` into literal strings and ``Hole``s; empty strings between placeholders are dropped."""
+def parse_placeholders(text: str, *, default_length: int | None = None, max_masks: int | None = None
+                       ) -> list[Segment]:
+    """Split ``text`` into literal strings and ``Hole``s; empty strings between placeholders are dropped.
+
+    ``<|mask|>`` is ``Hole(default_length)``, ``<|mask:N|>`` is ``Hole(N)``. A malformed placeholder
+    (``<|mask:0|>``, ``<|mask:x|>``) is a ValueError, and so are more than ``max_masks`` masked tokens in all
+    (None: no limit). The messages never repeat the text (the server sends them back to its client).
+    """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     segments: list[Segment] = []
-    pos = 0
+    pos = total = 0
     for match in _PLACEHOLDER.finditer(text):
         if match.start() > pos:
             segments.append(text[pos:match.start()])
-        tail = match.group(1)
-        if tail is None:
-            segments.append(Hole())
-        else:
-            digits = tail[1:]
-            if not digits.isdigit() or int(digits) <= 0:
-                raise ValueError(f"bad mask placeholder {match.group(0)!r} at offset {match.start()}: "
-                                 "use <|mask|> or <|mask:N|> with N a positive integer")
-            segments.append(Hole(int(digits)))
+        hole = Hole(default_length) if match.group(1) is None else Hole(_count(match.group(1)[1:], match.start()))
+        total += hole.length or 0
+        if max_masks is not None and total > max_masks:
+            raise ValueError(f"the prompt asks for more than {max_masks} masked tokens")
+        segments.append(hole)
         pos = match.end()
     if pos < len(text):
         segments.append(text[pos:])
     return segments
+
+
+def _count(digits: str, offset: int) -> int:
+    significant = digits.lstrip("0")
+    if not (digits.isascii() and digits.isdigit() and significant):
+        raise ValueError(f"bad mask placeholder at offset {offset}: use <|mask|> or <|mask:N|> with N >= 1")
+    return int(significant) if len(significant) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def has_holes(segments: list[Segment]) -> bool:

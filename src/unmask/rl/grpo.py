@@ -20,6 +20,7 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -369,22 +370,20 @@ def sequence_logprob_estimates(
     prompt_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     *,
-    generated_mask: torch.Tensor | None = None,
-    estimator: str = "coupled",
-    t_range: tuple[float, float] = (0.2, 0.8),
-    generator: GeneratorLike | None = None,
     mask_id: int,
-    prompt_mask_ratio: float = 0.0,
     attention_mask: torch.Tensor | None = None,
     chunk_size: int | None = None,
     passes: LogprobPasses | None = None,
+    **draw: Any,
 ) -> torch.Tensor:
     """Per-token log-prob estimates (B, T) of the true tokens on completion positions (0 elsewhere).
 
     ``model_fn(ids) -> raw logits`` (or ``model_fn(ids, attention_mask=...)`` when ``attention_mask`` is
     given; it is repeated for every pass). All passes go through one batched forward (P * B rows), or
     ``chunk_size`` rows at a time. Pass a ready ``passes`` plan (from :func:`build_logprob_passes`) to
-    reuse exactly the same masks for another policy; otherwise one is drawn from ``generator``.
+    reuse exactly the same masks for another policy; otherwise one is drawn with ``draw``, the keywords of
+    :func:`build_logprob_passes` (``generator``, required then; ``generated_mask``, ``estimator``, ``t_range``,
+    ``prompt_mask_ratio``).
 
     With ``l_X[n] = log p_theta(x0_n | x0 with the positions in X masked)``, generated region D
     (``generated_mask``, default the completion) and scored completion C (a subset of D):
@@ -402,19 +401,9 @@ def sequence_logprob_estimates(
     the policy ratio, not a calibrated log-probability.
     """
     if passes is None:
-        if generator is None:
+        if draw.get("generator") is None:
             raise ValueError("pass a generator (or a ready `passes` plan) to draw the masks")
-        passes = build_logprob_passes(
-            input_ids,
-            prompt_mask,
-            completion_mask,
-            generated_mask=generated_mask,
-            estimator=estimator,
-            t_range=t_range,
-            generator=generator,
-            mask_id=mask_id,
-            prompt_mask_ratio=prompt_mask_ratio,
-        )
+        passes = build_logprob_passes(input_ids, prompt_mask, completion_mask, mask_id=mask_id, **draw)
     elif passes.coefficients.shape[1:] != input_ids.shape:
         raise ValueError("passes were built for a batch of a different shape than input_ids")
     P = passes.num_passes

@@ -1,7 +1,7 @@
 """The GRPO loop for masked diffusion LMs (docs/rl.md): rollouts → rewards → μ updates → ref sync → eval → save.
 
 One plain loop (``rl``). Each step draws ``prompts_per_step`` tasks; for each, ``num_generations``
-completions are sampled with the reference diffusion sampler (``unmask.decoding.reference.generate``;
+completions are sampled with the reference diffusion sampler (``unmask.decoding.dispatch.decode``;
 DiffuCoder's rollout defaults: temperature 1.2, 256 tokens, 256 steps, entropy order), scored by the
 reward registry (``unmask.rl.rewards``; sandboxed tests), turned into group advantages and used for ``mu``
 PPO-clipped updates whose per-token log-probs come from masked forward passes (``--estimator``: coupled,
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from unmask import runs
 from unmask.data.benchmarks import Task
+from unmask.decoding.canvas import left_pad
 from unmask.errors import ConfigError
 from unmask.fileio import parse_jsonl
 from unmask.rl.config import RLConfig
@@ -47,19 +48,6 @@ from unmask.rl.grpo import (
     sequence_logprob_estimates,
 )
 from unmask.rl.rewards import combine_rewards
-from unmask.runs import (
-    append_jsonl,
-    distributed,
-    end_step,
-    progress_bar,
-    resolve_device,
-    resume_point,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    start_run_dir,
-)
-from unmask.train import _param_groups, lr_factor
 
 __all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_update", "rl", "rollout", "sync_reference",
            "update_lr"]
@@ -68,11 +56,7 @@ __all__ = ["RLConfig", "RLResult", "RolloutBatch", "load_rl_tasks", "policy_upda
 _ROLLOUT_PASS = 10_000
 
 
-@dataclass
-class RLResult:
-    step: int
-    history: list[dict[str, Any]]
-    run_dir: Path
+RLResult = runs.RunResult
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -145,7 +129,8 @@ def _completion_mask(generated: torch.Tensor, stop_ids: Sequence[int]) -> torch.
 def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """G completions of one task: (prompt ids (P,), generated (G, L), completion mask (G, L), texts)."""
-    from unmask.decoding.reference import generate
+    from unmask.config import DecoderConfig
+    from unmask.decoding.dispatch import decode
     from unmask.evaluate import clean_completion, program_mode, prompt_text
 
     ids = tokenizer.encode(prompt_text(task, tokenizer, cfg.chat))
@@ -154,7 +139,7 @@ def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
     prompt = torch.tensor(ids, dtype=torch.long, device=model.device)
     batch = prompt[None, :].expand(cfg.num_generations, -1).contiguous()  # (G, P)
     generator = torch.Generator(device=model.device).manual_seed(mask_seed(step, slot, 0, _ROLLOUT_PASS, cfg.seed))
-    out = generate(model, batch, None, config=cfg.decode_config(), generator=generator)
+    out = decode(model, batch, None, config=cfg.decode_config(), decoder=DecoderConfig(), generator=generator)
     generated = out.generated.clone()  # (G, L); a normal tensor (generate runs in inference mode)
     mode = program_mode(task, cfg.chat)
     texts = [clean_completion(tokenizer.decode(row), mode) for row in generated.tolist()]
@@ -163,25 +148,17 @@ def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
 
 def _assemble(prompts: list[torch.Tensor], generated: list[torch.Tensor], completion: list[torch.Tensor],
               pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad (prompt + generated) groups to one length: ids, attention, prompt, generated and completion
-    masks."""
-    width = max(p.shape[0] for p in prompts) + generated[0].shape[1]
-    rows_ids, rows_attn, rows_prompt, rows_gen, rows_comp = [], [], [], [], []
-    for p, g, c in zip(prompts, generated, completion):
-        G, L = g.shape
-        pad = width - p.shape[0] - L
-        dev = g.device
-        rows_ids.append(torch.cat([torch.full((G, pad), pad_id, device=dev), p[None].expand(G, -1), g], dim=1))
-        rows_attn.append(torch.cat([torch.zeros(G, pad, dtype=torch.bool, device=dev),
-                                    torch.ones(G, p.shape[0] + L, dtype=torch.bool, device=dev)], dim=1))
-        rows_prompt.append(torch.cat([torch.zeros(G, pad, dtype=torch.bool, device=dev),
-                                      torch.ones(G, p.shape[0], dtype=torch.bool, device=dev),
-                                      torch.zeros(G, L, dtype=torch.bool, device=dev)], dim=1))
-        before = torch.zeros(G, pad + p.shape[0], dtype=torch.bool, device=dev)
-        rows_gen.append(torch.cat([before, torch.ones(G, L, dtype=torch.bool, device=dev)], dim=1))
-        rows_comp.append(torch.cat([before, c], dim=1))
-    return (torch.cat(rows_ids), torch.cat(rows_attn), torch.cat(rows_prompt), torch.cat(rows_gen),
-            torch.cat(rows_comp))
+    """Left-pad the (prompt + generated) rows of every group to one length T: ids, attention, prompt, generated
+    and completion masks, each (R, T)."""
+    length = generated[0].shape[1]  # L: every completion has the same length
+    rows = [p.tolist() + row for p, g in zip(prompts, generated) for row in g.tolist()]
+    ids, attention, offsets = left_pad(rows, pad_id, device=generated[0].device)  # (R, T)
+    column = torch.arange(ids.shape[1], device=ids.device)[None, :]
+    gen_mask = (column >= ids.shape[1] - length).expand_as(ids).clone()  # (R, T)
+    prompt_mask = (column >= torch.tensor(offsets, device=ids.device)[:, None]) & ~gen_mask
+    comp_mask = torch.zeros_like(gen_mask)
+    comp_mask[:, ids.shape[1] - length:] = torch.cat(completion)
+    return ids, attention.bool(), prompt_mask, gen_mask, comp_mask
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,7 +268,8 @@ def update_lr(cfg: RLConfig, update: int) -> float:
     """
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    return cfg.lr * lr_factor(update, warmup_steps=0, max_steps=cfg.max_steps * cfg.mu, min_lr_ratio=cfg.min_lr_ratio)
+    return cfg.lr * runs.lr_factor(update, warmup_steps=0, max_steps=cfg.max_steps * cfg.mu,
+                                   min_lr_ratio=cfg.min_lr_ratio)
 
 
 @torch.no_grad()
@@ -334,15 +312,8 @@ def rl(cfg: RLConfig, *, model=None, tokenizer=None, tasks: list[Task] | None = 
        on_step: Callable[[int, dict[str, Any]], None] | None = None) -> RLResult:
     """Run GRPO per ``cfg``; ``model``/``tokenizer`` default to ``unmask.load(cfg.model)``, ``tasks`` to
     :func:`load_rl_tasks`. Joins the process group under torchrun (gloo on CPU, nccl on GPU)."""
-    started = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-        started = True
-    try:
+    with runs.process_group(cfg.device):
         return _rl(cfg, model, tokenizer, tasks, on_step)
-    finally:
-        if started:
-            dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -385,10 +356,8 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         on_step: Callable[[int, dict[str, Any]], None] | None) -> RLResult:
     run = _setup(cfg, model, tokenizer, tasks)
     step = run.start
-    end = end_step(step, cfg.max_steps, cfg.stop_after_steps)
-    bar = progress_bar(run.rank == 0 and cfg.progress, total=cfg.max_steps, initial=step, desc=f"rl {cfg.estimator}")
-    history: list[dict[str, Any]] = []
-    while step < end:
+    loop = runs.StepLoop(step, cfg, rank=run.rank, desc=f"rl {cfg.estimator}", on_step=on_step)
+    while step < loop.end:
         t0 = time.perf_counter()
         rollouts = _collect_rollouts(run, step)
         t_rollout = time.perf_counter() - t0
@@ -415,34 +384,28 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         }
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and run.rank == 0:
             record["eval_pass@1"] = _held_out_eval(run.model, run.tokenizer, cfg, step, run.run_dir)
-        if run.rank == 0 and (step % cfg.log_every == 0 or "eval_pass@1" in record or step == end):
-            append_jsonl(run.run_dir / "metrics.jsonl", record)
-        history.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}±{record['reward_std']:.2f}",
-                            pass_=f"{record['pass_rate']:.2f}", kl=f"{stats['kl']:.4f}",
-                            clip=f"{stats['clip_fraction']:.3f}", len=f"{record['completion_length']:.0f}",
-                            tok_s=f"{record['rollout_tokens_per_s']:.0f}")
-        if on_step is not None:
-            on_step(step, record)
-        if step % cfg.save_every == 0 or step == end:
+        if run.rank == 0 and (loop.due(step, cfg.log_every) or "eval_pass@1" in record):
+            runs.append_jsonl(run.run_dir / "metrics.jsonl", record)
+        loop.finished(step, record, reward=f"{record['reward_mean']:.3f}±{record['reward_std']:.2f}",
+                      pass_=f"{record['pass_rate']:.2f}", kl=f"{stats['kl']:.4f}",
+                      clip=f"{stats['clip_fraction']:.3f}", len=f"{record['completion_length']:.0f}",
+                      tok_s=f"{record['rollout_tokens_per_s']:.0f}")
+        if loop.due(step, cfg.save_every):
             _save(run, step)
-    if bar is not None:
-        bar.close()
-    return RLResult(step=step, history=history, run_dir=run.run_dir)
+    loop.close()
+    return RLResult(step=step, history=loop.history, run_dir=run.run_dir)
 
 
 def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     """Everything before the first step: checks, the policy on its device, optimiser, reference, resume."""
     from unmask.training_data import EpochSampler
 
-    rank, world = distributed()
+    rank, world = runs.distributed()
     if cfg.prompts_per_step % world:
         raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of "
                           f"processes ({world})")
     run_dir = Path(cfg.run_dir)
-    resume_from = resume_point(run_dir, cfg.resume)
+    resume_from = runs.resume_point(run_dir, cfg.resume)
     if model is None or tokenizer is None:
         import unmask
 
@@ -455,12 +418,11 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     mask_id = int(model.config.mask_token_id)
     tasks = load_rl_tasks(cfg) if tasks is None else tasks
     weights = cfg.reward_weight_map()
-    device = resolve_device(cfg.device, rank)
+    device = runs.resolve_device(cfg.device, rank)
     model = model.to(device=device, dtype=torch.float32)
     model.eval()  # rollouts and no-grad passes; policy_update switches to train mode around its backward
 
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                  foreach=False, fused=False)
+    optimizer = runs.adamw(model, cfg)
     sampler = EpochSampler(len(tasks), cfg.seed + 1)
     reference = copy.deepcopy(model).requires_grad_(False) if cfg.beta > 0 else None
     step = 0 if resume_from is None else _resume(resume_from, model, optimizer, sampler, reference)
@@ -470,7 +432,7 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if rank == 0:
-        start_run_dir(run_dir, "rl_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
+        runs.start_run_dir(run_dir, "rl_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
                       logs=("metrics.jsonl",))
     return _Run(cfg, rank, world, run_dir, model, wrapped, reference, tokenizer, tasks, weights, device, optimizer,
                 sampler, mask_id, step)
@@ -486,7 +448,7 @@ def _resume(checkpoint: Path, model, optimizer: torch.optim.Optimizer, sampler,
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     sampler.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"])
+    runs.set_rng_state(state["rng"])
     if reference is not None and state.get("reference") is not None:
         reference.load_state_dict(state["reference"])
     return int(state["step"])
@@ -557,10 +519,10 @@ def _save(run: _Run, step: int) -> None:
             "step": step,
             "optimizer": run.optimizer.state_dict(),
             "sampler": run.sampler.state_dict(),
-            "rng": rng_state(),
+            "rng": runs.rng_state(),
             "reference": None if run.reference is None else run.reference.state_dict(),
             "config": run.cfg.to_dict(),
         }
-        save_checkpoint(run.run_dir, run.model, run.tokenizer, trainer_state, run.cfg.keep_checkpoints)
+        runs.save_checkpoint(run.run_dir, run.model, run.tokenizer, trainer_state, run.cfg.keep_checkpoints)
     if run.world > 1:
         dist.barrier()

@@ -14,6 +14,7 @@ and answered 500 without details (client input alone never causes one: schemathe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -31,10 +32,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from unmask.analysis.arness import arness_profile, flatten_order
-from unmask.config import DecodeConfig, DecoderConfig, override_decoder
+from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults
+from unmask.editing.infill import build_canvas
+from unmask.editing.placeholders import Hole, Segment, has_holes, parse_placeholders
 from unmask.errors import ConfigError, TokenizerError
 from unmask.serve.config import ServeConfig
-from unmask.serve.placeholder import split_placeholders
 from unmask.serve.playground import PLAYGROUND_HTML
 from unmask.serve.scheduler import DoneEvent, Event, FailedEvent, Job, Scheduler, StepEvent
 from unmask.serve.schemas import ChatRequest, CompletionRequest, DiffusionParams, InfillRequest
@@ -170,7 +172,8 @@ class Limiter:
 class Engine:
     """Turns validated requests into scheduler jobs and results into OpenAI-shaped answers."""
 
-    def __init__(self, model, tokenizer, serve: ServeConfig, model_name: str) -> None:
+    def __init__(self, model, tokenizer, serve: ServeConfig, model_name: str,
+                 defaults: GenerationDefaults | None = None) -> None:
         self.model, self.tokenizer, self.serve, self.model_name = model, tokenizer, serve, model_name
         self.mask_id = tokenizer.special.mask
         if model.config.mask_token_id is not None and model.config.mask_token_id != self.mask_id:
@@ -180,26 +183,26 @@ class Engine:
                                    batch_wait_ms=serve.batch_wait_ms)
         self.limiter = Limiter(serve.max_concurrency)
         self.stop_ids = tokenizer.special.stop_ids()
-        self.defaults = getattr(model, "generation_defaults", None) or DecodeConfig()
-        self.decoder_defaults = getattr(model, "decoder_defaults", None) or DecoderConfig()
+        self.defaults = defaults or GenerationDefaults.of(model)
         self.context = model.config.max_position_embeddings
 
     # -- canvas -------------------------------------------------------------------------------------------
-    def canvas_of(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        """Ids of ``text`` with each placeholder replaced by its masks; (start, count) of each run."""
+    def segments(self, text: str) -> list[Segment]:
+        """``text`` split at its placeholders (the CLI's grammar; here ``<|mask|>`` is one masked token)."""
         try:
-            parts = split_placeholders(text, self.serve.max_masks)
+            return parse_placeholders(text, default_length=1, max_masks=self.serve.max_masks)
         except ValueError as err:
             raise ClientError(str(err)) from None
-        ids: list[int] = []
-        runs: list[tuple[int, int]] = []
-        for part in parts:
-            if isinstance(part, int):
-                runs.append((len(ids), part))
-                ids.extend([self.mask_id] * part)
-            else:
-                ids.extend(self.tokenizer.encode(part))
-        return ids, runs
+
+    def canvas_of(self, segments: list[Segment]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of text segments and holes (``editing.infill.build_canvas``); (start, count) of each hole."""
+        if not has_holes(segments):
+            return self.tokenizer.encode("".join(segments)), []
+        if isinstance(segments[0], Hole):
+            raise ClientError("the prompt must start with text, not a mask (position 0 must be a real token)")
+        canvas = build_canvas(segments, self.tokenizer.encode, default_length=1, mask_id=self.mask_id,
+                              bos_id=self.mask_id)  # never used: the canvas starts with text
+        return list(canvas.ids), [(start, end - start) for start, end in canvas.holes]
 
     def plan(self, req: DiffusionParams, prompt_ids: list[int], runs: list[tuple[int, int]], *,
              default_tokens: bool = True) -> Plan:
@@ -215,7 +218,7 @@ class Engine:
         elif runs or not default_tokens:
             appended = 0
         else:
-            appended = min(self.defaults.max_new_tokens, serve.max_tokens)
+            appended = min(self.defaults.decode.max_new_tokens, serve.max_tokens)
         if appended > serve.max_tokens:
             raise ClientError(f"max_tokens must be at most {serve.max_tokens}")
         masks = appended + sum(c for _, c in runs)
@@ -230,20 +233,17 @@ class Engine:
             raise ClientError(f"at most {serve.max_stop} stop sequences are allowed")
         if any(not s or len(s) > serve.max_stop_chars for s in stops):
             raise ClientError(f"each stop sequence must have 1 to {serve.max_stop_chars} characters")
-        if runs and (req.decoder or "reference") != "reference":
-            raise ClientError("masks inside the prompt need decoder=reference (blocks decoders fill a suffix)")
         changes = {"max_new_tokens": masks, "steps": req.steps or masks}
         for name in ("temperature", "top_p", "top_k", "alg", "alg_temp"):
             if getattr(req, name) is not None:
                 changes[name] = getattr(req, name)
         try:
-            config = self.defaults.replace(**changes)
-            # The model's recommended decoder unless the request names one; masks inside the prompt need the
-            # reference sampler (checked above), so a recommendation does not apply to them.
-            recommended = DecoderConfig() if runs else self.decoder_defaults
+            # The model's recommended decoder unless the request names one. It is recommended for completions:
+            # masks inside the prompt default to the reference sampler (every decoder fills them if asked).
+            base = dataclasses.replace(self.defaults, decoder=DecoderConfig()) if runs else self.defaults
             asked = {k: getattr(req, k) for k in ("decoder", "block_length", "threshold")
                      if getattr(req, k) is not None}
-            decoder = override_decoder(recommended, asked)
+            config, decoder = base.updated(changes, asked)
         except ConfigError as err:
             raise ClientError(_config_message(err)) from None
         if decoder.decoder == "blocks" and config.alg == "origin":
@@ -356,10 +356,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.scheduler.close()
 
 
-def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name: str = "unmask") -> FastAPI:
-    """The server for one loaded model; the scheduler thread lives as long as the app's lifespan."""
+def create_app(model, tokenizer, serve: ServeConfig | None = None, *, model_name: str = "unmask",
+               defaults: GenerationDefaults | None = None) -> FastAPI:
+    """The server for one loaded model and its recommended sampler and decoder (``defaults``; else what
+    ``unmask.load`` left on the model); the scheduler thread lives as long as the app's lifespan."""
     serve = serve or ServeConfig()
-    engine = Engine(model, tokenizer, serve, serve.model_name or model_name)
+    engine = Engine(model, tokenizer, serve, serve.model_name or model_name, defaults)
     app = FastAPI(title="unmask", version="1", lifespan=_lifespan,
                   description="OpenAI-compatible API for masked diffusion language models.")
     app.state.engine = engine
@@ -422,7 +424,7 @@ async def playground() -> HTMLResponse:
 async def completions(request: Request, req: CompletionRequest, engine: EngineDep):
     if req.echo and req.stream:
         raise ClientError("echo is not supported together with stream")
-    ids, runs = engine.canvas_of(req.prompt)
+    ids, runs = engine.canvas_of(engine.segments(req.prompt))
     plan = engine.plan(req, ids, runs)
     return await _generate(engine, request, req, plan, chat=False, echo_text=req.prompt if req.echo else None)
 
@@ -433,7 +435,7 @@ async def chat_completions(request: Request, req: ChatRequest, engine: EngineDep
         text = engine.tokenizer.apply_chat_template(messages)
     except TokenizerError:
         raise ClientError("this model's tokenizer has no chat template") from None
-    ids, runs = engine.canvas_of(text)
+    ids, runs = engine.canvas_of(engine.segments(text))
     plan = engine.plan(req, ids, runs)
     return await _generate(engine, request, req, plan, chat=True, echo_text=None)
 
@@ -442,18 +444,17 @@ async def infill(request: Request, req: InfillRequest, engine: EngineDep):
     """prefix + ``max_tokens`` masks (default 16) + suffix; ``text`` is the middle, ``full`` the document."""
     if req.stream:
         raise ClientError("stream is not supported on /v1/infill")
-    if split_placeholders(req.prefix, 10**9) != [req.prefix] or (
-            req.suffix and split_placeholders(req.suffix, 10**9) != [req.suffix]):
+    if has_holes(engine.segments(req.prefix)) or has_holes(engine.segments(req.suffix)):
         raise ClientError("prefix and suffix must not contain <|mask|> placeholders (use /v1/completions)")
-    prefix_ids, suffix_ids = engine.tokenizer.encode(req.prefix), engine.tokenizer.encode(req.suffix)
     middle = req.max_tokens if req.max_tokens is not None else min(16, engine.serve.max_tokens)
     if middle == 0:
         raise ClientError("max_tokens (the middle's length) must be at least 1")
     if middle > engine.serve.max_tokens:
         raise ClientError(f"max_tokens must be at most {engine.serve.max_tokens}")
-    # The middle is a placeholder run between two literal spans: the masks-anywhere path.
-    plan = engine.plan(req.model_copy(update={"max_tokens": 0}),
-                       prefix_ids + [engine.mask_id] * middle + suffix_ids, [(len(prefix_ids), middle)])
+    # The middle is a hole between two literal spans: the canvas a prompt with one placeholder makes.
+    ids, runs = engine.canvas_of([s for s in (req.prefix, Hole(middle), req.suffix) if s != ""])
+    plan = engine.plan(req.model_copy(update={"max_tokens": 0}), ids, runs)
+    prefix_ids, suffix_ids = ids[:runs[0][0]], ids[runs[0][0] + middle:]
     done, jobs = await _run_to_completion(request, engine, plan)
     choices = []
     for index in range(len(jobs)):
@@ -491,15 +492,9 @@ async def _generate(engine: Engine, request: Request, req: DiffusionParams, plan
         text = streamer.feed(reply, final=True)
         completion_tokens += len(cut_at_stop_ids(reply, engine.stop_ids)[0])
         finish = "stop" if streamer.stopped else "length"
-        ext = engine.extension(plan, event)
-        if chat:
-            choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                            "finish_reason": finish, "logprobs": None, "unmask": ext})
-        else:
-            if echo_text is not None:
-                text = engine.decode_text(event.canvas[:plan.prompt_tokens]) + text
-            choices.append({"index": index, "text": text, "finish_reason": finish, "logprobs": None,
-                            "unmask": ext})
+        if echo_text is not None:
+            text = engine.decode_text(event.canvas[:plan.prompt_tokens]) + text
+        choices.append(_choice(chat, index, text, finish, engine.extension(plan, event)))
     usage = {"prompt_tokens": plan.prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": plan.prompt_tokens + completion_tokens}
     return {"id": ident, "object": obj, "created": created, "model": engine.model_name, "choices": choices,
@@ -526,11 +521,12 @@ async def _stream(engine: Engine, plan: Plan, req: DiffusionParams, ident: str, 
                 delta = streamers[index].feed(engine.reply_region(plan, event.region))
                 ext = _canvas_ext(engine, event) if req.stream_canvas else None
                 if delta or ext is not None:
-                    yield _sse(_chunk(base, chat, index, delta, ext=ext))
+                    yield _sse({**base, "choices": [_choice(chat, index, delta, ext=ext, stream=True)]})
                 continue
             delta = streamers[index].feed(engine.reply_region(plan, event.region), final=True)
             finish = "stop" if streamers[index].stopped else "length"
-            yield _sse(_chunk(base, chat, index, delta, finish, engine.extension(plan, event)))
+            choice = _choice(chat, index, delta, finish, engine.extension(plan, event), stream=True)
+            yield _sse({**base, "choices": [choice]})
             left -= 1
         yield _sse("[DONE]")
     finally:
@@ -540,16 +536,18 @@ async def _stream(engine: Engine, plan: Plan, req: DiffusionParams, ident: str, 
         slot.release()
 
 
-def _chunk(base: dict, chat: bool, index: int, text: str, finish: str | None = None, ext: dict | None = None
-           ) -> dict:
-    if chat:
-        choice = {"index": index, "delta": {"content": text} if text else {}, "finish_reason": finish,
-                  "logprobs": None}
+def _choice(chat: bool, index: int, text: str, finish: str | None = None, ext: dict | None = None, *,
+            stream: bool = False) -> dict:
+    """One OpenAI choice: a completion's text, or a chat message (its delta in a stream chunk); ``unmask``
+    carries the extension (``Engine.extension``, or a step's canvas)."""
+    if not chat:
+        body: dict = {"text": text}
+    elif stream:
+        body = {"delta": {"content": text} if text else {}}
     else:
-        choice = {"index": index, "text": text, "finish_reason": finish, "logprobs": None}
-    if ext is not None:
-        choice["unmask"] = ext
-    return {**base, "choices": [choice]}
+        body = {"message": {"role": "assistant", "content": text}}
+    return {"index": index, **body, "finish_reason": finish, "logprobs": None,
+            **({} if ext is None else {"unmask": ext})}
 
 
 def _canvas_ext(engine: Engine, event: StepEvent) -> dict:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from unmask.config import DecodeConfig, DecoderConfig
+from unmask.decoding.canvas import left_pad
 from unmask.decoding.dispatch import decode_stream
 
 log = logging.getLogger(__name__)
@@ -164,14 +165,9 @@ class Scheduler:
         """Decode ``batch`` (compatible jobs) as one left-padded canvas; emit events per row."""
         first = batch[0]
         device = self.model.device
-        length = max(len(j.canvas) for j in batch)
-        offsets = [length - len(j.canvas) for j in batch]  # left padding per row
-        rows = [[self.pad_token_id] * off + j.canvas for j, off in zip(batch, offsets)]
-        canvas = torch.tensor(rows, dtype=torch.long, device=device)  # (B, T)
-        attention = None
-        if any(offsets):
-            attention = torch.tensor([[0] * off + [1] * len(j.canvas) for j, off in zip(batch, offsets)],
-                                     dtype=torch.long, device=device)  # (B, T), 0 = pad
+        canvas, attention, offsets = left_pad([j.canvas for j in batch], self.pad_token_id, device=device)  # (B, T)
+        length = canvas.shape[1]
+        attention = attention if any(offsets) else None  # (B, T), 0 = pad
         masked = [torch.tensor([off + p for p in j.masked], device=device) for j, off in zip(batch, offsets)]
         rank = [{off + p: r for r, p in enumerate(j.masked)} for j, off in zip(batch, offsets)]
         region_start = length - first.appended if first.appended else 1  # blocks decoders need a suffix region

@@ -13,7 +13,8 @@ Diffusion extensions (all optional, pass them with the openai client's ``extra_b
   texts, null where still masked) and ``unmask.committed`` (region indices committed at that step)
 
 Masks anywhere: ``<|mask|>`` (one token) or ``<|mask:N|>`` (N tokens) in a prompt or chat message are
-filled in place; ``unmask.filled`` in the response lists what each placeholder became.
+filled in place, by any decoder (default: the reference sampler); ``unmask.filled`` in the response lists what
+each placeholder became. A malformed placeholder (``<|mask:0|>``, ``<|mask:x|>``) is a 400, as in the CLI.
 """
 
 from __future__ import annotations
