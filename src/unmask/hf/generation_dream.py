@@ -26,6 +26,8 @@ read from the directory's generation_config.json: Dream's call on transformers 4
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -183,16 +185,26 @@ def read_generation_config(pretrained_model_name_or_path, from_pretrained_kwargs
 
     transformers 4.x reads it while loading any model that generates, but 5.x only for subclasses of its own
     GenerationMixin (whose autoregressive ``generate`` this model must not inherit), so the model reads it
-    itself. Its logger is quietened meanwhile: it calls ``temperature`` an invalid flag without ``do_sample``,
-    which is an autoregressive notion this sampler does not have.
+    itself.
     """
     hub = {name: from_pretrained_kwargs[name] for name in _HUB_ARGUMENTS if name in from_pretrained_kwargs}
+    with quiet_generation_config_checks():
+        try:
+            return GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+        except OSError:
+            return None
+
+
+@contextlib.contextmanager
+def quiet_generation_config_checks():
+    """Silence transformers' complaint that ``temperature`` is set without ``do_sample`` (a warning on 4.x, a
+    log line on 5.x): do_sample is an autoregressive notion; here temperature 0 simply means argmax."""
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        return GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub)
-    except OSError:
-        return None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*do_sample.*", category=UserWarning)
+            yield
     finally:
         transformers.logging.set_verbosity(verbosity)
 

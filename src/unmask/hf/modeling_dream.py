@@ -33,7 +33,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 from .configuration_dream import DreamConfig
-from .generation_dream import DiffusionGenerationMixin, read_generation_config
+from .generation_dream import DiffusionGenerationMixin, quiet_generation_config_checks, read_generation_config
 
 # torch >= 2.5 repeats key/value heads inside SDPA; older versions need it done by hand.
 _SDPA_GQA = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -201,8 +201,9 @@ class DreamModel(DreamPreTrainedModel, DiffusionGenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        if kwargs.get("generation_config") is None and pretrained_model_name_or_path is not None:
+        with quiet_generation_config_checks():  # 4.x reads generation_config.json in here
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if getattr(model.generation_config, "steps", None) is None and kwargs.get("generation_config") is None:
             generation_config = read_generation_config(pretrained_model_name_or_path, kwargs)
             if generation_config is not None:
                 model.generation_config = generation_config  # diffusion_generate's defaults
