@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,12 +219,11 @@ def test_hooks_see_aligned_logits_and_may_change_them(pair):
     assert seen == [0, 1, 2] and bool((out[:, 4:] == 5).all())
 
 
-# transformers 5 itself warns while AutoTokenizer reads config.json (its generic config sets rope_scaling: null)
-@pytest.mark.filterwarnings("ignore:`rope_scaling` is deprecated:FutureWarning")
 def test_tokenizer_loads_with_auto_tokenizer(tmp_path, tokenizer):
     model = make_model(5, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.special.mask)
     directory = save_model(model, tmp_path / "m", tokenizer=tokenizer)
-    auto = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    # trust_remote_code: AutoTokenizer reads config.json too, and would otherwise ask before running its auto_map
+    auto = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=True, local_files_only=True)
     text = "def add(a, b):\n    return a + b\n"
     assert auto(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
     assert auto.mask_token_id == tokenizer.special.mask
@@ -241,3 +243,18 @@ def test_directory_without_the_code_still_loads_in_unmask(tmp_path):
     assert torch.equal(loaded(IDS), model(IDS))
     resaved = save_model(loaded, tmp_path / "again")  # and a re-save completes it
     assert all((resaved / name).is_file() for name in REMOTE_CODE_FILES)
+
+
+@pytest.mark.slow
+def test_remote_code_on_transformers_4():
+    """This file again under a Python whose transformers is 4.x (Dream's pinned 4.46), when one is named."""
+    python = os.environ.get("UNMASK_TRANSFORMERS_4_PYTHON")
+    if not python:
+        pytest.skip("set UNMASK_TRANSFORMERS_4_PYTHON to a Python with transformers 4.46 (docs/remote_code.md)")
+    version = subprocess.run([python, "-c", "import transformers; print(transformers.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version.startswith("4."), f"{python} has transformers {version}, not 4.x"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not transformers_4"],
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root / "src")}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
