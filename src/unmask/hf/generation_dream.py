@@ -215,7 +215,8 @@ def quiet_generation_config_checks():
 
 class DiffusionGenerationMixin:
     """Adds ``diffusion_generate`` to the model. (The name ends in GenerationMixin so that transformers treats
-    the model as one that generates, and loads generation_config.json into ``model.generation_config``.)"""
+    the model as one that generates and gives it a ``generation_config``, which 4.x fills from
+    generation_config.json; ``DreamModel.from_pretrained`` does so on 5.x.)"""
 
     def _sampler_settings(self, generation_config, overrides: dict) -> dict:
         """unmask's defaults <- a diffusion generation config's values <- the call's arguments.
@@ -261,13 +262,17 @@ class DiffusionGenerationMixin:
             raise ValueError("pass the prompt ids as a (batch, length) tensor")
         if "max_new_tokens" not in kwargs and max_length is not None:
             kwargs["max_new_tokens"] = max_length - prompt.shape[1]
-        settings = self._sampler_settings(generation_config or getattr(self, "generation_config", None), kwargs)
+        if generation_config is None:
+            generation_config = getattr(self, "generation_config", None)
+        settings = self._sampler_settings(generation_config, kwargs)
         check_settings(settings)
         mask_token_id = self.config.mask_token_id
         if mask_token_id is None:
             raise ValueError("config.json has no mask_token_id, so the model cannot be sampled by unmasking")
-        stop_ids = tuple(dict.fromkeys(int(i) for i in (self.config.eos_token_id, self.config.pad_token_id)
-                                       if isinstance(i, int)))
+        # stop_last holds back eos and pad (the first eos where config.json lists several, as unmask reads it)
+        ends = [i[0] if isinstance(i, (list, tuple)) and i else i
+                for i in (self.config.eos_token_id, self.config.pad_token_id)]
+        stop_ids = tuple(dict.fromkeys(int(i) for i in ends if isinstance(i, int)))
 
         device = self.get_input_embeddings().weight.device
         prompt = prompt.to(device, dtype=torch.long)
