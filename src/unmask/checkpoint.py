@@ -2,8 +2,9 @@
 
 A directory holds ``config.json`` (``model_type: "Dream"``), ``generation_config.json``, one
 ``model.safetensors`` or shards ``model-0000N-of-0000M.safetensors`` with ``model.safetensors.index.json``,
-and the tokenizer files. Saves use Dream's tensor names and config fields (plus its ``auto_map``), so a
-directory written here loads in Dream's own HF code, and Dream/DiffuCoder directories load here.
+and the tokenizer files. Saves use Dream's tensor names and config fields (plus its ``auto_map``) and write
+the project's own remote code beside them (``unmask.hf``), so a directory written here loads in
+``transformers`` with ``trust_remote_code=True``, and Dream/DiffuCoder directories load here.
 
 Loading never needs twice the model's memory: the model is built on the ``meta`` device (no storage),
 each tensor is read from the (memory-mapped) safetensors file straight onto the target device, cast if
@@ -30,6 +31,7 @@ from safetensors.torch import save_file
 
 from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults, ModelConfig
 from unmask.errors import CheckpointError, ConfigError
+from unmask.hf import write_remote_code
 from unmask.model import DreamModel
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -310,6 +312,8 @@ def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=Non
         _write_json(staging / "generation_config.json", generation_config)
         if tokenizer is not None:
             tokenizer.save(staging)
+        if family == "dream":  # the code config.json's auto_map names, so transformers can load the directory
+            write_remote_code(staging)
         for path in staging.iterdir():
             path.chmod(0o644)  # safetensors writes 0600; model directories are meant to be shared
         _swap_in(staging, directory)

@@ -1,0 +1,260 @@
+"""A directory saved by unmask loads in ``transformers`` through the remote code it ships (src/unmask/hf).
+
+Everything goes through the public loaders (``AutoConfig`` / ``AutoModel`` / ``AutoTokenizer`` with
+``trust_remote_code=True``) on local directories, offline. The remote model must give unmask's logits exactly
+(same weights, same operations in the same order), and ``diffusion_generate`` unmask's reference sampler's
+ids: greedy, and sampled too when both draw from generators with the same seed.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MASK_ID, make_model
+
+from unmask.checkpoint import load_model, read_generation_config, save_model
+from unmask.config import DecodeConfig
+from unmask.decoding.reference import generate
+from unmask.hf import REMOTE_CODE_FILES
+
+transformers = pytest.importorskip("transformers")
+
+TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
+IDS = torch.randint(1, 120, (3, 10), generator=torch.Generator().manual_seed(0))
+LEFT_PADDED = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1], [1] * 10, [0] * 9 + [1]])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def modules_cache(tmp_path_factory):
+    """transformers copies remote code into a modules cache (~/.cache by default): use a temporary one."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("modules")))
+    patch.setattr(sys, "path", list(sys.path))  # it appends the cache to sys.path
+    yield
+    patch.undo()
+
+
+def imported_packages(path) -> set[str]:
+    """Top-level packages a file imports (relative imports, between the shipped files, left out)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def load_remote(directory, **kwargs):
+    return transformers.AutoModel.from_pretrained(directory, trust_remote_code=True, local_files_only=True,
+                                                  **kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(unmask model, the same directory loaded by transformers), peaked predictions (few ties)."""
+    model = make_model(0, sharpen=20.0)
+    directory = save_model(model, tmp_path_factory.mktemp("saved") / "m")
+    return model, load_remote(directory)
+
+
+def test_saved_directory_ships_the_code_its_auto_map_names(tmp_path):
+    directory = save_model(make_model(1), tmp_path / "m")
+    for name in REMOTE_CODE_FILES:
+        assert (directory / name).is_file()
+        assert imported_packages(directory / name) - set(sys.stdlib_module_names) <= {"torch", "transformers"}
+    auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+    assert {ref.split(".")[0] + ".py" for ref in auto_map.values()} <= set(REMOTE_CODE_FILES)
+    config = transformers.AutoConfig.from_pretrained(directory, trust_remote_code=True, local_files_only=True)
+    assert type(config).__name__ == "DreamConfig"
+    assert (config.hidden_size, config.num_key_value_heads, config.head_dim) == (32, 2, 8)
+    assert config.mask_token_id == MASK_ID
+    assert config.tie_word_embeddings is False and config.rope_theta == 1e6
+    for ref in auto_map.values():  # every class auto_map names exists
+        cls = transformers.dynamic_module_utils.get_class_from_dynamic_module(ref, directory)
+        assert cls.__name__ == ref.split(".")[1]
+
+
+def test_causal_baseline_ships_no_remote_code(tmp_path):
+    model = make_model(1)
+    model.family = "qwen2"  # transformers' own Qwen2 loads it
+    directory = save_model(model, tmp_path / "m")
+    assert not any((directory / name).exists() for name in REMOTE_CODE_FILES)
+
+
+def test_training_checkpoints_ship_the_code(tmp_path):
+    from unmask.runs import save_checkpoint
+
+    path = save_checkpoint(tmp_path, make_model(1), None, {"step": 3}, keep=2)
+    assert all((path / name).is_file() for name in REMOTE_CODE_FILES)
+
+
+def test_logits_equal_unmask_without_and_with_padding(pair):
+    model, remote = pair
+    with torch.no_grad():
+        assert torch.equal(remote(IDS).logits, model(IDS))
+        assert torch.equal(remote(IDS, attention_mask=LEFT_PADDED).logits, model(IDS, attention_mask=LEFT_PADDED))
+        all_real = torch.ones_like(IDS)
+        assert torch.equal(remote(IDS, attention_mask=all_real).logits, model(IDS))
+        positions = torch.arange(10).flip(0).expand(3, 10)
+        assert torch.equal(remote(IDS, position_ids=positions).logits, model(IDS, position_ids=positions))
+
+
+def test_logits_equal_unmask_with_a_boolean_4d_mask(pair):
+    model, remote = pair
+    causal = torch.tril(torch.ones(10, 10, dtype=torch.bool))[None, None].expand(3, 1, 10, 10)
+    with torch.no_grad():
+        assert torch.equal(remote(IDS, attention_mask=causal).logits, model(IDS, attention_mask=causal))
+        # a float 4-D mask is additive (transformers' convention): 0 where allowed, a large negative elsewhere
+        additive = torch.zeros(3, 1, 10, 10).masked_fill(~causal, torch.finfo(torch.float32).min)
+        torch.testing.assert_close(remote(IDS, attention_mask=additive).logits, model(IDS, attention_mask=causal))
+
+
+def test_bfloat16_and_tied_embeddings_load_exactly(tmp_path):
+    model = make_model(2, tie_word_embeddings=True)
+    save_model(model, tmp_path / "bf16", dtype="bfloat16")
+    ours = load_model(tmp_path / "bf16")
+    # the stored dtype, as transformers 4.x loads only when asked (5.x does by default)
+    remote = load_remote(tmp_path / "bf16", **{"dtype" if TRANSFORMERS_5 else "torch_dtype": "auto"})
+    assert remote.dtype == torch.bfloat16 and ours.dtype == torch.bfloat16
+    assert remote.lm_head.weight.data_ptr() == remote.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.equal(remote(IDS, attention_mask=LEFT_PADDED).logits, ours(IDS, attention_mask=LEFT_PADDED))
+
+
+def test_hidden_states_and_tuple_output(pair):
+    _, remote = pair
+    with torch.no_grad():
+        out = remote(IDS, output_hidden_states=True)
+        assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (3, 10, 32)
+        assert torch.equal(remote(IDS, return_dict=False)[0], out.logits)
+        embeds = remote.get_input_embeddings()(IDS)
+        assert torch.equal(remote(inputs_embeds=embeds).logits, out.logits)
+
+
+def test_unsupported_features_are_refused_not_ignored(pair):
+    _, remote = pair
+    with pytest.raises(NotImplementedError, match="KV cache"):
+        remote(IDS, past_key_values=object())
+    with pytest.raises(NotImplementedError, match="loss"):
+        remote(IDS, labels=IDS)
+    with pytest.raises(TypeError, match="do_sample"):
+        remote.diffusion_generate(IDS, do_sample=True)
+    with pytest.raises(ValueError, match="alg"):
+        remote.diffusion_generate(IDS, alg="nope")
+    with pytest.raises(ValueError, match="rope_scaling"):
+        type(remote.config)(rope_scaling={"type": "linear", "factor": 2.0})
+
+
+@pytest.mark.parametrize("alg", ["entropy", "maskgit_plus", "topk_margin"])
+def test_greedy_diffusion_generate_equals_the_reference_sampler(pair, alg):
+    model, remote = pair
+    prompt = IDS[:, :5]
+    settings = dict(max_new_tokens=12, steps=6, temperature=0.0, alg=alg)
+    ours = generate(model, prompt, **settings).sequences
+    theirs = remote.diffusion_generate(prompt, **settings)
+    assert torch.equal(theirs, ours)
+    assert not bool((theirs == MASK_ID).any())
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.8, top_p=0.9, top_k=20, alg="entropy", alg_temp=0.5),
+    dict(temperature=1.0, alg="origin"),
+    dict(temperature=0.0, alg="maskgit_plus", stop_last=True),
+])
+def test_seeded_diffusion_generate_equals_the_reference_sampler_on_a_padded_batch(pair, settings):
+    model, remote = pair
+    prompt, mask = IDS[:, :6], LEFT_PADDED[:, 4:]
+    settings = dict(max_new_tokens=10, steps=5, **settings)
+    ours = generate(model, prompt, mask, generator=torch.Generator().manual_seed(3), **settings).sequences
+    theirs = remote.diffusion_generate(prompt, attention_mask=mask, generator=torch.Generator().manual_seed(3),
+                                       **settings)
+    assert torch.equal(theirs, ours)
+
+
+def test_defaults_come_from_generation_config_json(tmp_path):
+    directory = save_model(make_model(4, sharpen=20.0), tmp_path / "m",
+                           generation=DecodeConfig(max_new_tokens=7, steps=7, alg="topk_margin"))
+    ours = load_model(directory)
+    ours.generation_defaults = DecodeConfig.from_dict(read_generation_config(directory))  # as unmask.load does
+    remote = load_remote(directory)
+    assert remote.generation_config.steps == 7
+    prompt = IDS[:2, :4]
+    expected = generate(ours, prompt).sequences  # generate() falls back to generation_defaults
+    assert expected.shape == (2, 11)
+    assert torch.equal(remote.diffusion_generate(prompt), expected)
+    shorter = generate(ours, prompt, max_new_tokens=5).sequences
+    assert torch.equal(remote.diffusion_generate(prompt, max_length=9), shorter)  # max_length = prompt + new
+
+
+def test_history_and_return_dict(pair):
+    _, remote = pair
+    out = remote.diffusion_generate(IDS[:, :4], max_new_tokens=8, steps=4, output_history=True,
+                                    return_dict_in_generate=True)
+    assert len(out.history) == 4 and torch.equal(out.history[-1], out.sequences)
+    remaining = [int((canvas == MASK_ID).sum()) for canvas in out.history]
+    assert remaining == sorted(remaining, reverse=True) and remaining[-1] == 0
+    plain = remote.diffusion_generate(IDS[:, :4], max_new_tokens=8, steps=4, return_dict_in_generate=True)
+    assert plain.history is None and torch.equal(plain.sequences, out.sequences)
+
+
+def test_hooks_see_aligned_logits_and_may_change_them(pair):
+    _, remote = pair
+    seen = []
+
+    def force_token_five(step, x, logits):
+        seen.append(step)
+        logits = logits.clone()
+        logits[..., 5] = 1e4
+        return logits
+
+    out = remote.diffusion_generate(IDS[:, :4], max_new_tokens=6, steps=3, generation_logits_hook_func=force_token_five)
+    assert seen == [0, 1, 2] and bool((out[:, 4:] == 5).all())
+
+
+def test_tokenizer_loads_with_auto_tokenizer(tmp_path, tokenizer):
+    model = make_model(5, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.special.mask)
+    directory = save_model(model, tmp_path / "m", tokenizer=tokenizer)
+    # trust_remote_code: AutoTokenizer reads config.json too, and would otherwise ask before running its auto_map
+    auto = transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=True, local_files_only=True)
+    text = "def add(a, b):\n    return a + b\n"
+    assert auto(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
+    assert auto.mask_token_id == tokenizer.special.mask
+    remote = load_remote(directory)
+    prompt = torch.tensor([tokenizer.encode(text)])
+    assert torch.equal(remote.diffusion_generate(prompt, max_new_tokens=6, steps=3),
+                       generate(model, prompt, max_new_tokens=6, steps=3).sequences)
+
+
+def test_directory_without_the_code_still_loads_in_unmask(tmp_path):
+    """Directories saved before the remote code was shipped (or with it deleted) load as before."""
+    model = make_model(6)
+    directory = save_model(model, tmp_path / "m")
+    for name in REMOTE_CODE_FILES:
+        (directory / name).unlink()
+    loaded = load_model(directory)
+    assert torch.equal(loaded(IDS), model(IDS))
+    resaved = save_model(loaded, tmp_path / "again")  # and a re-save completes it
+    assert all((resaved / name).is_file() for name in REMOTE_CODE_FILES)
+
+
+@pytest.mark.slow
+def test_remote_code_on_transformers_4():
+    """This file again under a Python whose transformers is 4.x (Dream's pinned 4.46), when one is named."""
+    python = os.environ.get("UNMASK_TRANSFORMERS_4_PYTHON")
+    if not python:
+        pytest.skip("set UNMASK_TRANSFORMERS_4_PYTHON to a Python with transformers 4.46 (docs/remote_code.md)")
+    version = subprocess.run([python, "-c", "import transformers; print(transformers.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version.startswith("4."), f"{python} has transformers {version}, not 4.x"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not transformers_4"],
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root / "src")}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
