@@ -20,8 +20,13 @@ import torch
 from conftest import MASK_ID, make_model
 
 from unmask.checkpoint import load_model, read_generation_config, save_model
-from unmask.config import DecodeConfig
-from unmask.decoding.reference import generate
+from unmask.config import DecodeConfig, DecoderConfig
+from unmask.decoding.dispatch import decode
+
+
+def generate(model, input_ids, attention_mask=None, **params):
+    """unmask's reference sampler (Dream's), whatever decoder the model's generation_config recommends."""
+    return decode(model, input_ids, attention_mask, decoder=DecoderConfig(), **params)
 from unmask.hf import REMOTE_CODE_FILES
 
 transformers = pytest.importorskip("transformers")

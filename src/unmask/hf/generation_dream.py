@@ -3,7 +3,7 @@
 Remote code written for unmask (imports torch and transformers only). It is unmask's reference sampler
 (unmask docs/sampler.md, ``unmask.decoding.reference``) behind the call of Dream's ``diffusion_generate``:
 the same arguments, the same arithmetic, and — given the same ``torch.Generator`` — the same random draws in
-the same order, so its output ids equal ``unmask.decoding.reference.generate``'s.
+the same order, so its output ids equal the reference decoder's (``unmask.generate`` with ``decoder=DecoderConfig()``).
 
 The canvas is the prompt followed by ``max_new_tokens`` mask tokens; each of ``steps`` steps is one forward
 over the whole canvas (no cache). With timesteps ``linspace(1, eps, steps + 1)`` (float32) and t, s the
