@@ -5,14 +5,15 @@
 #   stage 0  tokenizer: the project's 4096-token byte-level BPE, <|dlm_pad|> as the pad token
 #   stage 1  AR pretraining on code (the standard library)                      -> $RUN/stage1
 #   stage 1b AR SFT on procedural train-split tasks: the AR twin, and the parent -> $RUN/ar-twin
-#   stage 2+3 adaptation: masked-diffusion SFT initialised from the AR twin, attention annealed causal -> full,
-#            shift kept, prompt never masked, pads learned                      -> $RUN/diffusion
-#   stage 3b 500 more diffusion SFT steps                                       -> $RUN/diffusion-more (shipped)
-#   stage 4  coupled-GRPO from the stage-3b model, sandboxed rewards            -> $RUN/rl-model
-#   eval     held-out split (200 tasks, seed 0) and train distribution (200 tasks, seed 7), greedy, for the AR
-#            twin and the diffusion models (several decoders), then the shipped model's card
+#   stage 2+3 adaptation: masked-diffusion SFT initialised from the AR twin, attention annealed causal -> full
+#            over 1000 of 2000 steps at a low LR, shift kept, prompt never masked, pads learned -> $RUN/adapted
+#            (shipped)
+#   stage 4  coupled-GRPO from the shipped model, sandboxed rewards             -> $RUN/rl-model
+#   eval     held-out split (200 tasks, seed 0; a fresh seed-1 split for the shipped model and the twin) and
+#            train distribution (200 tasks, seed 7), greedy, then the shipped model's card
 #
-#   bash recipes/diffucoder-mini.sh      # ~3.5 h of one CPU core per training stage chain (2 cores: ~2.5 h)
+#   bash recipes/diffucoder-mini.sh      # ~2.5 h of one CPU core for stages 1-3, ~1.5 h with two
+#   bash recipes/pipeline-variants.sh    # what was varied (reports/pipeline.md), after this script
 #
 # Every stage resumes (training from its latest checkpoint, evaluations per finished chunk), so the script can
 # be killed and run again. Environment: UNMASK, RUN (run root), OUT (model directory), THREADS.
@@ -52,48 +53,40 @@ $UNMASK train --config recipes/pipeline/stage1-ar-sft.yaml --init-from "$RUN/sta
   --run-dir "$RUN/ar-sft" --resume
 $UNMASK convert "$(latest "$RUN/ar-sft")" "$RUN/ar-twin" --dtype bfloat16 --force
 
-# stages 2+3: adaptation to masked diffusion on the SFT data
+# stages 2+3: adaptation to masked diffusion on the SFT data (the shipped model recommends semi-AR blocks of 8)
 GEN="--generation max_new_tokens=64 --generation steps=64 --generation alg=entropy --generation temperature=0.0
-     --generation early_stop=true"
-# stage 3's export recommends the reference sampler with stop_last; the shipped model recommends semi-AR blocks of
-# 8, the better decoder on the held-out split (reports/pipeline.md: 57% vs 48% for the stage-3 model)
-GEN_REF="$GEN --generation stop_last=true"
-GEN_BLOCKS="$GEN --generation decoder=blocks --generation block_length=8"
+     --generation early_stop=true --generation decoder=blocks --generation block_length=8"
 $UNMASK train --config recipes/pipeline/stage2-adapt-sft.yaml --init-from "$RUN/ar-twin" --data "$RUN/sft.jsonl" \
-  --run-dir "$RUN/diffusion-sft" --resume
-$UNMASK convert "$(latest "$RUN/diffusion-sft")" "$RUN/diffusion" --dtype bfloat16 --force $GEN_REF
-# stage 3b: more SFT from the float32 checkpoint (the response loss was still falling)
-$UNMASK train --config recipes/pipeline/stage3-sft-more.yaml --init-from "$(latest "$RUN/diffusion-sft")" \
-  --data "$RUN/sft.jsonl" --run-dir "$RUN/diffusion-sft-more" --resume
-$UNMASK convert "$(latest "$RUN/diffusion-sft-more")" "$RUN/diffusion-more" --dtype bfloat16 --force $GEN_BLOCKS
+  --run-dir "$RUN/adapt-sft" --resume
+$UNMASK convert "$(latest "$RUN/adapt-sft")" "$RUN/adapted" --dtype bfloat16 --force $GEN
 
-# stage 4: coupled-GRPO on train-split prompts with sandboxed rewards (from the stage-3b model, 12 steps)
-$UNMASK rl "$RUN/diffusion-more" --data synthetic-train --synthetic-tasks 2000 --estimator coupled --run-dir "$RUN/rl" \
+# stage 4: coupled-GRPO on train-split prompts with sandboxed rewards (12 steps; #16 studies it at length)
+$UNMASK rl "$RUN/adapted" --data synthetic-train --synthetic-tasks 2000 --estimator coupled --run-dir "$RUN/rl" \
   --resume --num-generations 8 --prompts-per-step 4 --max-steps 12 --max-new-tokens 64 --steps 32 \
   --temperature 1.2 --alg entropy --lr 2e-5 --mu 2 --beta 0.01 --eps-clip 0.5 --ref-sync-every 64 --eval-every 0 \
   --save-every 4 --seed 0
-$UNMASK convert "$(latest "$RUN/rl")" "$RUN/rl-model" --dtype bfloat16 --force $GEN_BLOCKS
+$UNMASK convert "$(latest "$RUN/rl")" "$RUN/rl-model" --dtype bfloat16 --force $GEN
 
-# evaluation: the same tasks for every model and decoder (the diffusion models' own recommended decoding unless
-# a flag says otherwise; the AR twin left to right)
+# evaluation: the same tasks for every model (the diffusion models' own recommended decoding unless a flag says
+# otherwise; the AR twin left to right)
 heldout() { $UNMASK eval "$1" --benchmark synthetic --synthetic-tasks 200 --samples 1 --out "$RUN/eval/$2" "${@:3}"; }
 traindist() { $UNMASK eval "$1" --benchmark synthetic-train --synthetic-tasks 200 --seed 7 --samples 1 \
   --out "$RUN/eval/$2" "${@:3}"; }
-heldout "$RUN/ar-twin" ar-twin-heldout --max-new-tokens 64 --temperature 0
-traindist "$RUN/ar-twin" ar-twin-train-dist --max-new-tokens 64 --temperature 0
-heldout "$RUN/diffusion" diffusion-heldout
-traindist "$RUN/diffusion" diffusion-train-dist
-heldout "$RUN/diffusion" diffusion-heldout-plain --no-stop-last
-heldout "$RUN/diffusion" diffusion-heldout-blocks8 --no-stop-last --decoder blocks --block-length 8
-heldout "$RUN/diffusion-more" diffusion-more-heldout
-traindist "$RUN/diffusion-more" diffusion-more-train-dist
+AR="--max-new-tokens 64 --temperature 0"
+heldout "$RUN/ar-twin" ar-twin-heldout $AR
+heldout "$RUN/ar-twin" ar-twin-heldout-seed1 --seed 1 $AR
+traindist "$RUN/ar-twin" ar-twin-train-dist $AR
+heldout "$RUN/adapted" adapted-heldout
+heldout "$RUN/adapted" adapted-heldout-seed1 --seed 1
+traindist "$RUN/adapted" adapted-train-dist
+heldout "$RUN/adapted" adapted-heldout-reference --decoder reference
+heldout "$RUN/adapted" adapted-heldout-steps32 --steps 32
 heldout "$RUN/rl-model" rl-heldout
 
-# ship the best diffusion model on the held-out split (SHIP), with its model card
-SHIP=${SHIP:-diffusion-more}
+# ship the adapted model with its model card
+SHIP=${SHIP:-adapted}
 rm -rf "$OUT" && cp -r "$RUN/$SHIP" "$OUT"
 $PY -m unmask.modelcard "$OUT" --stage "stage 1 (AR pretraining)=$RUN/stage1-ar" \
-  --stage "AR SFT (the AR twin)=$RUN/ar-sft" --stage "adaptation + SFT=$RUN/diffusion-sft" \
-  --stage "more SFT=$RUN/diffusion-sft-more" \
+  --stage "AR SFT (the AR twin)=$RUN/ar-sft" --stage "adaptation + SFT=$RUN/adapt-sft" \
   --eval "$RUN/eval/$SHIP-heldout" --eval "$RUN/eval/$SHIP-train-dist" \
   --command "bash recipes/diffucoder-mini.sh"
