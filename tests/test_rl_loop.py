@@ -281,7 +281,8 @@ def test_cli_rl_end_to_end_with_sandboxed_rewards(tmp_path, tokenizer, tiny_setu
     from unmask.cli import main
 
     make, _ = tiny_setup
-    save_model(make(), tmp_path / "model", tokenizer=tokenizer)
+    recommended = {"max_new_tokens": 6, "steps": 6, "decoder": "blocks", "block_length": 2, "early_stop": True}
+    save_model(make(), tmp_path / "model", tokenizer=tokenizer, generation=recommended)
     run = tmp_path / "run"
     argv = ["rl", "--model", str(tmp_path / "model"), "--data", "synthetic-train", "--synthetic-tasks", "3",
             "--run-dir", str(run), "--num-generations", "2", "--prompts-per-step", "1", "--max-steps", "1",
@@ -294,9 +295,38 @@ def test_cli_rl_end_to_end_with_sandboxed_rewards(tmp_path, tokenizer, tiny_setu
     assert record["reward_missing"] == 0 and record["completion_length"] > 0
     assert (run / "eval-0000001" / "summary.json").is_file() and (run / "checkpoint-0000001").is_dir()
     assert json.loads((run / "rl_config.json").read_text())["estimator"] == "diffu-grpo"
+    carried = json.loads((run / "checkpoint-0000001" / "generation_config.json").read_text())
+    assert {k: carried[k] for k in recommended} == recommended  # the policy keeps its parent's recommendation
     capsys.readouterr()
     assert main([*argv[:-2], "--estimator", "exact"]) == 2  # argparse rejects it by its choices: one line
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid choice: 'exact'" in err and "diffu-grpo" in err
     assert main([*argv[:-2], "--estimator", "coupled", "--run-dir", str(run)]) == 2  # run dir holds checkpoints
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_rollouts_use_the_chosen_fast_decoder(tokenizer, tiny_setup) -> None:
+    from unmask.config import DecoderConfig
+    from unmask.decoding.dispatch import decode
+    from unmask.evaluate import prompt_text
+    from unmask.rl.loop import _ROLLOUT_PASS, mask_seed, rollout
+
+    make, tasks = tiny_setup
+    model = make()
+    cfg = loop_config("unused", num_generations=3, max_new_tokens=8, steps=4, rollout_decoder="blocks",
+                      rollout_block_length=4, rollout_cache="prefix", rollout_early_stop=True)
+    prompt, generated, _, _ = rollout(model, tokenizer, tasks[1], cfg=cfg, step=2, slot=1)
+    # independently: the same prompt, seed and decoder through decode() directly
+    ids = torch.tensor(tokenizer.encode(prompt_text(tasks[1], tokenizer, False)))
+    generator = torch.Generator().manual_seed(mask_seed(2, 1, 0, _ROLLOUT_PASS, cfg.seed))
+    want = decode(model, ids[None].expand(3, -1).contiguous(), None, config=cfg.decode_config(),
+                  decoder=DecoderConfig(decoder="blocks", block_length=4, cache="prefix", early_stop=True),
+                  generator=generator).generated
+    assert torch.equal(prompt, ids) and torch.equal(generated, want)
+    reference = rollout(model, tokenizer, tasks[1], cfg=loop_config("unused", num_generations=3, max_new_tokens=8,
+                                                                      steps=4), step=2, slot=1)[1]
+    assert reference.shape == generated.shape
+    with pytest.raises(ConfigError, match="KV cache needs"):
+        loop_config("unused", rollout_cache="prefix")  # the reference decoder has no cache
+    with pytest.raises(ConfigError, match="rollout_decoder must be one of"):
+        loop_config("unused", rollout_decoder="fast")

@@ -253,12 +253,15 @@ def save_checkpoint(
     keep: int,
     optimizer_state: dict[str, Any] | None = None,
     family: str = "dream",
+    generation: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint-{step}`` atomically (staging directory, then ``os.replace``), update ``latest``
     and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to.
 
     ``model`` must hold plain (unsharded) tensors; ``optimizer_state`` (the full, parameter-name keyed
-    state from ``get_optimizer_state_dict``) goes to ``optimizer.pt`` so only rank 0 ever reads it."""
+    state from ``get_optimizer_state_dict``) goes to ``optimizer.pt`` so only rank 0 ever reads it.
+    ``generation``: the generation_config.json to carry (a fine-tuned policy keeps its parent's sampler and
+    decoder recommendation)."""
     from unmask.checkpoint import save_model
 
     name = f"checkpoint-{trainer_state['step']:07d}"
@@ -266,7 +269,7 @@ def save_checkpoint(
     staging = run_dir / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_model(model, staging, tokenizer=tokenizer, family=family)
+        save_model(model, staging, tokenizer=tokenizer, family=family, generation=generation or None)
         if optimizer_state is not None:
             torch.save(optimizer_state, staging / OPTIMIZER_FILE)
         torch.save(trainer_state, staging / "trainer_state.pt")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unmask.config import ALGS, DecodeConfig, Settings, check_choices, check_device, check_ints, check_numbers, doc
+from unmask.config import ALGS, CACHES, DECODERS, DecodeConfig, DecoderConfig, Settings, check_choices, check_device, check_ints, check_numbers, doc
 from unmask.errors import ConfigError
 from unmask.rl.rewards import get_reward
 
@@ -65,6 +65,15 @@ class RLConfig(Settings):
     top_p: float | None = field(default=0.95, metadata=doc("rollout nucleus filter"))
     alg: str = field(default="entropy", metadata=doc("rollout unmasking order", choices=ALGS))
     alg_temp: float = field(default=0.0, metadata=doc("rollout order randomness"))
+    rollout_decoder: str = field(default="reference", metadata=doc(
+        "decoder of the rollouts: reference (Dream, the paper's) | blocks | parallel; the estimators always "
+        "score the full canvas", choices=DECODERS))
+    rollout_block_length: int = field(default=8, metadata=doc("rollouts: tokens per block (blocks, parallel)"))
+    rollout_threshold: float = field(default=0.9, metadata=doc("rollouts: parallel decoder's confidence threshold"))
+    rollout_cache: str = field(default="none", metadata=doc(
+        "rollouts: approximate KV cache none | prefix | dual (blocks, parallel)", choices=CACHES))
+    rollout_early_stop: bool = field(default=False, metadata=doc(
+        "rollouts: stop a canvas once its eos is committed and pad the rest (saves forwards)"))
     rewards: str = field(default="code,code_format", metadata=doc("comma-separated reward function names"))
     reward_weights: str = field(default="2.0,0.5", metadata=doc("comma-separated weights, one per reward"))
     timeout: float = field(default=5.0, metadata=doc("seconds per sandboxed test"))
@@ -84,7 +93,7 @@ class RLConfig(Settings):
 
     def __post_init__(self) -> None:
         check_ints(self, ("synthetic_tasks", "num_generations", "prompts_per_step", "max_steps", "mu",
-                          "max_new_tokens", "steps", "memory_mb", "pass_token_budget", "eval_samples", "save_every",
+                          "max_new_tokens", "steps", "rollout_block_length", "memory_mb", "pass_token_budget", "eval_samples", "save_every",
                           "keep_checkpoints", "log_every"))
         check_ints(self, ("ref_sync_every", "eval_every", "seed"), minimum=0)
         check_ints(self, ("stop_after_steps", "task_limit", "eval_limit"), optional=True)
@@ -103,6 +112,7 @@ class RLConfig(Settings):
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         check_device(self.device)
+        self.rollout_decoder_config()  # the decoder's own checks (a cache needs blocks or parallel, ...)
         weights = self.reward_weight_map()  # validates names, counts and numbers
         for name in weights:
             try:
@@ -128,3 +138,8 @@ class RLConfig(Settings):
         return DecodeConfig(max_new_tokens=self.max_new_tokens, steps=self.steps, temperature=self.temperature,
                             top_p=self.top_p, alg=self.alg, alg_temp=self.alg_temp)
 
+
+    def rollout_decoder_config(self) -> DecoderConfig:
+        return DecoderConfig(decoder=self.rollout_decoder, block_length=self.rollout_block_length,
+                             threshold=self.rollout_threshold, cache=self.rollout_cache,
+                             early_stop=self.rollout_early_stop)

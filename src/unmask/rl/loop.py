@@ -2,7 +2,8 @@
 
 One plain loop (``rl``). Each step draws ``prompts_per_step`` tasks; for each, ``num_generations``
 completions are sampled with the reference diffusion sampler (``unmask.decoding.dispatch.decode``;
-DiffuCoder's rollout defaults: temperature 1.2, 256 tokens, 256 steps, entropy order), scored by the
+DiffuCoder's rollout defaults: temperature 1.2, 256 tokens, 256 steps, entropy order; ``--rollout-decoder``
+picks a fast decoder instead, as Dream-Coder's RL does), scored by the
 reward registry (``unmask.rl.rewards``; sandboxed tests), turned into group advantages and used for ``mu``
 PPO-clipped updates whose per-token log-probs come from masked forward passes (``--estimator``: coupled,
 decoupled or diffu-grpo; ``unmask.rl.grpo``). Every pass plan is drawn from per-row generators seeded by
@@ -129,7 +130,6 @@ def _completion_mask(generated: torch.Tensor, stop_ids: Sequence[int]) -> torch.
 def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """G completions of one task: (prompt ids (P,), generated (G, L), completion mask (G, L), texts)."""
-    from unmask.config import DecoderConfig
     from unmask.decoding.dispatch import decode
     from unmask.evaluate import clean_completion, program_mode, prompt_text
 
@@ -139,7 +139,8 @@ def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
     prompt = torch.tensor(ids, dtype=torch.long, device=model.device)
     batch = prompt[None, :].expand(cfg.num_generations, -1).contiguous()  # (G, P)
     generator = torch.Generator(device=model.device).manual_seed(mask_seed(step, slot, 0, _ROLLOUT_PASS, cfg.seed))
-    out = decode(model, batch, None, config=cfg.decode_config(), decoder=DecoderConfig(), generator=generator)
+    out = decode(model, batch, None, config=cfg.decode_config(), decoder=cfg.rollout_decoder_config(),
+                 generator=generator)
     generated = out.generated.clone()  # (G, L); a normal tensor (generate runs in inference mode)
     mode = program_mode(task, cfg.chat)
     texts = [clean_completion(tokenizer.decode(row), mode) for row in generated.tolist()]
@@ -336,6 +337,7 @@ class _Run:
     sampler: Any  # unmask.training_data.EpochSampler over the tasks
     mask_id: int
     start: int  # the step the run starts from: 0, or the resumed checkpoint's
+    generation: dict[str, Any]  # the initial policy's generation_config.json, carried by every checkpoint
 
 
 @dataclass
@@ -398,6 +400,7 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
 
 def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     """Everything before the first step: checks, the policy on its device, optimiser, reference, resume."""
+    from unmask.checkpoint import read_generation_config
     from unmask.training_data import EpochSampler
 
     rank, world = runs.distributed()
@@ -406,13 +409,14 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
                           f"processes ({world})")
     run_dir = Path(cfg.run_dir)
     resume_from = runs.resume_point(run_dir, cfg.resume)
+    source = resume_from or cfg.model
     if model is None or tokenizer is None:
         import unmask
 
-        source = resume_from or cfg.model
         if source is None:
             raise ConfigError("give the initial policy: unmask rl MODEL (or --model MODEL)")
         model, tokenizer = unmask.load(source, dtype="float32")
+    generation = read_generation_config(source) if source is not None else {}
     if model.config.mask_token_id is None:
         raise ConfigError("the model config has no mask_token_id; a diffusion model needs one")
     mask_id = int(model.config.mask_token_id)
@@ -435,7 +439,7 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
         runs.start_run_dir(run_dir, "rl_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
                       logs=("metrics.jsonl",))
     return _Run(cfg, rank, world, run_dir, model, wrapped, reference, tokenizer, tasks, weights, device, optimizer,
-                sampler, mask_id, step)
+                sampler, mask_id, step, generation)
 
 
 def _resume(checkpoint: Path, model, optimizer: torch.optim.Optimizer, sampler,
@@ -523,6 +527,7 @@ def _save(run: _Run, step: int) -> None:
             "reference": None if run.reference is None else run.reference.state_dict(),
             "config": run.cfg.to_dict(),
         }
-        runs.save_checkpoint(run.run_dir, run.model, run.tokenizer, trainer_state, run.cfg.keep_checkpoints)
+        runs.save_checkpoint(run.run_dir, run.model, run.tokenizer, trainer_state, run.cfg.keep_checkpoints,
+                             generation=run.generation)
     if run.world > 1:
         dist.barrier()
