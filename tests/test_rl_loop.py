@@ -17,7 +17,7 @@ from unmask.rl.grpo import group_advantages
 from unmask.rl.loop import (
     RLConfig,
     RolloutBatch,
-    _assemble,
+    assemble_rollouts,
     _completion_mask,
     policy_update,
     rl,
@@ -126,7 +126,7 @@ def test_assembled_generated_region_ignores_stops_and_missing_rewards() -> None:
     generated = [torch.tensor([[5, 0, 6], [5, 6, 4]]), torch.tensor([[0, 1, 2], [3, 4, 0]])]
     completion = [_completion_mask(g, [0]) for g in generated]
     completion[1][1] = False  # a missing reward: nothing scored
-    ids, attn, prompt, gen_mask, comp = _assemble(prompts, generated, completion, pad_id=99)
+    ids, attn, prompt, gen_mask, comp = assemble_rollouts(prompts, generated, completion, pad_id=99)
     # By hand: the generated region is the last 3 columns of every row, stops and rewards notwithstanding.
     assert ids.tolist() == [[7, 8, 9, 5, 0, 6], [7, 8, 9, 5, 6, 4], [99, 99, 7, 0, 1, 2], [99, 99, 7, 3, 4, 0]]
     assert gen_mask.tolist() == [[False] * 3 + [True] * 3] * 4

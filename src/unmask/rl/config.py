@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unmask.config import ALGS, CACHES, DECODERS, DecodeConfig, DecoderConfig, Settings, check_choices, check_device, check_ints, check_numbers, doc
+from unmask.config import (
+    ALGS,
+    CACHES,
+    DECODERS,
+    DecodeConfig,
+    DecoderConfig,
+    Settings,
+    check_choices,
+    check_device,
+    check_ints,
+    check_numbers,
+    doc,
+)
 from unmask.errors import ConfigError
 from unmask.rl.rewards import get_reward
 
@@ -93,8 +105,8 @@ class RLConfig(Settings):
 
     def __post_init__(self) -> None:
         check_ints(self, ("synthetic_tasks", "num_generations", "prompts_per_step", "max_steps", "mu",
-                          "max_new_tokens", "steps", "rollout_block_length", "memory_mb", "pass_token_budget", "eval_samples", "save_every",
-                          "keep_checkpoints", "log_every"))
+                          "max_new_tokens", "steps", "rollout_block_length", "memory_mb", "pass_token_budget",
+                          "eval_samples", "save_every", "keep_checkpoints", "log_every"))
         check_ints(self, ("ref_sync_every", "eval_every", "seed"), minimum=0)
         check_ints(self, ("stop_after_steps", "task_limit", "eval_limit"), optional=True)
         if self.num_generations < 2:

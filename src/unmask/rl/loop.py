@@ -147,7 +147,7 @@ def rollout(model, tokenizer, task: Task, *, cfg: RLConfig, step: int, slot: int
     return prompt, generated, _completion_mask(generated, tokenizer.special.stop_ids()), texts
 
 
-def _assemble(prompts: list[torch.Tensor], generated: list[torch.Tensor], completion: list[torch.Tensor],
+def assemble_rollouts(prompts: list[torch.Tensor], generated: list[torch.Tensor], completion: list[torch.Tensor],
               pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-pad the (prompt + generated) rows of every group to one length T: ids, attention, prompt, generated
     and completion masks, each (R, T)."""
@@ -485,7 +485,7 @@ def _collect_rollouts(run: _Run, step: int) -> _Rollouts:
 
 
 def _rollout_batch(run: _Run, rollouts: _Rollouts) -> RolloutBatch:
-    ids, attn, prompt_mask, gen_mask, comp_mask = _assemble(rollouts.prompts, rollouts.generated,
+    ids, attn, prompt_mask, gen_mask, comp_mask = assemble_rollouts(rollouts.prompts, rollouts.generated,
                                                             rollouts.completion, run.tokenizer.special.pad)
     return RolloutBatch(ids, attn, prompt_mask, gen_mask, comp_mask, torch.cat(rollouts.advantages).to(run.device),
                         torch.cat(rollouts.seeds))
