@@ -22,14 +22,15 @@ from conftest import MASK_ID, make_model
 from unmask.checkpoint import load_model, read_generation_config, save_model
 from unmask.config import DecodeConfig, DecoderConfig
 from unmask.decoding.dispatch import decode
+from unmask.hf import REMOTE_CODE_FILES
+
+transformers = pytest.importorskip("transformers")
 
 
 def generate(model, input_ids, attention_mask=None, **params):
     """unmask's reference sampler (Dream's), whatever decoder the model's generation_config recommends."""
     return decode(model, input_ids, attention_mask, decoder=DecoderConfig(), **params)
-from unmask.hf import REMOTE_CODE_FILES
 
-transformers = pytest.importorskip("transformers")
 
 TRANSFORMERS_5 = int(transformers.__version__.split(".")[0]) >= 5
 IDS = torch.randint(1, 120, (3, 10), generator=torch.Generator().manual_seed(0))

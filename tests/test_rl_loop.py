@@ -17,8 +17,8 @@ from unmask.rl.grpo import group_advantages
 from unmask.rl.loop import (
     RLConfig,
     RolloutBatch,
-    assemble_rollouts,
     _completion_mask,
+    assemble_rollouts,
     policy_update,
     rl,
     sync_reference,
