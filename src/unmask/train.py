@@ -67,7 +67,8 @@ from unmask.runs import OPTIMIZER_FILE, lr_factor
 from unmask.train_config import DISTRIBUTED, NORMALIZERS, OBJECTIVES, STAGES, T_METHODS, TrainConfig  # noqa: F401
 from unmask.training_data import EpochSampler, TokenRows, val_batches
 
-__all__ = ["Batch", "TrainConfig", "TrainData", "TrainResult", "lr_factor", "make_batch", "prepare", "train"]
+__all__ = ["Batch", "TrainConfig", "TrainData", "TrainResult", "fsdp_shard", "lr_factor", "make_batch", "prepare",
+           "train"]
 
 
 @dataclass(frozen=True)
@@ -570,16 +571,22 @@ def _sample_record(step: int, prompt: list[int], completion: list[int], tokenize
 
 
 def _wrap(model: DreamModel, cfg: TrainConfig, world: int, device: torch.device) -> torch.nn.Module:
-    """DDP or FSDP2 around ``model`` when running with several processes; the model itself otherwise.
-
-    FSDP2 (``fully_shard``) shards each decoder layer, then the root (embeddings, final norm, lm_head); on
-    CUDA parameters are all-gathered in bf16 and gradients reduced in fp32."""
+    """DDP or FSDP2 (``fsdp_shard``) around ``model`` when running with several processes; the model itself
+    otherwise."""
     if world == 1:
         return model
     if cfg.distributed == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return fsdp_shard(model, world, device)
+
+
+def fsdp_shard(model: DreamModel, world: int, device: torch.device) -> DreamModel:
+    """FSDP2 in place over a process group of ``world`` ranks: ``fully_shard`` each decoder layer, then the root
+    (embeddings, final norm, lm_head); on CUDA parameters are all-gathered in bf16 and gradients reduced in fp32.
+    Build the optimiser afterwards, so that it holds the sharded parameters. (``bench/gpu_check.py`` shards over
+    a group of one.)"""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
