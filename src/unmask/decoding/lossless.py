@@ -29,7 +29,7 @@ import torch
 from unmask.config import DecodeConfig
 from unmask.decoding.canvas import check_canvas
 from unmask.decoding.reference import dream_timesteps, reference_step, reveal_counts
-from unmask.decoding.steps import DecodeStep
+from unmask.decoding.steps import DecodeStep, commit_logprobs
 from unmask.diffusion import shift_logits
 from unmask.model import padding_attention_mask, positions_from_mask
 
@@ -74,8 +74,9 @@ def skip_step(masked: torch.Tensor, step: int, timesteps: torch.Tensor, config: 
 @torch.inference_mode()
 def lossless_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                     config: DecodeConfig, mask_token_id: int, generator: torch.Generator | None = None,
-                    draft: int = 4, stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
-    """Same events (canvas, committed, confidence per step) as ``reference.denoise_stream``, fewer forwards."""
+                    draft: int = 4, stop_ids: tuple[int, ...] = (), logprobs: int | None = None
+                    ) -> Iterator[DecodeStep]:
+    """Same events (canvas, committed, confidence, ``logprobs``) as ``reference.denoise_stream``, fewer forwards."""
     check_canvas(canvas, attention_mask)
     if draft <= 0:
         raise ValueError(f"draft must be a positive integer, got {draft}")
@@ -130,4 +131,5 @@ def lossless_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | 
         stale = logits
         committed, conf = reference_step(logits, x, masked, step, timesteps, config, generator, mask_token_id,
                                          stop_ids)
-        yield DecodeStep(step, x, committed, conf, forwards=forwards, canvases=canvases)
+        scores = None if logprobs is None else commit_logprobs(logits, committed, x, config, mask_token_id, logprobs)
+        yield DecodeStep(step, x, committed, conf, forwards=forwards, canvases=canvases, logprobs=scores)
