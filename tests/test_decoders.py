@@ -71,6 +71,33 @@ def test_lossless_equals_the_reference_token_for_token(alg, temperature, alg_tem
         assert trace_tuples(fast) == trace_tuples(ref)  # the same commits at the same steps
 
 
+def test_lossless_rows_on_their_own_clocks_report_the_references_steps_and_logprobs():
+    # greedy and batched with left padding: each row advances on its own clock, yet every step event (canvas,
+    # commits, log-probs at commit) is the reference's, and the rounds need fewer sequential forwards
+    from unmask.decoding.dispatch import decode_stream
+
+    model = make_model(11, sharpen=8.0)
+    ids, mask = padded(PROMPTS)
+    canvas = torch.cat([ids, torch.full((3, 12), MASK_ID)], dim=1)
+    attention = torch.cat([mask, torch.ones(3, 12, dtype=mask.dtype)], dim=1)
+    config = DecodeConfig(max_new_tokens=12, steps=12, alg="entropy", temperature=0.0)
+
+    def events(decoder):
+        stream = decode_stream(model, canvas, attention, config=config, decoder=decoder, region_start=5,
+                               mask_token_id=MASK_ID, logprobs=2)
+        return [(e.canvas.clone(), e.committed.clone(), e.logprobs, e.forwards) for e in stream]
+
+    ref, fast = events(DecoderConfig()), events(DecoderConfig(lossless=True, draft=4))
+    assert len(ref) == len(fast) == 12
+    for (c_ref, k_ref, lp_ref, _), (c_fast, k_fast, lp_fast, _) in zip(ref, fast):
+        assert torch.equal(c_ref, c_fast) and torch.equal(k_ref, k_fast)
+        if bool(k_ref.any()):
+            assert lp_fast.rows.tolist() == lp_ref.rows.tolist() and lp_fast.cols.tolist() == lp_ref.cols.tolist()
+            torch.testing.assert_close(lp_fast.chosen, lp_ref.chosen)
+            assert torch.equal(lp_fast.top_ids, lp_ref.top_ids)
+    assert sum(f for *_, f in fast) < sum(f for *_, f in ref)
+
+
 def test_lossless_saves_forwards_where_steps_commit_nothing(peaked):
     # 24 steps for 8 tokens at temperature 0: int(m (1 - s/t)) is 0 at most steps, and those need no forward
     with Recorder(peaked) as rec:

@@ -1,4 +1,5 @@
-"""The live server on loopback: the official openai client, streaming, limits, cancellation, infill, playground.
+"""The live server on loopback: the official openai client, streaming, limits, cancellation, infill, playground,
+and OpenAI parity (every request field honoured or refused with a 400 that names it).
 
 One uvicorn server runs in a thread for the whole module on a free 127.0.0.1 port, serving a `test`-preset
 model made by ``unmask init``. A forward pre-hook can slow the model down (``slow``) so requests overlap.
@@ -7,6 +8,7 @@ model made by ``unmask init``. A forward pre-hook can slow the model down (``slo
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -19,6 +21,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
+pytest.importorskip("prometheus_client")
 
 import torch  # noqa: E402
 import uvicorn  # noqa: E402
@@ -384,3 +387,229 @@ def test_playground_renders_a_finished_generation_in_headless_chromium(server, t
     pixels = imread(str(shot))[..., :3]  # (H, W, 3) floats in [0, 1]
     saturated = (pixels.max(-1) - pixels.min(-1)) > 0.1  # token colours; the page chrome is grey/white
     assert saturated.sum() > 500
+
+
+# -- OpenAI parity: every field honoured or refused -----------------------------------------------------------
+
+
+def post(server, path, body):
+    return httpx.post(server.url + path, json=body, timeout=60)
+
+
+def returned_count(tokenizer, ids, text):
+    """Independently: the fewest leading ids whose decoded text starts with ``text``."""
+    for n in range(len(ids) + 1):
+        if tokenizer.decode(ids[:n], cut=False).startswith(text):
+            return n
+    raise AssertionError("the text is not a prefix of the ids' text")
+
+
+def test_max_completion_tokens_bounds_the_tokens_and_the_forwards(server, client):
+    before = server.forwards
+    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                         max_completion_tokens=4, temperature=0)
+    ext = out.choices[0].model_extra["unmask"]
+    assert out.usage.completion_tokens <= 4 and ext["forward_passes"] <= 4
+    assert server.forwards - before <= 4  # 4 masks, one step each (the old server ran 64 for this request)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                       max_completion_tokens=4, max_tokens=5)
+    assert err.value.body["param"] == "max_completion_tokens"
+
+
+def test_chat_logprobs_are_the_softmax_of_the_committing_forward(server, client):
+    """steps=1 at temperature 0: every token is committed by one forward of prompt + masks, so each logprob is
+    log softmax of that forward (recomputed here, without the server) at its position, and heads its top list."""
+    messages = [{"role": "user", "content": "print"}]
+    out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0, logprobs=True,
+                                         top_logprobs=3, extra_body={"steps": 1})
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens
+    assert b"".join(bytes(t.bytes) for t in content).decode(errors="replace") == out.choices[0].message.content
+    tok = server.tokenizer
+    prompt = tok.encode(tok.apply_chat_template(messages))
+    with torch.no_grad():
+        logits = server.model(torch.tensor([prompt + [tok.special.mask] * 6]))[0].double()  # (T, V)
+    logits[:, tok.special.mask] = float("-inf")  # the sampler never draws the mask
+    logp = torch.log_softmax(logits, -1)
+    for k, entry in enumerate(content):
+        row = logp[len(prompt) + k - 1]  # output j - 1 predicts token j
+        assert entry.logprob <= 0 and entry.logprob == pytest.approx(row.max().item(), abs=1e-4)
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert tops == pytest.approx(torch.topk(row, 3).values.tolist(), abs=1e-4)
+        assert entry.top_logprobs[0].token == entry.token and sum(math.exp(t) for t in tops) <= 1 + 1e-6
+
+
+def test_completion_logprobs_in_the_legacy_shape(server, client):
+    out = client.completions.create(model="tiny", prompt="import os", max_tokens=8, temperature=0.7, seed=3,
+                                    logprobs=2, extra_body={"steps": 4})
+    lp = out.choices[0].logprobs
+    n = out.usage.completion_tokens
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == n
+    assert all(v <= 0 for v in lp.token_logprobs)
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert token in top and top[token] == value and len(top) <= 3  # the 2 likeliest, plus the sampled one
+        assert sum(math.exp(v) for v in top.values()) <= 1 + 1e-6
+    assert lp.text_offset == sorted(lp.text_offset) and (not n or lp.text_offset[0] == 0)
+    streamed = [c for c in client.completions.create(model="tiny", prompt="import os", max_tokens=8, temperature=0.7,
+                                                     seed=3, logprobs=2, stream=True, extra_body={"steps": 4})]
+    assert streamed[-1].choices[0].logprobs.token_logprobs == lp.token_logprobs  # a stream's come at its end
+
+
+def test_usage_counts_the_tokens_returned_after_a_stop_sequence(server):
+    body = {"prompt": "def f(x):", "max_tokens": 24, "temperature": 0, "steps": 24}
+    full = post(server, "/v1/completions", body).json()["choices"][0]["text"]
+    ids = server.tokenizer.encode("def f(x):")
+    region = unmask.generate(server.model, torch.tensor([ids]), max_new_tokens=24, steps=24,
+                             temperature=0.0).generated[0].tolist()
+    assert server.tokenizer.decode(region, cut=True) == full
+    stop = next(full[k:k + 2] for k in range(len(full) // 2, len(full) - 1) if full.find(full[k:k + 2]) > 0)
+    out = post(server, "/v1/completions", {**body, "stop": stop}).json()
+    text = out["choices"][0]["text"]
+    assert text == full[:full.find(stop)] and out["choices"][0]["finish_reason"] == "stop"
+    assert out["usage"]["completion_tokens"] == returned_count(server.tokenizer, region, text) < 24
+
+
+def test_stream_options_include_usage_sends_a_last_usage_chunk(client):
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "go"}], max_tokens=6, temperature=0)
+    whole = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[:-1]) == whole.choices[0].message.content
+
+
+def test_prompt_batches_and_token_ids_give_one_choice_per_prompt_and_n(server, client):
+    kw = dict(model="tiny", max_tokens=5, temperature=1.0, seed=11, n=2, extra_body={"steps": 5})
+    prompts = ["def a(", "x = ["]
+    batch = client.completions.create(prompt=prompts, **kw)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]  # prompt by prompt, n each (OpenAI's order)
+    alone = [client.completions.create(prompt=p, **kw) for p in prompts]
+    assert [c.text for c in batch.choices] == [c.text for out in alone for c in out.choices]
+    assert batch.usage.prompt_tokens == sum(out.usage.prompt_tokens for out in alone)
+    ids = [server.tokenizer.encode(p) for p in prompts]
+    assert [c.text for c in client.completions.create(prompt=ids, **kw).choices] == [c.text for c in batch.choices]
+    one = client.completions.create(prompt=ids[1], **kw)
+    assert [c.text for c in one.choices] == [c.text for c in alone[1].choices]
+
+
+def test_chat_content_as_text_parts_equals_the_string(client):
+    kw = dict(model="tiny", max_tokens=6, temperature=0)
+    parts = [{"type": "text", "text": "write "}, {"type": "text", "text": "a loop"}]
+    as_parts = client.chat.completions.create(messages=[{"role": "user", "content": parts}], **kw)
+    as_text = client.chat.completions.create(messages=[{"role": "user", "content": "write a loop"}], **kw)
+    assert as_parts.choices[0].message.content == as_text.choices[0].message.content
+    assert as_parts.usage.prompt_tokens == as_text.usage.prompt_tokens
+
+
+def test_suffix_makes_the_completion_an_infilled_middle(server, client):
+    prefix, suffix = "def f(x):\n    y = ", "\n    return y\n"
+    out = client.completions.create(model="tiny", prompt=prefix, suffix=suffix, max_tokens=5, temperature=0)
+    infill = post(server, "/v1/infill", {"prefix": prefix, "suffix": suffix, "max_tokens": 5, "temperature": 0})
+    middle = infill.json()["choices"][0]["text"]
+    text = out.choices[0].text
+    assert middle.startswith(text) and out.choices[0].model_extra["unmask"]["filled"] == [middle]
+    assert server.tokenizer.decode(infill.json()["choices"][0]["middle_ids"], cut=True) == text
+    tok = server.tokenizer
+    assert out.usage.prompt_tokens == len(tok.encode(prefix)) + len(tok.encode(suffix))  # the middle is no prompt
+
+
+def test_model_by_id_and_unknown_models_are_404(server, client):
+    assert client.models.retrieve("tiny").id == "tiny"
+    for resp in (httpx.get(server.url + "/v1/models/gpt-4"),
+                 post(server, "/v1/completions", {"model": "gpt-4", "prompt": "x", "max_tokens": 2}),
+                 post(server, "/v1/chat/completions", {**CHAT, "model": "gpt-4"})):
+        assert resp.status_code == 404
+        error = resp.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model" and error["type"]
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+
+
+def test_tokenize_version_and_metrics(server, client):
+    tok = server.tokenizer
+    resp = post(server, "/tokenize", {"prompt": "def f(x):"}).json()
+    assert resp["tokens"] == tok.encode("def f(x):") and resp["count"] == len(resp["tokens"])
+    messages = [{"role": "user", "content": "hi"}]
+    chat = post(server, "/tokenize", {"messages": messages}).json()
+    assert chat["count"] == client.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
+                                                           temperature=0).usage.prompt_tokens
+    assert httpx.get(server.url + "/version").json()["version"] == unmask.__version__
+
+    def scrape():
+        text = httpx.get(server.url + "/metrics").text
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    before = scrape()
+    out = post(server, "/v1/completions", {"prompt": "x", "max_tokens": 3, "steps": 3, "temperature": 0}).json()
+    after = scrape()
+    key = 'unmask_requests_total{route="/v1/completions",status="200"}'
+    assert after[key] == before.get(key, 0) + 1
+    assert after["unmask_forward_passes_total"] - before["unmask_forward_passes_total"] == (
+        out["choices"][0]["unmask"]["forward_passes"])
+    assert after["unmask_generated_tokens_total"] - before["unmask_generated_tokens_total"] == 3
+    assert after['unmask_request_latency_seconds_count{route="/v1/completions"}'] >= 1
+    assert "unmask_queue_depth" in after and "unmask_active_requests" in after
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "steps": 2}
+COMPLETION = {"prompt": "x", "max_tokens": 2, "steps": 2}
+REFUSED = [  # (path, extra fields, the field the 400 names)
+    ("/v1/chat/completions", {"presence_penalty": 0.5}, "presence_penalty"),
+    ("/v1/completions", {"frequency_penalty": -1.0}, "frequency_penalty"),
+    ("/v1/chat/completions", {"logit_bias": {"5": 10}}, "logit_bias"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ("/v1/chat/completions", {"tool_choice": "required"}, "tool_choice"),
+    ("/v1/chat/completions", {"functions": [{"name": "f"}]}, "functions"),
+    ("/v1/chat/completions", {"store": True}, "store"),
+    ("/v1/chat/completions", {"reasoning_effort": "high"}, "reasoning_effort"),
+    ("/v1/chat/completions", {"modalities": ["text", "audio"]}, "modalities"),
+    ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
+    ("/v1/chat/completions", {"stream_options": {"include_usage": True}}, "stream_options"),
+    ("/v1/chat/completions", {"max_completion_tokens": 3}, "max_completion_tokens"),  # differs from max_tokens 2
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content[1].type"),
+    ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "1", "tool_call_id": "c"}]},
+     "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a", "name": "bob"}]}, "messages[0].name"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a", "mood": "happy"}]},
+     "messages[0].mood"),  # unknown, nested
+    ("/v1/chat/completions", {"guided_json": {}}, "guided_json"),  # unknown
+    ("/v1/completions", {"max_completion_tokens": 2}, "max_completion_tokens"),  # a chat field: unknown here
+    ("/v1/completions", {"best_of": 3}, "best_of"),
+    ("/v1/completions", {"echo": True, "logprobs": 1}, "echo"),
+    ("/v1/completions", {"prompt": [5, 100000]}, "prompt"),  # a token id outside the vocabulary
+    ("/v1/infill", {"prefix": "a", "frequency_penalty": 0}, "frequency_penalty"),  # infill has no such field
+]
+
+
+@pytest.mark.parametrize("path, extra, param", REFUSED, ids=[r[2] for r in REFUSED])
+def test_each_unsupported_field_is_a_400_that_names_it(server, path, extra, param):
+    base = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETION, "/v1/infill": {"prefix": "a"}}[path]
+    resp = post(server, path, {**base, **extra})
+    assert resp.status_code == 400, resp.text[:300]
+    error = resp.json()["error"]
+    assert error["param"] == param and param.split(".")[0].split("[")[0] in error["message"]
+    assert error["type"] == "invalid_request_error" and "code" in error
+
+
+def test_a_penalty_message_says_why_and_the_openai_client_sees_it(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       presence_penalty=0.5)
+    assert "presence_penalty is not supported by a diffusion sampler" in err.value.body["message"]
+
+
+def test_neutral_values_of_unsupported_fields_are_accepted(server):
+    neutral = {"presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "user": "u-1", "seed": 1,
+               "response_format": {"type": "text"}, "tools": [], "tool_choice": "none", "store": False,
+               "parallel_tool_calls": False, "metadata": {"k": "v"}, "service_tier": "auto", "modalities": ["text"],
+               "messages": [{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]}
+    assert post(server, "/v1/chat/completions", {**CHAT, **neutral}).status_code == 200
+    legacy = {"presence_penalty": 0, "logit_bias": {}, "user": "u-1", "best_of": 1, "suffix": ""}
+    assert post(server, "/v1/completions", {**COMPLETION, **legacy}).status_code == 200

@@ -1,7 +1,9 @@
-"""Server pieces without HTTP: the placeholder parser, append-only streaming text, the batching scheduler."""
+"""Server pieces without HTTP: the placeholder parser, append-only streaming text, the batching scheduler, log-probs
+at commit (the decoders' hook) and the field checks."""
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 
@@ -13,10 +15,11 @@ from hypothesis import strategies as st
 from margins import MARGIN, decode_with_margin
 
 from unmask.config import DecodeConfig, DecoderConfig
-from unmask.decoding.dispatch import decode
+from unmask.decoding.dispatch import decode, decode_stream
 from unmask.editing.placeholders import parse_placeholders
 from unmask.errors import ConfigError
 from unmask.serve.config import ServeConfig
+from unmask.serve.logprobs import returned_tokens, text_offsets
 from unmask.serve.scheduler import DoneEvent, Job, Scheduler, StepEvent
 from unmask.serve.text import TextStreamer, cut_at_stop_text, settled_text
 
@@ -210,3 +213,76 @@ def test_serve_config_validates():
         ServeConfig(max_batch=0)
     with pytest.raises(ConfigError, match="port"):
         ServeConfig(port=70000)
+
+
+# -- log-probs at commit (the decoders' hook and the server's shapes) ---------------------------------------
+
+DECODERS = [DecoderConfig(), DecoderConfig(lossless=True), DecoderConfig(decoder="blocks", block_length=4),
+            DecoderConfig(decoder="parallel", block_length=4, threshold=0.5)]
+
+
+def stream_steps(model, canvas, config, decoder, logprobs):
+    """Every step of a decode: (committed (B, T), canvas after it, its CommitLogprobs), copied out of the stream."""
+    stream = decode_stream(model, canvas, None, config=config, decoder=decoder, region_start=3,
+                           mask_token_id=MASK_ID, generator=torch.Generator().manual_seed(7), logprobs=logprobs)
+    return [(e.committed.clone(), e.canvas.clone(), e.logprobs) for e in stream]
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=["reference", "lossless", "blocks", "parallel"])
+def test_asking_for_logprobs_changes_no_token_when_sampling(decoder):
+    model = make_model(2, sharpen=3.0)
+    canvas = torch.tensor([[5, 9, 14] + [MASK_ID] * 8])
+    config = DecodeConfig(max_new_tokens=8, steps=8, temperature=0.8, top_p=0.95, alg="maskgit_plus")
+    plain = stream_steps(model, canvas, config, decoder, None)
+    scored = stream_steps(model, canvas, config, decoder, 3)
+    assert [c.tolist() for _, c, _ in plain] == [c.tolist() for _, c, _ in scored]
+    assert all(lp is None for *_, lp in plain)
+    for committed, _, lp in scored:
+        rows, cols = committed.nonzero(as_tuple=True)
+        assert lp.rows.tolist() == rows.tolist() and lp.cols.tolist() == cols.tolist()
+        assert bool((lp.chosen <= 0).all()) and lp.top_ids.shape == (len(rows), 3)
+        assert bool((lp.top[:, :-1] >= lp.top[:, 1:]).all())  # most likely first
+        # the committed token was drawn from the distribution, so it has a real probability, at most the best
+        assert bool((lp.chosen > -1e30).all()) and bool((lp.chosen <= lp.top[:, 0] + 1e-6).all())
+        assert bool((lp.top.exp().sum(-1) <= 1 + 1e-5).all())
+
+
+def test_greedy_logprob_is_the_softmax_of_the_first_committing_forward():
+    """Independent check: at temperature 0 the first step that commits anything sees the untouched canvas, so a
+    committed token's log-prob is log softmax (without the mask token) of one plain forward, at its position."""
+    model = make_model(3, sharpen=5.0)
+    canvas = torch.tensor([[5, 9, 14] + [MASK_ID] * 6])
+    config = DecodeConfig(max_new_tokens=6, steps=3, temperature=0.0, alg="entropy")
+    steps = stream_steps(model, canvas, config, DecoderConfig(), 4)
+    committed, after, lp = next(s for s in steps if bool(s[0].any()))
+    with torch.no_grad():
+        logits = model(canvas)[0].double()  # (T, V); output j - 1 predicts token j (the shift)
+    logits[:, MASK_ID] = float("-inf")
+    for k, col in enumerate(lp.cols.tolist()):
+        probs = torch.softmax(logits[col - 1], -1)
+        token = int(after[0, col])
+        assert token == int(probs.argmax())  # greedy: the committed token is the most likely one …
+        assert lp.chosen[k].item() == pytest.approx(math.log(probs[token].item()), abs=1e-4)
+        assert lp.top_ids[k, 0].item() == token  # … so it heads its own top list
+        expected = torch.topk(probs, 4).values.log()
+        assert lp.top[k].tolist() == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_returned_tokens_cover_exactly_the_text(tokenizer):
+    ids = tokenizer.encode("def héllo(): return 1")
+    decode = lambda i: tokenizer.decode(i, cut=False)  # noqa: E731
+    for cut in range(len(decode(ids)) + 1):
+        text = decode(ids)[:cut]
+        n = returned_tokens(ids, text, decode)
+        assert decode(ids[:n]).startswith(text) and (n == 0 or not decode(ids[:n - 1]).startswith(text))
+
+
+def test_token_bytes_concatenate_to_the_text_and_offsets_count_characters(tokenizer):
+    text = "x = 'é✓'\n"
+    ids = tokenizer.encode(text)
+    pieces = tokenizer.token_bytes(ids)
+    assert b"".join(pieces) == text.encode()
+    offsets = text_offsets(pieces)
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    assert all(text.encode()[:sum(map(len, pieces[:k]))].decode(errors="ignore") == text[:offsets[k]]
+               for k in range(len(ids)))

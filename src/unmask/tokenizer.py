@@ -10,6 +10,7 @@ tokenizer's own added tokens and ``config.json``), never hard-coded: Dream/Diffu
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -85,6 +86,19 @@ class Tokenizer:
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         """One display string per id (for live canvases): each token decoded on its own."""
         return [self.backend.decode([int(i)], skip_special_tokens=False) for i in ids]
+
+    def token_bytes(self, ids: Sequence[int]) -> list[bytes]:
+        """The raw bytes of each token: a byte-level token may hold part of a UTF-8 character, which its decoded
+        text would show as U+FFFD. Tokens outside the byte-level alphabet (added tokens) give their text's bytes."""
+        table = _byte_values() if isinstance(self.backend.decoder, decoders.ByteLevel) else {}
+        out = []
+        for i in ids:
+            piece = self.backend.id_to_token(int(i)) or ""
+            if table and piece and all(c in table for c in piece):
+                out.append(bytes(table[c] for c in piece))
+            else:
+                out.append(self.backend.decode([int(i)], skip_special_tokens=False).encode())
+        return out
 
     def token_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
@@ -199,6 +213,18 @@ def load_tokenizer(directory: str | os.PathLike, model_config: dict | None = Non
         im_start=backend.token_to_id(IM_START), im_end=backend.token_to_id(IM_END),
         dlm_pad=backend.token_to_id(DLM_PAD))
     return Tokenizer(backend, special, tok_config.get("chat_template"))
+
+
+@functools.cache
+def _byte_values() -> dict[str, int]:
+    """Character → byte of a byte-level BPE vocabulary. The alphabet spells each byte with one printable
+    character: bytes 33–126, 161–172 and 174–255 are their own code point; the other 68 (controls, space, 127,
+    128–160, 173) take the code points 256, 257, … in byte order."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    table = {chr(b): b for b in printable}
+    others = [b for b in range(256) if b not in set(printable)]
+    table.update({chr(256 + k): b for k, b in enumerate(others)})
+    return table
 
 
 def _byte_level_pipeline(backend: HFTokenizer) -> HFTokenizer:

@@ -36,7 +36,7 @@ import torch
 from unmask.config import DecodeConfig, DecoderConfig
 from unmask.decoding.eos import demote_early_stops
 from unmask.decoding.sampling import gumbel_scores, sample_tokens
-from unmask.decoding.steps import DecodeStep
+from unmask.decoding.steps import DecodeStep, commit_logprobs
 from unmask.diffusion import shift_logits
 from unmask.model import KVCache
 
@@ -114,8 +114,9 @@ def select_topk_rows(conf: torch.Tensor, ks: list[int], alg_temp: float,
 def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
                  decoder: DecoderConfig, region_start: int, mask_token_id: int,
                  generator: torch.Generator | None = None, probe: LogitsProbe | None = None,
-                 stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
-    """Decode every mask of ``canvas`` (B, S) block by block, yielding after each step.
+                 stop_ids: tuple[int, ...] = (), logprobs: int | None = None) -> Iterator[DecodeStep]:
+    """Decode every mask of ``canvas`` (B, S) block by block, yielding after each step (with its commits'
+    log-probabilities and ``logprobs`` alternatives when that is given: ``steps.commit_logprobs``).
 
     Masks may be anywhere except column 0 (position 0 must be a real token, because of the shift).
     ``region_start`` is kept for callers that build prompt + masks canvases: it must be in [1, S). Pads
@@ -193,6 +194,8 @@ def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | Non
             committed[:, b0:b1] = pick
             confidences = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
             confidences[:, b0:b1] = torch.where(pick, scores, torch.zeros_like(scores))
-            yield DecodeStep(step, x, committed, confidences)
+            scores = (None if logprobs is None
+                      else commit_logprobs(logits, pick, x, config, mask_token_id, logprobs, offset=b0))
+            yield DecodeStep(step, x, committed, confidences, logprobs=scores)
             step += 1
             inner += 1

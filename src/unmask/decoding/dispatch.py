@@ -32,16 +32,17 @@ from unmask.errors import ConfigError
 def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
                   decoder: DecoderConfig, region_start: int, mask_token_id: int,
                   generator: torch.Generator | None = None, probe: LogitsProbe | None = None,
-                  stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
-    """The chosen decoder's stream of steps over a canvas whose masks start at ``region_start``."""
+                  stop_ids: tuple[int, ...] = (), logprobs: int | None = None) -> Iterator[DecodeStep]:
+    """The chosen decoder's stream of steps over a canvas whose masks start at ``region_start``; ``logprobs`` = k
+    adds each commit's log-probability and k alternatives to the steps (``DecodeStep.logprobs``)."""
+    common = dict(config=config, mask_token_id=mask_token_id, generator=generator, stop_ids=stop_ids,
+                  logprobs=logprobs)
     if decoder.decoder == "reference":
         if decoder.lossless:
-            return lossless_stream(model, canvas, attention_mask, config=config, mask_token_id=mask_token_id,
-                                   generator=generator, draft=decoder.draft, stop_ids=stop_ids)
-        return denoise_stream(model, canvas, attention_mask, config=config, mask_token_id=mask_token_id,
-                              generator=generator, stop_ids=stop_ids)
-    return block_stream(model, canvas, attention_mask, config=config, decoder=decoder, region_start=region_start,
-                        mask_token_id=mask_token_id, generator=generator, probe=probe, stop_ids=stop_ids)
+            return lossless_stream(model, canvas, attention_mask, draft=decoder.draft, **common)
+        return denoise_stream(model, canvas, attention_mask, **common)
+    return block_stream(model, canvas, attention_mask, decoder=decoder, region_start=region_start, probe=probe,
+                        **common)
 
 
 def _settings(model, config: DecodeConfig | None, decoder: DecoderConfig | None, params: dict

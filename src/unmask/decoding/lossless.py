@@ -38,7 +38,7 @@ import torch
 from unmask.config import DecodeConfig
 from unmask.decoding.canvas import check_canvas
 from unmask.decoding.reference import dream_timesteps, reference_step, reveal_counts
-from unmask.decoding.steps import DecodeStep
+from unmask.decoding.steps import CommitLogprobs, DecodeStep, commit_logprobs
 from unmask.diffusion import shift_logits
 from unmask.model import padding_attention_mask, positions_from_mask
 
@@ -122,8 +122,9 @@ def _chain_drafts(x: torch.Tensor, stale: torch.Tensor | None, step: int, timest
 @torch.inference_mode()
 def lossless_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                     config: DecodeConfig, mask_token_id: int, generator: torch.Generator | None = None,
-                    draft: int = 4, stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
-    """Same events (canvas, committed, confidence per step) as ``reference.denoise_stream``, fewer forwards."""
+                    draft: int = 4, stop_ids: tuple[int, ...] = (), logprobs: int | None = None
+                    ) -> Iterator[DecodeStep]:
+    """Same events (canvas, committed, confidence, ``logprobs``) as ``reference.denoise_stream``, fewer forwards."""
     check_canvas(canvas, attention_mask)
     if draft <= 0:
         raise ValueError(f"draft must be a positive integer, got {draft}")
@@ -131,7 +132,7 @@ def lossless_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | 
     real = None if attention_mask is None else attention_mask.to(model.device).bool()
     if rows_independent(config):
         yield from _own_clocks(model, x, real, config=config, mask_token_id=mask_token_id, draft=draft,
-                               stop_ids=stop_ids)
+                               stop_ids=stop_ids, logprobs=logprobs)
         return
     timesteps = dream_timesteps(config.steps, config.eps, x.device)
 
@@ -160,7 +161,8 @@ def lossless_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | 
         stale = logits
         committed, conf = reference_step(logits, x, masked, step, timesteps, config, generator, mask_token_id,
                                          stop_ids)
-        yield DecodeStep(step, x, committed, conf, forwards=forwards, canvases=canvases)
+        scores = None if logprobs is None else commit_logprobs(logits, committed, x, config, mask_token_id, logprobs)
+        yield DecodeStep(step, x, committed, conf, forwards=forwards, canvases=canvases, logprobs=scores)
 
 
 @dataclass
@@ -172,7 +174,7 @@ class _Row:
     step: int = 0  # the next reference step this row makes
     stale: torch.Tensor | None = None  # (1, T, V) exact logits of the row's latest real canvas
     known: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (canvas, its exact logits)
-    events: list[tuple[torch.Tensor, ...] | None] = field(default_factory=list)  # per step: canvas, committed, conf
+    events: list[tuple | None] = field(default_factory=list)  # per step: canvas, committed, conf, log-probs
 
     def masked_of(self, c: torch.Tensor, mask_token_id: int) -> torch.Tensor:
         m = c == mask_token_id
@@ -180,7 +182,7 @@ class _Row:
 
 
 def _advance(row: _Row, timesteps: torch.Tensor, config: DecodeConfig, mask_token_id: int,
-             stop_ids: tuple[int, ...]) -> None:
+             stop_ids: tuple[int, ...], logprobs: int | None) -> None:
     """Make the row's reference steps for as long as they need no new forward (deterministic settings)."""
     while row.step < config.steps:
         masked = row.masked_of(row.canvas, mask_token_id)
@@ -192,14 +194,17 @@ def _advance(row: _Row, timesteps: torch.Tensor, config: DecodeConfig, mask_toke
             committed, conf = reference_step(logits, row.canvas, masked, row.step, timesteps, config, None,
                                              mask_token_id, stop_ids)
         else:
+            logits = None
             committed = torch.zeros_like(masked)
             conf = torch.zeros(masked.shape, dtype=torch.float32, device=masked.device)
-        row.events.append((row.canvas[0].clone(), committed[0], conf[0]))
+        scores = None if logprobs is None or logits is None else commit_logprobs(
+            logits, committed, row.canvas, config, mask_token_id, logprobs)
+        row.events.append((row.canvas[0].clone(), committed[0], conf[0], scores))
         row.step += 1
 
 
 def _own_clocks(model, x: torch.Tensor, real: torch.Tensor | None, *, config: DecodeConfig, mask_token_id: int,
-                draft: int, stop_ids: tuple[int, ...]) -> Iterator[DecodeStep]:
+                draft: int, stop_ids: tuple[int, ...], logprobs: int | None) -> Iterator[DecodeStep]:
     """The lossless stream for deterministic settings, each row advancing as far as its own drafts verify."""
     timesteps = dream_timesteps(config.steps, config.eps, x.device)
     batch = x.shape[0]
@@ -207,7 +212,7 @@ def _own_clocks(model, x: torch.Tensor, real: torch.Tensor | None, *, config: De
     forwards = canvases = 0  # spent since the last yielded step
     for step in range(config.steps):
         for row in rows:
-            _advance(row, timesteps, config, mask_token_id, stop_ids)
+            _advance(row, timesteps, config, mask_token_id, stop_ids, logprobs)
         while any(row.step <= step for row in rows):  # one round: every unfinished row's canvas and drafts
             active = [row for row in rows if row.step < config.steps]
             drafts = [_chain_drafts(row.canvas, row.stale, row.step, timesteps, config,
@@ -220,11 +225,23 @@ def _own_clocks(model, x: torch.Tensor, real: torch.Tensor | None, *, config: De
             for row, group in zip(active, drafts):
                 row.known = [(c, out[i + j:i + j + 1]) for j, c in enumerate(group)]
                 i += len(group)
-                _advance(row, timesteps, config, mask_token_id, stop_ids)
+                _advance(row, timesteps, config, mask_token_id, stop_ids, logprobs)
             forwards, canvases = forwards + 1, canvases + math.ceil(len(flat) / batch)
         made = [row.events[step] for row in rows]
         for row in rows:
             row.events[step] = None  # yielded: free it
-        canvas, committed, conf = (torch.stack(parts) for parts in zip(*made))
-        yield DecodeStep(step, canvas, committed, conf, forwards=forwards, canvases=canvases)
+        canvas, committed, conf = (torch.stack([m[i] for m in made]) for i in range(3))
+        scores = None if logprobs is None else _stack_logprobs([m[3] for m in made])
+        yield DecodeStep(step, canvas, committed, conf, forwards=forwards, canvases=canvases, logprobs=scores)
         forwards = canvases = 0
+
+
+def _stack_logprobs(parts: list[CommitLogprobs | None]) -> CommitLogprobs | None:
+    """One batch step's commit log-probs from each row's own (computed with row index 0; None where the row's
+    step committed nothing without a forward). None when no row has any, as for a skipped lockstep step."""
+    present = [(b, p) for b, p in enumerate(parts) if p is not None]
+    if not present:
+        return None
+    rows = torch.cat([torch.full_like(p.rows, b) for b, p in present])
+    rest = (torch.cat([getattr(p, name) for _, p in present]) for name in ("cols", "chosen", "top_ids", "top"))
+    return CommitLogprobs(rows, *rest)

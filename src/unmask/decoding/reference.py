@@ -35,7 +35,7 @@ from unmask.config import DecodeConfig
 from unmask.decoding.canvas import check_canvas
 from unmask.decoding.eos import demote_early_stops
 from unmask.decoding.sampling import gumbel_scores, sample_tokens
-from unmask.decoding.steps import DecodeResult, DecodeStep, run_steps
+from unmask.decoding.steps import DecodeResult, DecodeStep, commit_logprobs, run_steps
 from unmask.diffusion import shift_logits
 from unmask.errors import ConfigError
 from unmask.model import padding_attention_mask, positions_from_mask
@@ -122,11 +122,12 @@ def _same_count_groups(counts: list[int]) -> list[list[int]]:
 @torch.inference_mode()
 def denoise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                    config: DecodeConfig, mask_token_id: int, generator: torch.Generator | None = None,
-                   stop_ids: tuple[int, ...] = ()) -> Iterator[DecodeStep]:
+                   stop_ids: tuple[int, ...] = (), logprobs: int | None = None) -> Iterator[DecodeStep]:
     """Denoise every mask in ``canvas`` (B, T), yielding the canvas after each step.
 
     The caller's tensor is not modified. Pads (attention_mask == 0) are never masks to fill. ``stop_ids``
-    are the end tokens ``config.stop_last`` holds back.
+    are the end tokens ``config.stop_last`` holds back. ``logprobs`` = k: each step also carries its commits'
+    log-probabilities and k alternatives (``steps.commit_logprobs``).
     """
     check_canvas(canvas, attention_mask)
     x = canvas.to(model.device, dtype=torch.long).clone()
@@ -144,7 +145,8 @@ def denoise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | N
         logits = shift_logits(model(x, attention_mask=mask4, position_ids=positions))  # (B, T, V)
         committed, conf = reference_step(logits, x, masked, step, timesteps, config, generator, mask_token_id,
                                          stop_ids)
-        yield DecodeStep(step, x, committed, conf)
+        scores = None if logprobs is None else commit_logprobs(logits, committed, x, config, mask_token_id, logprobs)
+        yield DecodeStep(step, x, committed, conf, logprobs=scores)
 
 
 def denoise(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *, config: DecodeConfig,

@@ -37,9 +37,9 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
 
 
-def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None
-                   ) -> torch.Tensor:
-    """(N, V) logits -> (N, V) float32 probabilities after temperature, top-p and top-k."""
+def filtered_logits(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None
+                    ) -> torch.Tensor:
+    """(N, V) logits -> (N, V) float32 logits after temperature, top-p and top-k (removed: the dtype's minimum)."""
     logits = logits.float()
     if temperature > 0:
         logits = logits / temperature
@@ -47,7 +47,26 @@ def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None
         logits = top_p_filter(logits, top_p)
     if top_k is not None:
         logits = top_k_filter(logits, top_k)
-    return logits.softmax(-1)
+    return logits
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None
+                   ) -> torch.Tensor:
+    """(N, V) logits -> (N, V) float32 probabilities after temperature, top-p and top-k."""
+    return filtered_logits(logits, temperature, top_p, top_k).softmax(-1)
+
+
+def sampled_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float, top_p: float | None = None,
+                     top_k: int | None = None, top: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log p of ``tokens`` (N,) under the distribution ``sample_tokens`` uses for ``logits`` (N, V) — after
+    temperature, top-p and top-k; at temperature 0 the softmax whose argmax is taken — and the ``top`` most
+    likely tokens. Returns (chosen (N,), top ids (N, k), top log-probs (N, k)), all float32 but the ids.
+
+    Filtered-out tokens get about -3.4e38 (the dtype's minimum, never -inf, so the caller can clamp)."""
+    logp = filtered_logits(logits, temperature, top_p, top_k).log_softmax(-1)  # (N, V)
+    chosen = logp.gather(-1, tokens[:, None].long()).squeeze(-1)
+    values, ids = logp.topk(min(top, logp.shape[-1]), dim=-1)
+    return chosen, ids, values
 
 
 def sample_tokens(logits: torch.Tensor, *, temperature: float, top_p: float | None = None,

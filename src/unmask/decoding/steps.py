@@ -15,8 +15,37 @@ from dataclasses import dataclass, field
 
 import torch
 
+from unmask.config import DecodeConfig
 from unmask.decoding.eos import pad_after_stop, rows_finished, useful_lengths
+from unmask.decoding.sampling import sampled_logprobs
 from unmask.decoding.trace import DecodeTrace
+
+
+@dataclass(frozen=True)
+class CommitLogprobs:
+    """Log-probabilities of one step's committed tokens (M of them, row-major) under the distribution the step
+    drew them from (``sampling.sampled_logprobs``), with the ``k`` most likely tokens of that distribution."""
+
+    rows: torch.Tensor  # (M,) long
+    cols: torch.Tensor  # (M,) long, canvas columns
+    chosen: torch.Tensor  # (M,) float32, log p of the committed token
+    top_ids: torch.Tensor  # (M, k) long, most likely first
+    top: torch.Tensor  # (M, k) float32
+
+
+def commit_logprobs(logits: torch.Tensor, committed: torch.Tensor, canvas: torch.Tensor, config: DecodeConfig,
+                    mask_token_id: int, top: int, offset: int = 0) -> CommitLogprobs:
+    """The log-probabilities of a step's commits. logits: (B, n, V), the aligned logits the step sampled from,
+    of canvas columns [offset, offset + n); committed: (B, n) bool; canvas: (B, S) after the step's commits.
+
+    Reads only: the decoded tokens and the generator are untouched, so asking for log-probs changes nothing."""
+    rows, cols = committed.nonzero(as_tuple=True)
+    scores = logits[rows, cols].float()  # (M, V), a copy (advanced indexing)
+    scores[:, mask_token_id] = torch.finfo(scores.dtype).min  # the samplers never draw the mask token
+    chosen, top_ids, top_values = sampled_logprobs(scores, canvas[rows, cols + offset],
+                                                   temperature=config.temperature, top_p=config.top_p,
+                                                   top_k=config.top_k, top=top)
+    return CommitLogprobs(rows, cols + offset, chosen, top_ids, top_values)
 
 
 @dataclass
@@ -29,6 +58,7 @@ class DecodeStep:
     confidence: torch.Tensor  # (B, T) float32, confidence of committed positions (0 elsewhere)
     forwards: int = 1  # model calls this step made (0: a step skipped losslessly; the draft round's call is 1)
     canvases: int = 1  # canvases those calls evaluated per row (a draft-and-verify round evaluates several)
+    logprobs: CommitLogprobs | None = None  # only when the stream was asked for them (``logprobs=k``)
 
 
 @dataclass

@@ -18,7 +18,8 @@ class ServeConfig(Settings):
     max_body_bytes: int = field(default=1_000_000, metadata=doc("largest request body accepted (413 above)"))
     max_tokens: int = field(default=1024, metadata=doc("largest max_tokens a request may ask for"))
     max_steps: int = field(default=4096, metadata=doc("largest number of denoising steps a request may ask for"))
-    max_n: int = field(default=4, metadata=doc("largest n (choices per request)"))
+    max_n: int = field(default=4, metadata=doc("largest n (choices per prompt)"))
+    max_prompts: int = field(default=8, metadata=doc("most prompts in one /v1/completions request (a batch)"))
     max_stop: int = field(default=4, metadata=doc("most stop sequences per request"))
     max_stop_chars: int = field(default=64, metadata=doc("longest stop sequence, in characters"))
     max_masks: int = field(default=1024, metadata=doc("most <|mask|> placeholders (counting N) per prompt"))
@@ -29,7 +30,7 @@ class ServeConfig(Settings):
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port!r}")
-        check_ints(self, ("max_body_bytes", "max_tokens", "max_steps", "max_n", "max_stop", "max_stop_chars",
-                          "max_masks", "max_concurrency", "max_batch"))
+        check_ints(self, ("max_body_bytes", "max_tokens", "max_steps", "max_n", "max_prompts", "max_stop",
+                          "max_stop_chars", "max_masks", "max_concurrency", "max_batch"))
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
             raise ConfigError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms!r}")

@@ -36,12 +36,22 @@ class StepEvent:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A committed token's log-probability at the step that committed it, and that step's likeliest tokens."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, log p), most likely first
+    step: int
+
+
+@dataclass(frozen=True)
 class DoneEvent:
     canvas: list[int]  # the job's final canvas (no padding)
     region: list[int]
     order: list[list[int]]  # region indices committed per step (the decode trace, for AR-ness)
     forwards: int  # forward passes of the (possibly batched) decode
     batch_size: int  # rows that shared those forwards
+    logprobs: list[TokenLogprob | None] | None = None  # per region index, when the job asked (``Job.logprobs``)
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class Job:
     seed: int
     emit: Callable[[Event], None]
     want_steps: bool = False
+    logprobs: int | None = None  # None: no log-probs; k: each token's log-prob at commit and k alternatives
     cancelled: threading.Event = field(default_factory=threading.Event)
     masked: list[int] = field(init=False)
 
@@ -81,7 +92,7 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return (self.config, self.decoder, self.appended, len(self.masked))
+        return (self.config, self.decoder, self.appended, len(self.masked), self.logprobs)
 
 
 class Scheduler:
@@ -98,6 +109,8 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.batches_run = 0  # batches decoded so far (a test reads it to see that batching happened)
         self.rows_run = 0
+        self.forwards_run = 0  # model calls, each batch's counted once (``/metrics``)
+        self.tokens_decoded = 0  # masked positions filled in rows whose client was still there (``/metrics``)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -166,43 +179,68 @@ class Scheduler:
         first = batch[0]
         device = self.model.device
         canvas, attention, offsets = left_pad([j.canvas for j in batch], self.pad_token_id, device=device)  # (B, T)
-        length = canvas.shape[1]
         attention = attention if any(offsets) else None  # (B, T), 0 = pad
-        masked = [torch.tensor([off + p for p in j.masked], device=device) for j, off in zip(batch, offsets)]
-        rank = [{off + p: r for r, p in enumerate(j.masked)} for j, off in zip(batch, offsets)]
-        region_start = length - first.appended if first.appended else 1  # blocks decoders need a suffix region
+        rows = [_Row(job, off, device) for job, off in zip(batch, offsets)]
+        region_start = canvas.shape[1] - first.appended if first.appended else 1  # blocks need a suffix region
         generator = torch.Generator(device=device).manual_seed(first.seed)
-        orders: list[list[list[int]]] = [[] for _ in batch]
         forwards = 0
         final = canvas
         stream = decode_stream(self.model, canvas, attention, config=first.config, decoder=first.decoder,
-                               region_start=region_start, mask_token_id=first.mask_token_id, generator=generator)
+                               region_start=region_start, mask_token_id=first.mask_token_id, generator=generator,
+                               logprobs=first.logprobs)
         try:
             for event in stream:
                 forwards += event.forwards
                 final = event.canvas
-                live = 0
-                for row, job in enumerate(batch):
-                    if job.cancelled.is_set():
-                        continue
-                    live += 1
-                    cols = event.committed[row].nonzero(as_tuple=True)[0].tolist()
-                    committed = sorted(rank[row][c] for c in cols if c in rank[row])
-                    orders[row].append(committed)
-                    if job.want_steps:
-                        _safe_emit(job, StepEvent(event.step, event.canvas[row, masked[row]].tolist(), committed))
-                if live == 0:
+                lps = _logprob_lists(event) if event.logprobs is not None else None
+                if sum(row.record(event, r, lps) for r, row in enumerate(rows)) == 0:
                     return  # every client left: stop between steps
         finally:
             stream.close()
+            self.forwards_run += forwards
         self.batches_run += 1
         self.rows_run += len(batch)
-        for row, (job, off) in enumerate(zip(batch, offsets)):
-            if job.cancelled.is_set():
-                continue
-            ids = final[row].tolist()[off:]
-            region = [ids[p] for p in job.masked]
-            _safe_emit(job, DoneEvent(ids, region, [s for s in orders[row] if s], forwards, len(batch)))
+        for r, row in enumerate(rows):
+            if not row.job.cancelled.is_set():
+                self.tokens_decoded += len(row.job.masked)
+                _safe_emit(row.job, row.done(final[r].tolist()[row.offset:], forwards, len(batch)))
+
+
+class _Row:
+    """One job's bookkeeping inside a batch: its masked columns, commit order and log-probs, in region indices."""
+
+    def __init__(self, job: Job, offset: int, device) -> None:
+        self.job, self.offset = job, offset
+        self.columns = torch.tensor([offset + p for p in job.masked], device=device)  # canvas columns of the masks
+        self.rank = {offset + p: r for r, p in enumerate(job.masked)}  # canvas column → region index
+        self.order: list[list[int]] = []
+        self.logprobs: list[TokenLogprob | None] | None = [None] * len(job.masked) if job.logprobs is not None else None
+
+    def record(self, event, row: int, lps: list | None) -> bool:
+        """Note one step of this row (and send it if the client streams); False once the client has gone."""
+        job = self.job
+        if job.cancelled.is_set():
+            return False
+        cols = event.committed[row].nonzero(as_tuple=True)[0].tolist()
+        committed = sorted(self.rank[c] for c in cols if c in self.rank)
+        self.order.append(committed)
+        if lps is not None and self.logprobs is not None:
+            for r, c, chosen, ids, values in lps:
+                if r == row and c in self.rank:
+                    self.logprobs[self.rank[c]] = TokenLogprob(chosen, tuple(zip(ids, values)), event.step)
+        if job.want_steps:
+            _safe_emit(job, StepEvent(event.step, event.canvas[row, self.columns].tolist(), committed))
+        return True
+
+    def done(self, ids: list[int], forwards: int, batch_size: int) -> DoneEvent:
+        region = [ids[p] for p in self.job.masked]
+        return DoneEvent(ids, region, [s for s in self.order if s], forwards, batch_size, self.logprobs)
+
+
+def _logprob_lists(event) -> list[tuple]:
+    """A step's ``CommitLogprobs`` as python lists: one (row, column, log p, top ids, top log-probs) per commit."""
+    lp = event.logprobs
+    return list(zip(lp.rows.tolist(), lp.cols.tolist(), lp.chosen.tolist(), lp.top_ids.tolist(), lp.top.tolist()))
 
 
 def _safe_emit(job: Job, event: Event) -> None:
