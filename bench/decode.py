@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--sweep-thresholds", default="",
                         help="comma-separated extra thresholds: one parallel+dual row each (the speed/quality curve)")
+    parser.add_argument("--draft", type=int, default=4, help="lossless: canvases drafted and verified per forward")
     parser.add_argument("--batch", type=int, default=4, help="prompts decoded together (left padding)")
     parser.add_argument("--decoders", default=",".join(DECODERS), help="comma-separated subset of the names above")
     parser.add_argument("--no-early-stop", action="store_true", help="fast decoders run to the end")
@@ -141,8 +142,8 @@ def main() -> None:
     decode(model, torch.tensor([prompts[0]], device=model.device), config=config.replace(max_new_tokens=8, steps=2))
     rows: dict[str, dict] = {}
     outputs: dict[str, list[list[int]]] = {}
-    settings = {name: DECODERS[name].replace(block_length=args.block_length, threshold=args.threshold)
-                for name in names}
+    settings = {name: DECODERS[name].replace(block_length=args.block_length, threshold=args.threshold,
+                                             draft=args.draft) for name in names}
     for tau in (float(x) for x in args.sweep_thresholds.split(",") if x.strip()):
         settings[f"parallel+dual τ={tau:g}"] = DECODERS["parallel+dual"].replace(block_length=args.block_length,
                                                                                 threshold=tau)
