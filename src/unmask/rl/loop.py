@@ -430,7 +430,7 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     if resume_from is not None:
         lora.check_resume(resume_from, cfg.lora_r)
     source = resume_from or cfg.model
-    if model is None and source is None:
+    if (model is None or tokenizer is None) and source is None:
         raise ConfigError("give the initial policy: unmask rl MODEL (or --model MODEL)")
     model, tokenizer, base, device = _policy(cfg, model, tokenizer, resume_from, run_dir, rank)
     generation = read_generation_config(source) if source is not None else {}
