@@ -330,3 +330,39 @@ def test_rollouts_use_the_chosen_fast_decoder(tokenizer, tiny_setup) -> None:
         loop_config("unused", rollout_cache="prefix")  # the reference decoder has no cache
     with pytest.raises(ConfigError, match="rollout_decoder must be one of"):
         loop_config("unused", rollout_decoder="fast")
+
+
+def test_lora_rl_trains_only_adapters_against_the_base_and_resumes_exactly(tmp_path, tokenizer, tiny_setup) -> None:
+    """LoRA RL: the base stays bit-identical, the KL anchor is the base (adapters off; no copy in the checkpoint),
+    kill + resume equals an uninterrupted run, and --report-to tensorboard gets the metrics.jsonl numbers."""
+    pytest.importorskip("peft")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    make, tasks = tiny_setup
+    lora = dict(lora_r=4, ref_sync_every=0, lr=1e-2, report_to="tensorboard")
+    full_model = make()
+    initial = {k: v.clone() for k, v in full_model.state_dict().items()}
+    full = rl(loop_config(tmp_path / "full", **lora), model=full_model, tokenizer=tokenizer, tasks=tasks)
+    rl(loop_config(tmp_path / "part", stop_after_steps=1, **lora), model=make(), tokenizer=tokenizer, tasks=tasks)
+    resumed_model = make()
+    rest = rl(loop_config(tmp_path / "part", resume=True, **lora), model=resumed_model, tokenizer=tokenizer,
+              tasks=tasks)
+    assert rest.step == 2
+    a, b = full_model.state_dict(), resumed_model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = {k.replace(".base_layer", ""): v for k, v in a.items() if "lora_" not in k}
+    assert base.keys() == initial.keys() and all(torch.equal(base[k], initial[k]) for k in initial)
+    assert all(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # the adapters moved (B starts at 0)
+    assert full.history[0]["kl"] > 0.0  # the second update of step 1 sees a policy away from the base
+    checkpoint = tmp_path / "full" / "checkpoint-0000002"
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    assert state["reference"] == {} and (checkpoint / "adapter" / "adapter_model.safetensors").is_file()
+    lines = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert strip_times(lines(tmp_path / "full")) == strip_times(lines(tmp_path / "part"))
+    events = EventAccumulator(str(tmp_path / "full" / "tensorboard"))
+    events.Reload()
+    for key in ("reward_mean", "kl", "loss", "lr"):
+        got = [(e.step, e.value) for e in events.Scalars(key)]
+        want = [(r["step"], float(torch.tensor(r[key], dtype=torch.float32))) for r in lines(tmp_path / "full")]
+        assert got == want, key

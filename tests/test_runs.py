@@ -74,17 +74,20 @@ def test_resolve_device_and_end_step(monkeypatch):
     assert end_step(0, 10, None) == 10 and end_step(4, 10, 3) == 7 and end_step(8, 10, 5) == 10
 
 
-def test_step_loop_ends_saves_on_the_last_step_and_calls_the_hook():
+def test_step_loop_ends_saves_on_the_last_step_and_calls_the_hook(tmp_path):
     from types import SimpleNamespace
 
     seen = []
-    cfg = SimpleNamespace(max_steps=10, stop_after_steps=3, progress=False)
-    loop = StepLoop(4, cfg, rank=0, desc="t", on_step=lambda step, record: seen.append((step, record)))
-    assert loop.end == 7 and loop.bar is None
+    cfg = SimpleNamespace(max_steps=10, stop_after_steps=3, progress=False, report_to="none", to_dict=dict)
+    loop = StepLoop(4, cfg, rank=0, desc="t", run_dir=tmp_path,
+                    on_step=lambda step, record: seen.append((step, record)))
+    assert loop.end == 7 and loop.bar is None and loop.trackers.writers == []
     assert [s for s in range(5, 8) if loop.due(s, 5)] == [5, 7]  # every 5 steps, and the last one
     loop.finished(5, {"loss": 1.0}, loss="1.0")
+    loop.log({"step": 5, "loss": 1.0})
     loop.close()
     assert loop.history == [{"loss": 1.0}] and seen == [(5, {"loss": 1.0})]
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 5, "loss": 1.0}\n'
 
 
 def test_process_group_is_nothing_outside_torchrun(monkeypatch):

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults, ModelConfig
 from unmask.errors import CheckpointError, ConfigError
 from unmask.hf import write_remote_code
+from unmask.lora import is_lora_checkpoint
 from unmask.model import DreamModel
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -223,6 +224,9 @@ def weight_files(directory: Path) -> list[Path]:
         return [directory / SINGLE_NAME]
     if any(directory.glob("*.bin")):
         raise CheckpointError(f"{directory}: only PyTorch .bin weights found; convert them to safetensors")
+    if is_lora_checkpoint(directory):
+        raise CheckpointError(f"{directory}: a LoRA checkpoint (adapter/, no weights of its own); merge it into its "
+                              f"base first: unmask convert {directory} OUT --merge-lora")
     raise CheckpointError(f"{directory}: no {SINGLE_NAME} or {INDEX_NAME}")
 
 
@@ -289,11 +293,14 @@ def load_model(directory: str | os.PathLike, *, dtype: str | torch.dtype | None 
 def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=None,
                generation: DecodeConfig | dict[str, Any] | None = None, decoder: DecoderConfig | None = None,
                dtype: str | torch.dtype | None = None,
-               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, family: str | None = None) -> Path:
+               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, family: str | None = None,
+               weights: bool = True) -> Path:
     """Write a complete HF directory atomically: build it beside the target, then swap it in.
 
     A crash mid-save leaves either the old directory or the new one, never a mix. ``generation`` (sampler) and
     ``decoder`` are the defaults written to generation_config.json; a dict ``generation`` may hold both.
+    ``weights=False`` writes everything but the weights (a LoRA checkpoint: its weights are its base's and its
+    adapter's, ``unmask.lora``).
     """
     directory = Path(directory)
     dtype = parse_dtype(dtype) or model.dtype
@@ -302,17 +309,18 @@ def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=Non
     staging = parent / f".{directory.name}.saving-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        state = {name: t.detach().to("cpu", dtype).contiguous() for name, t in model.state_dict().items()}
-        if model.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-        _write_weights(state, staging, max_shard_bytes)
+        if weights:
+            state = {name: t.detach().to("cpu", dtype).contiguous() for name, t in model.state_dict().items()}
+            if model.config.tie_word_embeddings:
+                state.pop("lm_head.weight", None)
+            _write_weights(state, staging, max_shard_bytes)
         family = family or getattr(model, "family", "dream")
         _write_json(staging / "config.json", config_to_hf(model.config, dtype, family))
         generation_config = generation_config_dict(model.config, generation, decoder)
         _write_json(staging / "generation_config.json", generation_config)
         if tokenizer is not None:
             tokenizer.save(staging)
-        if family == "dream":  # the code config.json's auto_map names, so transformers can load the directory
+        if family == "dream" and weights:  # the code config.json's auto_map names, so transformers can load it
             write_remote_code(staging)
         for path in staging.iterdir():
             path.chmod(0o644)  # safetensors writes 0600; model directories are meant to be shared

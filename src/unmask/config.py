@@ -58,6 +58,31 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device must be auto, cpu or cuda[:N]; got {device!r}")
 
 
+# The linear layers of a decoder block (unmask.model) that LoRA may adapt; the default adapts them all.
+# lm_head is left out: peft treats it as an embedding layer and would save it whole with the adapter.
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_targets(text: str) -> tuple[str, ...]:
+    """The module names of a comma list (``lora_targets``), each one of ``LORA_MODULES``."""
+    names = tuple(dict.fromkeys(n.strip() for n in str(text).split(",") if n.strip()))
+    unknown = [n for n in names if n not in LORA_MODULES]
+    if unknown or not names:
+        got = f"unknown module {unknown[0]!r}" if unknown else "no module"
+        raise ConfigError(f"lora_targets: {got}; choose from {', '.join(LORA_MODULES)}")
+    return names
+
+
+def check_lora(config: Any) -> None:
+    """The LoRA fields a run config shares (``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_targets``) hold
+    valid values, else a ``ConfigError`` naming the field."""
+    check_ints(config, ("lora_r",), minimum=0)
+    if config.lora_alpha is not None:
+        check_numbers(config, ("lora_alpha",), "(0, inf)")
+    check_numbers(config, ("lora_dropout",), "[0, 1)")
+    lora_targets(config.lora_targets)
+
+
 class Settings:
     """What every frozen config dataclass can do: ``replace`` fields, ``to_dict``, ``from_dict``.
 

@@ -3,7 +3,9 @@ LR schedule, the run directory (config file, ``metrics.jsonl``, the ``latest`` p
 bookkeeping, RNG state and atomic checkpoints.
 
 A run directory holds ``checkpoint-{step:07d}/`` directories (an HF model directory plus
-``trainer_state.pt``; training adds ``optimizer.pt``) and ``latest``, the name of the newest complete one.
+``trainer_state.pt``; training adds ``optimizer.pt``; a LoRA run's has ``adapter/`` instead of weights) and
+``latest``, the name of the newest complete one. ``StepLoop`` writes ``metrics.jsonl`` and copies each record to
+the experiment trackers (``unmask.trackers``).
 Only rank 0 writes; every function here that writes is called on rank 0 alone.
 """
 
@@ -212,13 +214,20 @@ class RunResult:
 
 class StepLoop:
     """What train and rl do around their own step: where this invocation ends (``end_step``), the rank-0
-    progress bar, the history of metric records and the caller's ``on_step(step, record)`` hook.
+    progress bar, ``metrics.jsonl`` and the experiment trackers (rank 0), the history of metric records and the
+    caller's ``on_step(step, record)`` hook. ``close`` it when the loop ends, however it ends.
 
-    ``cfg`` needs ``max_steps``, ``stop_after_steps`` and ``progress``."""
+    ``cfg`` needs ``max_steps``, ``stop_after_steps``, ``progress`` and ``report_to``."""
 
-    def __init__(self, start: int, cfg: Any, *, rank: int, desc: str,
+    def __init__(self, start: int, cfg: Any, *, rank: int, desc: str, run_dir: Path,
                  on_step: Callable[[int, dict[str, Any]], None] | None) -> None:
+        from unmask.trackers import Trackers
+
         self.end = end_step(start, cfg.max_steps, cfg.stop_after_steps)
+        self.metrics = run_dir / "metrics.jsonl"
+        # a run resumed from step `start` (> 0: no checkpoint has step 0) logged up to there already
+        self.trackers = Trackers.open(cfg.report_to if rank == 0 else "none", run_dir, cfg.to_dict(),
+                                      resumed_at=start or None)
         self.bar = progress_bar(rank == 0 and cfg.progress, total=cfg.max_steps, initial=start, desc=desc)
         self.history: list[dict[str, Any]] = []
         self.on_step = on_step
@@ -226,6 +235,11 @@ class StepLoop:
     def due(self, step: int, every: int) -> bool:
         """Whether something done every ``every`` steps (log, save) happens after ``step``: the last one too."""
         return step % every == 0 or step == self.end
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Write a metrics record: a ``metrics.jsonl`` line, and a copy to each tracker. Rank 0 only."""
+        append_jsonl(self.metrics, record)
+        self.trackers.log(record)
 
     def finished(self, step: int, record: dict[str, Any], **postfix: str) -> None:
         """Step ``step`` is done: keep its record, advance the bar (showing ``postfix``), call the hook."""
@@ -239,6 +253,7 @@ class StepLoop:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.trackers.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -254,6 +269,7 @@ def save_checkpoint(
     optimizer_state: dict[str, Any] | None = None,
     family: str = "dream",
     generation: dict[str, Any] | None = None,
+    adapter: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``checkpoint-{step}`` atomically (staging directory, then ``os.replace``), update ``latest``
     and prune old checkpoints. A crash at any point leaves the previous checkpoint intact and pointed to.
@@ -261,7 +277,8 @@ def save_checkpoint(
     ``model`` must hold plain (unsharded) tensors; ``optimizer_state`` (the full, parameter-name keyed
     state from ``get_optimizer_state_dict``) goes to ``optimizer.pt`` so only rank 0 ever reads it.
     ``generation``: the generation_config.json to carry (a fine-tuned policy keeps its parent's sampler and
-    decoder recommendation)."""
+    decoder recommendation). ``adapter``: writes a LoRA run's adapter into the directory it is given
+    (``adapter/``); the model's own weights are then left out, being its base's (``unmask.lora``)."""
     from unmask.checkpoint import save_model
 
     name = f"checkpoint-{trainer_state['step']:07d}"
@@ -269,7 +286,12 @@ def save_checkpoint(
     staging = run_dir / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        save_model(model, staging, tokenizer=tokenizer, family=family, generation=generation or None)
+        save_model(model, staging, tokenizer=tokenizer, family=family, generation=generation or None,
+                   weights=adapter is None)
+        if adapter is not None:
+            from unmask.lora import ADAPTER_DIR
+
+            adapter(staging / ADAPTER_DIR)
         if optimizer_state is not None:
             torch.save(optimizer_state, staging / OPTIMIZER_FILE)
         torch.save(trainer_state, staging / "trainer_state.pt")

@@ -25,16 +25,24 @@ Run directory (``run_dir``): ``run_config.json`` (the resolved ``TrainConfig``),
 state keyed by parameter name, and ``trainer_state.pt``: scheduler, step, sampler position and every RNG
 state) and ``latest`` (the name of the newest complete checkpoint).
 
+LoRA (``lora_r > 0``, ``unmask.lora``): adapters on the projections of a frozen base; only they are trained and
+only they reach the optimiser. Its checkpoints hold ``adapter/`` (peft's format) instead of weights, and name the
+base: the ``init_from`` directory, or ``run_dir/base`` (written once) for a fresh preset or a model given in
+memory. Not with ``distributed="fsdp"`` (refused by ``TrainConfig``). ``report_to`` copies every metrics record
+to TensorBoard or W&B (``unmask.trackers``).
+
     unmask train --preset tiny --data stdlib --run-dir runs/tiny --max-steps 2000
     torchrun --nproc_per_node 2 -m unmask.cli train --preset small --data src/ --run-dir runs/small
     torchrun --nproc_per_node 8 -m unmask.cli train --distributed fsdp --init-from qwen2-dir --adapt-from-ar ...
     unmask train --run-dir runs/tiny --resume
+    unmask train qwen-7b-dream --stage sft --data sft.jsonl --lora-r 16 --report-to tensorboard --run-dir runs/lora
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import sys
@@ -47,7 +55,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from unmask import runs
+from unmask import lora, runs, trackers
 from unmask.decoding.canvas import left_pad
 from unmask.diffusion import (
     adaptation_spans,
@@ -256,7 +264,9 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
         tok_texts = train_items
 
     if cfg.init_from is not None:
-        model = load_model(cfg.init_from, dtype="float32")
+        # float32 master weights; LoRA's frozen base is read straight into its training dtype (bf16 on a GPU)
+        weights = lora.base_dtype(runs.resolve_device(cfg.device, 0)) if cfg.lora_r else torch.float32
+        model = load_model(cfg.init_from, dtype=weights)
         _, family, raw = read_config(cfg.init_from)
         tokenizer = load_tokenizer(cfg.init_from, raw)
         model.config = _with_special_ids(model.config, tokenizer.special, cfg.init_from)
@@ -379,10 +389,17 @@ def _state_options(**extra: bool) -> Any:
 def full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model state, optimizer state) as full CPU tensors keyed by parameter name. A collective under FSDP:
     every rank must call it; rank 0 gets the tensors (other ranks may get empty dicts)."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     options = _state_options()
-    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+    return get_model_state_dict(model, options=options), optimizer_state(model, optimizer)
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state as full CPU tensors keyed by parameter name (a collective under FSDP)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_state_options())
 
 
 def plain_model(config: Any, state: dict[str, torch.Tensor]) -> DreamModel:
@@ -428,6 +445,16 @@ def load_full_state(
         optimizer.load_state_dict(state["optimizer"])
         return
     set_optimizer_state_dict(model, optimizer, optim_state, options=options)
+
+
+def load_adapter_state(model: Any, optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
+    """A LoRA checkpoint's adapter weights and optimizer state into the PeftModel ``model`` (whose base is in place);
+    every rank reads the files, which are small."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    lora.load_adapter(model, checkpoint)
+    optim_state = torch.load(checkpoint / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=_state_options())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -651,6 +678,7 @@ class _Run:
     pad_id: int
     prompts: list[list[int]]
     start: int  # the step the run starts from: 0, or the resumed checkpoint's
+    base: Path | None  # LoRA: the directory of the frozen base (``model`` is then a PeftModel); None: all weights
 
     @property
     def fsdp(self) -> bool:
@@ -680,8 +708,17 @@ def _train(
     on_step: Callable[[int, dict[str, Any]], None] | None,
 ) -> TrainResult:
     run = _setup(cfg, model, tokenizer, data)
-    step = run.start
-    loop = runs.StepLoop(step, cfg, rank=run.rank, desc="train", on_step=on_step)
+    loop = runs.StepLoop(run.start, cfg, rank=run.rank, desc="train", run_dir=run.run_dir, on_step=on_step)
+    try:
+        step = _steps(run, loop)
+    finally:
+        loop.close()  # flushes the trackers, also when a step fails
+    return TrainResult(step=step, history=loop.history, run_dir=run.run_dir)
+
+
+def _steps(run: _Run, loop: runs.StepLoop) -> int:
+    """Step, log, validate and save until this invocation's last step; the step it stopped at."""
+    cfg, step = run.cfg, run.start
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.seq_len
     throughput = _Throughput(tokens_per_step)
     while step < loop.end:
@@ -702,12 +739,11 @@ def _train(
         if loop.due(step, cfg.log_every) or "val_loss" in record:
             record["tokens_per_s"] = throughput.rate()
             if run.rank == 0:
-                runs.append_jsonl(run.run_dir / "metrics.jsonl", record)
+                loop.log(record)
         loop.finished(step, record, loss=f"{record['loss']:.4f}", tok_s=f"{throughput.last:,.0f}")
         if loop.due(step, cfg.save_every):
             _save(run, step)
-    loop.close()
-    return TrainResult(step=step, history=loop.history, run_dir=run.run_dir)
+    return step
 
 
 def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: TrainData | None) -> _Run:
@@ -717,18 +753,27 @@ def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
         raise ConfigError(
             f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world})"
         )
+    trackers.check_installed(cfg.report_to)
     run_dir = Path(cfg.run_dir)
     resume_from = runs.resume_point(run_dir, cfg.resume)
     if cfg.resume and resume_from is None and rank == 0:
         print(f"note: no checkpoint in {run_dir}; starting a fresh run", file=sys.stderr)
+    if resume_from is not None:
+        lora.check_resume(resume_from, cfg.lora_r)
+    start = cfg.init_from if model is None or data is None else None  # the directory the weights come from
     model, tokenizer, data = _load(cfg, model, tokenizer, data, resume_from)
     # The AR baseline never masks: without a mask id in its config, -1 keeps the shared code paths uniform.
     mask_id = int(model.config.mask_token_id) if model.config.mask_token_id is not None else -1
     model_config = model.config
     stop_id = _stop_id(cfg, model_config, tokenizer)
     device = runs.resolve_device(cfg.device, rank)
-    model = model.to(device=device, dtype=torch.float32)
+    model = model.to(device=device, dtype=lora.base_dtype(device) if cfg.lora_r else torch.float32)
     model.gradient_checkpointing = cfg.gradient_checkpointing
+    base = None
+    if cfg.lora_r:  # adapters on a frozen base, which stays in its directory (every checkpoint names it)
+        base = (lora.base_of(resume_from) if resume_from is not None
+                else lora.keep_base(run_dir, start, model, tokenizer, write=rank == 0))
+        model = lora.attach(model, cfg, seed=cfg.seed)
     model.train()
     # Under FSDP the model itself becomes the sharded module (fully_shard works in place); the optimiser is
     # built afterwards so that it holds the sharded parameters.
@@ -740,28 +785,32 @@ def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
     torch.manual_seed(cfg.seed)
     step = 0
     if resume_from is not None:
-        step = _resume(resume_from, model, optimizer, scheduler, sampler, noise, rank=rank, world=world)
+        step = _resume(resume_from, model, optimizer, scheduler, sampler, noise, rank=rank, world=world,
+                       adapters=base is not None)
     if rank == 0:
         runs.start_run_dir(run_dir, "run_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
                       logs=("metrics.jsonl", "samples.jsonl"))
     prompts = sample_prompts(data.val, cfg)
     pad_id = model_config.pad_token_id if model_config.pad_token_id is not None else mask_id
     return _Run(cfg, rank, world, run_dir, model, wrapped, model_config, tokenizer, data, device, optimizer,
-                scheduler, sampler, noise, mask_id, stop_id, pad_id, prompts, step)
+                scheduler, sampler, noise, mask_id, stop_id, pad_id, prompts, step, base)
 
 
 def _load(
     cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: TrainData | None, resume_from: Path | None
 ) -> tuple[DreamModel, Any, TrainData]:
     """The given model and data, or ``prepare``'s; checked against ``cfg``."""
+    # A resumed run takes its model and tokenizer from the checkpoint (no BPE retraining); a LoRA run from its base.
+    base = lora.base_of(resume_from) if resume_from is not None and cfg.lora_r else None
     if model is None or data is None:
-        # A resumed run takes its model and tokenizer from the checkpoint (no BPE retraining).
         source = (
             cfg
             if resume_from is None
-            else dataclasses.replace(cfg, init_from=str(resume_from), tokenizer=None)
+            else dataclasses.replace(cfg, init_from=str(base or resume_from), tokenizer=None)
         )
         model, tokenizer, data = prepare(source)
+    elif base is not None:
+        lora.restore_base(model, base)  # the weights come from disk, as a full-weight resume's do
     _check_model(cfg, model)
     if data.train.seq_len != cfg.seq_len:
         raise ConfigError(f"data rows have length {data.train.seq_len} but seq_len is {cfg.seq_len}")
@@ -790,9 +839,14 @@ def _resume(
     *,
     rank: int,
     world: int,
+    adapters: bool,
 ) -> int:
-    """Restore weights, optimiser, schedule, sampler position and every RNG; the checkpoint's step."""
-    load_full_state(model, optimizer, checkpoint, rank=rank, world=world)
+    """Restore weights (``adapters``: a LoRA run's adapters), optimiser, schedule, sampler position and every
+    RNG; the checkpoint's step."""
+    if adapters:
+        load_adapter_state(model, optimizer, checkpoint)
+    else:
+        load_full_state(model, optimizer, checkpoint, rank=rank, world=world)
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
@@ -877,7 +931,10 @@ def _validate(run: _Run, step: int) -> dict[str, float]:
 def _save(run: _Run, step: int) -> None:
     """A checkpoint of ``step``: gathered on every rank (a collective under FSDP), written by rank 0."""
     cfg = run.cfg
-    model_state, optim_state = full_state(run.model, run.optimizer)  # a collective under FSDP
+    if run.base is not None:  # LoRA: peft writes the adapter weights; the base stays where it is
+        model_state, optim_state = {}, optimizer_state(run.model, run.optimizer)
+    else:
+        model_state, optim_state = full_state(run.model, run.optimizer)  # a collective under FSDP
     if run.rank == 0:
         trainer_state = {
             "step": step,
@@ -889,12 +946,13 @@ def _save(run: _Run, step: int) -> None:
         }
         runs.save_checkpoint(
             run.run_dir,
-            plain_model(run.model_config, model_state),
+            run.model if run.base is not None else plain_model(run.model_config, model_state),
             run.tokenizer,
             trainer_state,
             cfg.keep_checkpoints,
             optimizer_state=optim_state,
             family="qwen2" if cfg.objective == "autoregressive" else "dream",
+            adapter=None if run.base is None else functools.partial(lora.save_adapter, run.model, base=run.base),
         )
     del model_state, optim_state
     if run.world > 1:

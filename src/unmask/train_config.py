@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unmask.config import Settings, check_choices, check_device, check_ints, check_numbers, doc
+from unmask import trackers
+from unmask.config import (
+    LORA_MODULES,
+    Settings,
+    check_choices,
+    check_device,
+    check_ints,
+    check_lora,
+    check_numbers,
+    doc,
+)
 from unmask.errors import ConfigError
 
 STAGES = ("pretrain", "sft")
@@ -80,6 +90,13 @@ class TrainConfig(Settings):
     sample_tokens: int = field(default=32, metadata=doc("tokens decoded per sample prompt"))
     resume: bool = field(default=False, metadata=doc("continue from the run's latest checkpoint"))
     progress: bool = field(default=True, metadata=doc("tqdm progress bar on rank 0"))
+    lora_r: int = field(default=0, metadata=doc("LoRA rank: train low-rank adapters on a frozen base (0 = off)"))
+    lora_alpha: float | None = field(default=None, metadata=doc("LoRA scale: updates x alpha / r (None: 2 x lora_r)"))
+    lora_dropout: float = field(default=0.0, metadata=doc("dropout on the input of the LoRA branch"))
+    lora_targets: str = field(default=",".join(LORA_MODULES), metadata=doc("comma list of the projections LoRA adapts"))
+    report_to: str = field(
+        default="none", metadata=doc("experiment trackers beside metrics.jsonl: a comma list of tensorboard, wandb")
+    )
 
     def __post_init__(self) -> None:
         check_ints(self, ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_batches", "save_every",
@@ -106,4 +123,9 @@ class TrainConfig(Settings):
         check_device(self.device)
         if self.init_from is not None and self.tokenizer is not None:
             raise ConfigError("pass either init_from (which brings its tokenizer) or tokenizer, not both")
+        check_lora(self)
+        if self.lora_r and self.distributed == "fsdp":
+            raise ConfigError("lora_r > 0 cannot be combined with distributed fsdp (the adapter checkpoints are not "
+                              "gathered from shards); LoRA's frozen bf16 base fits one GPU: use distributed ddp")
+        trackers.parse(self.report_to)
 

@@ -2,6 +2,8 @@
 
 ``--generation KEY=VALUE`` sets a sampler default (``steps=64``, ``alg=entropy``) or a recommended decoder
 setting (``decoder=blocks``, ``block_length=8``, ``cache=prefix``): what every verb uses when given no flags.
+``--merge-lora``: SRC is a LoRA checkpoint (``adapter/`` beside config and tokenizer); DST gets its base with
+the adapter merged into the weights, a plain model directory like any other (``unmask.lora.merge``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generation", action="append", default=[], metavar="KEY=VALUE",
                    help="set a generation_config.json default (repeatable): a sampler field (steps=64, alg=entropy) "
                         "or the recommended decoder (decoder=blocks, block_length=8, cache=prefix, early_stop=true)")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="SRC is a LoRA checkpoint of unmask train/rl: write its base with the adapter merged in")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
 
 
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"{dst} already exists and is not empty (use --force to overwrite)")
     if args.max_shard_mb <= 0:
         raise CLIError(f"--max-shard-mb must be positive, got {args.max_shard_mb}")
-    model, tokenizer = unmask.load(src, dtype=None)
+    model, tokenizer = _merged(src) if args.merge_lora else unmask.load(src, dtype=None)
     defaults = GenerationDefaults.from_dict(generation_settings(load_generation_defaults(src), args.generation))
     unmask.save(model, dst, tokenizer=tokenizer, generation=defaults.decode, decoder=defaults.decoder, dtype=args.dtype,
                 max_shard_bytes=args.max_shard_mb * 2**20)
@@ -58,3 +62,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {dst}: {model.config.num_parameters() / 1e6:.2f}M parameters as "
           f"{args.dtype or next(model.parameters()).dtype}, {size / 1e6:.1f} MB")
     return 0
+
+
+def _merged(src: Path):
+    """(the merged model, the tokenizer) of a LoRA checkpoint."""
+    from unmask.checkpoint import read_config
+    from unmask.lora import is_lora_checkpoint, merge
+    from unmask.tokenizer import load_tokenizer
+
+    if not is_lora_checkpoint(src):
+        raise CLIError(f"{src} has no adapter/adapter_config.json: --merge-lora needs a LoRA checkpoint "
+                       "(a checkpoint-N directory of a run with --lora-r)")
+    _, _, raw = read_config(src)
+    return merge(src), load_tokenizer(src, raw)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unmask import trackers
 from unmask.config import (
     ALGS,
     CACHES,
     DECODERS,
+    LORA_MODULES,
     DecodeConfig,
     DecoderConfig,
     Settings,
     check_choices,
     check_device,
     check_ints,
+    check_lora,
     check_numbers,
     doc,
 )
@@ -102,6 +105,14 @@ class RLConfig(Settings):
     device: str = field(default="auto", metadata=doc("auto | cpu | cuda"))
     resume: bool = field(default=False, metadata=doc("continue from the run's latest checkpoint"))
     progress: bool = field(default=True, metadata=doc("tqdm progress bar on rank 0"))
+    lora_r: int = field(default=0, metadata=doc(
+        "LoRA rank: train low-rank adapters on a frozen base, which is then the KL reference (0 = off)"))
+    lora_alpha: float | None = field(default=None, metadata=doc("LoRA scale: updates x alpha / r (None: 2 x lora_r)"))
+    lora_dropout: float = field(default=0.0, metadata=doc("dropout on the input of the LoRA branch"))
+    lora_targets: str = field(default=",".join(LORA_MODULES), metadata=doc("comma list of the projections LoRA adapts"))
+    report_to: str = field(
+        default="none", metadata=doc("experiment trackers beside metrics.jsonl: a comma list of tensorboard, wandb")
+    )
 
     def __post_init__(self) -> None:
         check_ints(self, ("synthetic_tasks", "num_generations", "prompts_per_step", "max_steps", "mu",
@@ -124,6 +135,13 @@ class RLConfig(Settings):
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
         check_device(self.device)
+        check_lora(self)
+        if self.lora_r and self.beta > 0 and self.ref_sync_every:
+            # Blending adapters factor by factor is not the blend of the weights (B1 A1 and B2 A2 do not mix
+            # linearly), so there is no honest LoRA version of the synced reference: the anchor stays the base.
+            raise ConfigError("ref_sync_every must be 0 with LoRA (lora_r > 0): the KL reference is the base model "
+                              "(the policy with its adapters off), which cannot be blended toward the policy")
+        trackers.parse(self.report_to)
         self.rollout_decoder_config()  # the decoder's own checks (a cache needs blocks or parallel, ...)
         weights = self.reward_weight_map()  # validates names, counts and numbers
         for name in weights:

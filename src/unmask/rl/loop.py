@@ -18,12 +18,19 @@ Run directory: ``rl_config.json``, ``metrics.jsonl`` (one line per logged step),
 (HF model directory + ``trainer_state.pt``: optimiser, prompt sampler, RNG states and the reference
 policy's weights), ``latest``, and ``eval-{step}/`` directories from the periodic held-out evaluation.
 
+LoRA (``lora_r > 0``, ``unmask.lora``): adapters on a frozen base; checkpoints hold ``adapter/`` instead of
+weights. The KL reference is then the base itself — the policy's forward with its adapters disabled — so no
+second copy of the model is kept; it is never synced (``RLConfig`` refuses ``ref_sync_every`` > 0 with LoRA: a
+blend of two adapters, factor by factor, is not the blend of their weights). ``report_to`` copies every
+metrics record to TensorBoard or W&B (``unmask.trackers``).
+
     unmask rl runs/sft/checkpoint-0002000 --data synthetic-train --estimator coupled --run-dir runs/rl
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +41,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from unmask import runs
+from unmask import lora, runs, trackers
 from unmask.data.benchmarks import Task
 from unmask.decoding.canvas import left_pad
 from unmask.errors import ConfigError
@@ -338,6 +345,7 @@ class _Run:
     mask_id: int
     start: int  # the step the run starts from: 0, or the resumed checkpoint's
     generation: dict[str, Any]  # the initial policy's generation_config.json, carried by every checkpoint
+    base: Path | None  # LoRA: the directory of the frozen base (``model`` is then a PeftModel); None: all weights
 
 
 @dataclass
@@ -357,8 +365,18 @@ class _Rollouts:
 def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         on_step: Callable[[int, dict[str, Any]], None] | None) -> RLResult:
     run = _setup(cfg, model, tokenizer, tasks)
-    step = run.start
-    loop = runs.StepLoop(step, cfg, rank=run.rank, desc=f"rl {cfg.estimator}", on_step=on_step)
+    loop = runs.StepLoop(run.start, cfg, rank=run.rank, desc=f"rl {cfg.estimator}", run_dir=run.run_dir,
+                         on_step=on_step)
+    try:
+        step = _steps(run, loop)
+    finally:
+        loop.close()  # flushes the trackers, also when a step fails
+    return RLResult(step=step, history=loop.history, run_dir=run.run_dir)
+
+
+def _steps(run: _Run, loop: runs.StepLoop) -> int:
+    """Roll out, reward, update, sync, evaluate, log and save until this invocation's last step; that step."""
+    cfg, step = run.cfg, run.start
     while step < loop.end:
         t0 = time.perf_counter()
         rollouts = _collect_rollouts(run, step)
@@ -387,15 +405,14 @@ def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps) and run.rank == 0:
             record["eval_pass@1"] = _held_out_eval(run.model, run.tokenizer, cfg, step, run.run_dir)
         if run.rank == 0 and (loop.due(step, cfg.log_every) or "eval_pass@1" in record):
-            runs.append_jsonl(run.run_dir / "metrics.jsonl", record)
+            loop.log(record)
         loop.finished(step, record, reward=f"{record['reward_mean']:.3f}±{record['reward_std']:.2f}",
                       pass_=f"{record['pass_rate']:.2f}", kl=f"{stats['kl']:.4f}",
                       clip=f"{stats['clip_fraction']:.3f}", len=f"{record['completion_length']:.0f}",
                       tok_s=f"{record['rollout_tokens_per_s']:.0f}")
         if loop.due(step, cfg.save_every):
             _save(run, step)
-    loop.close()
-    return RLResult(step=step, history=loop.history, run_dir=run.run_dir)
+    return step
 
 
 def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
@@ -407,28 +424,24 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
     if cfg.prompts_per_step % world:
         raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the number of "
                           f"processes ({world})")
+    trackers.check_installed(cfg.report_to)
     run_dir = Path(cfg.run_dir)
     resume_from = runs.resume_point(run_dir, cfg.resume)
+    if resume_from is not None:
+        lora.check_resume(resume_from, cfg.lora_r)
     source = resume_from or cfg.model
-    if model is None or tokenizer is None:
-        import unmask
-
-        if source is None:
-            raise ConfigError("give the initial policy: unmask rl MODEL (or --model MODEL)")
-        model, tokenizer = unmask.load(source, dtype="float32")
+    if (model is None or tokenizer is None) and source is None:
+        raise ConfigError("give the initial policy: unmask rl MODEL (or --model MODEL)")
+    model, tokenizer, base, device = _policy(cfg, model, tokenizer, resume_from, run_dir, rank)
     generation = read_generation_config(source) if source is not None else {}
-    if model.config.mask_token_id is None:
-        raise ConfigError("the model config has no mask_token_id; a diffusion model needs one")
     mask_id = int(model.config.mask_token_id)
     tasks = load_rl_tasks(cfg) if tasks is None else tasks
     weights = cfg.reward_weight_map()
-    device = runs.resolve_device(cfg.device, rank)
-    model = model.to(device=device, dtype=torch.float32)
     model.eval()  # rollouts and no-grad passes; policy_update switches to train mode around its backward
 
     optimizer = runs.adamw(model, cfg)
     sampler = EpochSampler(len(tasks), cfg.seed + 1)
-    reference = copy.deepcopy(model).requires_grad_(False) if cfg.beta > 0 else None
+    reference = _reference(cfg, model)
     step = 0 if resume_from is None else _resume(resume_from, model, optimizer, sampler, reference)
     wrapped: torch.nn.Module = model
     if world > 1:
@@ -439,22 +452,60 @@ def _setup(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None) -> _Run:
         runs.start_run_dir(run_dir, "rl_config.json", cfg.to_dict(), resumed_at=None if resume_from is None else step,
                       logs=("metrics.jsonl",))
     return _Run(cfg, rank, world, run_dir, model, wrapped, reference, tokenizer, tasks, weights, device, optimizer,
-                sampler, mask_id, step, generation)
+                sampler, mask_id, step, generation, base)
+
+
+def _policy(cfg: RLConfig, model, tokenizer, resume_from: Path | None, run_dir: Path, rank: int
+            ) -> tuple[Any, Any, Path | None, torch.device]:
+    """(policy on its device, tokenizer, LoRA base directory or None, device). The weights come from ``model``
+    (given in memory) or ``cfg.model``; a resumed run restores them later, except a LoRA run's frozen base,
+    which is read here from the directory its checkpoint names, and then gets its adapters attached."""
+    base = lora.base_of(resume_from) if resume_from is not None and cfg.lora_r else None
+    device = runs.resolve_device(cfg.device, rank)
+    dtype = lora.base_dtype(device) if cfg.lora_r else torch.float32
+    in_memory = model is not None and tokenizer is not None
+    if not in_memory:
+        import unmask
+
+        model, tokenizer = unmask.load(base or resume_from or cfg.model, dtype=dtype)
+    elif base is not None:
+        lora.restore_base(model, base)
+    if model.config.mask_token_id is None:
+        raise ConfigError("the model config has no mask_token_id; a diffusion model needs one")
+    model = model.to(device=device, dtype=dtype)
+    if cfg.lora_r:
+        base = base or lora.keep_base(run_dir, None if in_memory else cfg.model, model, tokenizer, write=rank == 0)
+        model = lora.attach(model, cfg, seed=cfg.seed)
+    return model, tokenizer, base, device
+
+
+def _reference(cfg: RLConfig, model) -> torch.nn.Module | None:
+    """The KL anchor (None: beta 0): a frozen copy of the initial policy; under LoRA the policy with its adapters
+    off, which is the base the adapters start from, at no extra memory (and never synced: ``RLConfig``)."""
+    if cfg.beta == 0:
+        return None
+    if cfg.lora_r:
+        return lora.AdaptersOff(model)
+    return copy.deepcopy(model).requires_grad_(False)
 
 
 def _resume(checkpoint: Path, model, optimizer: torch.optim.Optimizer, sampler,
             reference: torch.nn.Module | None) -> int:
-    """Restore the policy, optimiser, prompt sampler, RNG and reference policy; the checkpoint's step."""
+    """Restore the policy (a LoRA run: its adapters), optimiser, prompt sampler, RNG and reference policy; the
+    checkpoint's step."""
     from unmask.checkpoint import load_model
 
-    with torch.no_grad():
-        model.load_state_dict(load_model(checkpoint, dtype="float32").state_dict())
+    if lora.is_lora_checkpoint(checkpoint):
+        lora.load_adapter(model, checkpoint)
+    else:
+        with torch.no_grad():
+            model.load_state_dict(load_model(checkpoint, dtype="float32").state_dict())
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     sampler.load_state_dict(state["sampler"])
     runs.set_rng_state(state["rng"])
     if reference is not None and state.get("reference") is not None:
-        reference.load_state_dict(state["reference"])
+        reference.load_state_dict(state["reference"])  # under LoRA an empty state: the reference is the base
     return int(state["step"])
 
 
@@ -527,7 +578,8 @@ def _save(run: _Run, step: int) -> None:
             "reference": None if run.reference is None else run.reference.state_dict(),
             "config": run.cfg.to_dict(),
         }
+        adapter = None if run.base is None else functools.partial(lora.save_adapter, run.model, base=run.base)
         runs.save_checkpoint(run.run_dir, run.model, run.tokenizer, trainer_state, run.cfg.keep_checkpoints,
-                             generation=run.generation)
+                             generation=run.generation, adapter=adapter)
     if run.world > 1:
         dist.barrier()
