@@ -5,7 +5,8 @@
 transformers 4.46.2; the file's ``note`` says how they were made) for tiny random models rebuilt here from
 seeds: greedy and sampled, every ``alg``, ``alg_temp``, a left-padded batch, masks inside the prompts (unequal
 counts), bfloat16 — always with top_k left out, as Dream's README call leaves it. unmask with the switch must
-give those ids exactly.
+give those ids exactly, through its reference decoder and through the remote code's ``diffusion_generate``
+called as Dream's is (``torch.manual_seed``, then the call).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 import torch
 from conftest import MASK_ID, make_model
 
+from unmask.checkpoint import save_model
 from unmask.commands.common import add_dataclass_arguments, from_flags
 from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults
 from unmask.decoding.dispatch import decode
@@ -83,6 +85,30 @@ def test_on_a_peaked_model_the_implicit_top_k_is_the_whole_difference(models):
     changes the entropies, hence the order); passing it explicitly makes unmask's sampler agree."""
     case = CASES["greedy_entropy"]
     assert torch.equal(unmask_ids(models, case, top_k=50), torch.tensor(case["sequences"]))
+
+
+@pytest.fixture(scope="module")
+def remote_models(models, tmp_path_factory, hf_modules_cache):
+    """The same models saved by unmask and loaded by transformers through the remote code."""
+    transformers = pytest.importorskip("transformers")
+    loaded = {}
+    for name, model in models.items():
+        directory = save_model(model, tmp_path_factory.mktemp("saved") / name)
+        kwargs = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": "auto"}
+        loaded[name] = transformers.AutoModel.from_pretrained(directory, trust_remote_code=True,
+                                                              local_files_only=True, **kwargs).eval()
+    return loaded
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_remote_method_called_as_dreams_gives_dreams_ids(remote_models, name):
+    case = CASES[name]
+    prompt, mask = inputs(case)
+    extra = {} if mask is None else {"attention_mask": mask}
+    with torch.random.fork_rng():
+        torch.manual_seed(case["seed"])  # Dream draws from torch's global generator, and so does this call
+        out = remote_models[case["model"]].diffusion_generate(prompt, **extra, **case["call"])
+    assert torch.equal(out, torch.tensor(case["sequences"]))
 
 
 def test_unset_filters_become_dreams_implicit_ones():

@@ -326,16 +326,21 @@ def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=Non
 def generation_config_dict(config: ModelConfig, generation: DecodeConfig | dict[str, Any] | None,
                            decoder: DecoderConfig | None = None) -> dict[str, Any]:
     """The generation_config.json of a model: its special ids, the sampler defaults (Dream's keys) and, when
-    one is recommended (not the plain reference sampler), the decoder's fields."""
+    one is recommended (not the plain reference sampler), the decoder's fields.
+
+    ``dream_compat`` is written only when on: absent, each reader keeps its own default — off in unmask, on in
+    the remote code's ``diffusion_generate`` (its callers speak Dream's call; docs/remote_code.md)."""
     if isinstance(generation, dict):
         decoder = decoder or DecoderConfig.from_dict(generation)
         generation = DecodeConfig.from_dict(generation)
-    generation = generation or DecodeConfig()
+    sampler = dataclasses.asdict(generation or DecodeConfig())
+    if not sampler["dream_compat"]:
+        del sampler["dream_compat"]
     recommended = {} if decoder is None or decoder == DecoderConfig() else dataclasses.asdict(decoder)
     return {
         "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id, "mask_token_id": config.mask_token_id,
-        **dataclasses.asdict(generation), **recommended,
+        **sampler, **recommended,
     }
 
 
