@@ -308,6 +308,9 @@ class GenerationDefaults:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
+    def __post_init__(self) -> None:
+        check_pairing(self.decode, self.decoder)
+
     @classmethod
     def from_dict(cls, generation: dict[str, Any]) -> GenerationDefaults:
         """From a generation_config.json's contents (its other keys are ignored)."""
