@@ -276,7 +276,8 @@ def test_directory_without_the_code_still_loads_in_unmask(tmp_path):
 
 @pytest.mark.slow
 def test_remote_code_on_transformers_4():
-    """This file again under a Python whose transformers is 4.x (Dream's pinned 4.46), when one is named."""
+    """This file and test_dream_compat.py again under a Python whose transformers is 4.x (Dream's pinned 4.46,
+    where Dream's own code runs), when one is named."""
     python = os.environ.get("UNMASK_TRANSFORMERS_4_PYTHON")
     if not python:
         pytest.skip("set UNMASK_TRANSFORMERS_4_PYTHON to a Python with transformers 4.46 (docs/remote_code.md)")
@@ -284,6 +285,7 @@ def test_remote_code_on_transformers_4():
                              capture_output=True, text=True, check=True).stdout.strip()
     assert version.startswith("4."), f"{python} has transformers {version}, not 4.x"
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not transformers_4"],
+    files = [__file__, str(root / "tests" / "test_dream_compat.py")]
+    run = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", "not transformers_4"],
                          cwd=root, env={**os.environ, "PYTHONPATH": str(root / "src")}, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
