@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # The suite's models are tiny and several tests start subprocesses (torchrun, the CLI, the server): one
 # OpenMP thread per process avoids oversubscribing a 2-core machine, which made the suite ~10x slower.
@@ -30,6 +31,18 @@ def make_model(seed: int = 0, *, sharpen: float = 1.0, **overrides) -> DreamMode
     with torch.no_grad():
         model.lm_head.weight.mul_(sharpen)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def hf_modules_cache(tmp_path_factory):
+    """transformers copies remote code into a modules cache (~/.cache by default) and imports it from there as
+    the package ``transformers_modules``, once per process: one temporary cache for the whole session."""
+    transformers = pytest.importorskip("transformers")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("modules")))
+    patch.setattr(sys, "path", list(sys.path))  # it appends the cache to sys.path
+    yield
+    patch.undo()
 
 
 @pytest.fixture

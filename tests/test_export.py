@@ -1,14 +1,19 @@
-"""`unmask tasks` (benchmark → JSONL), `unmask convert` (dtype/shards/generation defaults) and model cards."""
+"""`unmask tasks` (benchmark → JSONL), `unmask convert` (dtype/shards/generation defaults, remote code) and
+model cards."""
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 
 import torch
+from conftest import make_model
 
 import unmask
+from unmask.checkpoint import read_generation_config, save_model
 from unmask.cli import main
 from unmask.data.synthetic import synthetic_tasks
+from unmask.hf import REMOTE_CODE_FILES
 from unmask.modelcard import render_model_card, run_summary
 from unmask.training_data import read_sft_pairs
 
@@ -49,6 +54,59 @@ def test_convert_to_bfloat16_round_trips_weights_and_sets_generation_defaults(tm
     assert main(["convert", str(src), str(dst)]) == 2  # refuses to overwrite without --force
     assert "--force" in capsys.readouterr().err
     assert main(["convert", str(src), str(tmp_path / "x"), "--generation", "nope=1"]) == 2
+
+
+# A Dream checkpoint's own code (Dream-v0 ships these four), with contents that show which code a directory has.
+DREAM_CODE = {name: f"# {name} of the checkpoint itself (sentinel)\n" for name in
+              ("configuration_dream.py", "modeling_dream.py", "generation_utils.py", "tokenization_dream.py")}
+DREAM_AUTO_MAP = {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel",
+                  "AutoModelForCausalLM": "modeling_dream.DreamModel"}  # one entry more than unmask writes
+
+
+def fake_dream_checkpoint(path, tokenizer):
+    """A Dream-format directory that ships code of its own instead of unmask's."""
+    model = make_model(3, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.special.mask)
+    save_model(model, path, tokenizer=tokenizer)
+    for name in REMOTE_CODE_FILES:
+        (path / name).unlink()
+    for name, text in DREAM_CODE.items():
+        (path / name).write_text(text)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "auto_map": DREAM_AUTO_MAP}))
+    return model
+
+
+def shipped(name: str) -> bytes:
+    return (resources.files("unmask.hf") / name).read_bytes()
+
+
+def test_convert_keeps_a_dream_checkpoints_own_code_unless_asked(tmp_path, tokenizer, capsys):
+    src, kept, replaced = tmp_path / "dream", tmp_path / "kept", tmp_path / "replaced"
+    model = fake_dream_checkpoint(src, tokenizer)
+    assert main(["convert", str(src), str(kept), "--dtype", "bfloat16"]) == 0
+    assert "kept" in capsys.readouterr().out
+    assert {p.name: p.read_text() for p in kept.glob("*.py")} == DREAM_CODE
+    assert json.loads((kept / "config.json").read_text())["auto_map"] == DREAM_AUTO_MAP
+    converted, _ = unmask.load(kept, dtype=None)  # the conversion itself still happened
+    assert torch.equal(converted.lm_head.weight, model.lm_head.weight.to(torch.bfloat16))
+
+    assert main(["convert", str(src), str(replaced), "--replace-remote-code"]) == 0
+    assert sorted(p.name for p in replaced.glob("*.py")) == sorted(REMOTE_CODE_FILES)
+    assert all((replaced / name).read_bytes() == shipped(name) for name in REMOTE_CODE_FILES)
+    assert "AutoModelForCausalLM" not in json.loads((replaced / "config.json").read_text())["auto_map"]
+
+
+def test_convert_refreshes_the_code_of_a_directory_unmask_saved(tmp_path, tokenizer):
+    src = save_model(make_model(3, vocab_size=tokenizer.vocab_size, mask_token_id=tokenizer.special.mask),
+                     tmp_path / "ours", tokenizer=tokenizer)
+    (src / "generation_dream.py").write_text("# an older unmask's sampler\n")
+    assert main(["convert", str(src), str(tmp_path / "dst"), "--generation", "dream_compat=true"]) == 0
+    assert (tmp_path / "dst" / "generation_dream.py").read_bytes() == shipped("generation_dream.py")
+    assert read_generation_config(tmp_path / "dst")["dream_compat"] is True
+    # Dream's sampler is run by the plain reference decoder only: a directory may not recommend both
+    assert main(["convert", str(src), str(tmp_path / "bad"), "--generation", "dream_compat=true",
+                 "--generation", "decoder=blocks"]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def _write_run(path, rows, config):

@@ -3,7 +3,8 @@
 Everything goes through the public loaders (``AutoConfig`` / ``AutoModel`` / ``AutoTokenizer`` with
 ``trust_remote_code=True``) on local directories, offline. The remote model must give unmask's logits exactly
 (same weights, same operations in the same order), and ``diffusion_generate`` unmask's reference sampler's
-ids: greedy, and sampled too when both draw from generators with the same seed.
+ids, in either mode of ``dream_compat``: greedy, and sampled too when both draw from generators with the same
+seed. (That dream_compat reproduces Dream's own code is tests/test_dream_compat.py's concern.)
 """
 
 from __future__ import annotations
@@ -37,14 +38,7 @@ IDS = torch.randint(1, 120, (3, 10), generator=torch.Generator().manual_seed(0))
 LEFT_PADDED = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1], [1] * 10, [0] * 9 + [1]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def modules_cache(tmp_path_factory):
-    """transformers copies remote code into a modules cache (~/.cache by default): use a temporary one."""
-    patch = pytest.MonkeyPatch()
-    patch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path_factory.mktemp("modules")))
-    patch.setattr(sys, "path", list(sys.path))  # it appends the cache to sys.path
-    yield
-    patch.undo()
+pytestmark = pytest.mark.usefixtures("hf_modules_cache")  # a temporary modules cache (conftest.py)
 
 
 def imported_packages(path) -> set[str]:
@@ -159,11 +153,14 @@ def test_unsupported_features_are_refused_not_ignored(pair):
         type(remote.config)(rope_scaling={"type": "linear", "factor": 2.0})
 
 
+@pytest.mark.parametrize("dream_compat", [False, True])
 @pytest.mark.parametrize("alg", ["entropy", "maskgit_plus", "topk_margin"])
-def test_greedy_diffusion_generate_equals_the_reference_sampler(pair, alg):
+def test_greedy_diffusion_generate_equals_the_reference_sampler(pair, alg, dream_compat):
+    """Both samplers of the remote code against unmask's reference decoder with the same switch (Dream's own
+    output, which dream_compat reproduces, is checked in test_dream_compat.py)."""
     model, remote = pair
     prompt = IDS[:, :5]
-    settings = dict(max_new_tokens=12, steps=6, temperature=0.0, alg=alg)
+    settings = dict(max_new_tokens=12, steps=6, temperature=0.0, alg=alg, dream_compat=dream_compat)
     ours = generate(model, prompt, **settings).sequences
     theirs = remote.diffusion_generate(prompt, **settings)
     assert torch.equal(theirs, ours)
@@ -172,13 +169,15 @@ def test_greedy_diffusion_generate_equals_the_reference_sampler(pair, alg):
 
 @pytest.mark.parametrize("settings", [
     dict(temperature=0.8, top_p=0.9, top_k=20, alg="entropy", alg_temp=0.5),
+    dict(temperature=0.8, top_p=0.9, top_k=20, alg="entropy", alg_temp=0.5, dream_compat=True),
     dict(temperature=1.0, alg="origin"),
+    dict(temperature=1.0, alg="origin", dream_compat=True),
     dict(temperature=0.0, alg="maskgit_plus", stop_last=True),
 ])
 def test_seeded_diffusion_generate_equals_the_reference_sampler_on_a_padded_batch(pair, settings):
     model, remote = pair
     prompt, mask = IDS[:, :6], LEFT_PADDED[:, 4:]
-    settings = dict(max_new_tokens=10, steps=5, **settings)
+    settings = {"max_new_tokens": 10, "steps": 5, "dream_compat": False, **settings}
     ours = generate(model, prompt, mask, generator=torch.Generator().manual_seed(3), **settings).sequences
     theirs = remote.diffusion_generate(prompt, attention_mask=mask, generator=torch.Generator().manual_seed(3),
                                        **settings)
@@ -193,11 +192,35 @@ def test_defaults_come_from_generation_config_json(tmp_path):
     remote = load_remote(directory)
     assert remote.generation_config.steps == 7
     prompt = IDS[:2, :4]
-    expected = generate(ours, prompt).sequences  # generate() falls back to generation_defaults
+    # generate() falls back to generation_defaults; the remote method is Dream's sampler unless told otherwise
+    expected = generate(ours, prompt, dream_compat=True).sequences
     assert expected.shape == (2, 11)
     assert torch.equal(remote.diffusion_generate(prompt), expected)
-    shorter = generate(ours, prompt, max_new_tokens=5).sequences
+    assert torch.equal(remote.diffusion_generate(prompt, dream_compat=False), generate(ours, prompt).sequences)
+    shorter = generate(ours, prompt, max_new_tokens=5, dream_compat=True).sequences
     assert torch.equal(remote.diffusion_generate(prompt, max_length=9), shorter)  # max_length = prompt + new
+
+
+def test_which_sampler_the_remote_method_runs_by_default(tmp_path):
+    """Dream's (dream_compat) unless the directory or the call turns on unmask's stop_last; a directory saved
+    with dream_compat says so in generation_config.json, and unmask's verbs follow it too."""
+    model = make_model(4, sharpen=20.0)
+    plain = read_generation_config(save_model(model, tmp_path / "plain"))
+    assert "dream_compat" not in plain  # absent: each reader keeps its own default
+    assert DecodeConfig.from_dict(plain).dream_compat is False
+    compat = save_model(model, tmp_path / "compat", generation=DecodeConfig(max_new_tokens=6, steps=6,
+                                                                             dream_compat=True))
+    assert read_generation_config(compat)["dream_compat"] is True
+    assert DecodeConfig.from_dict(read_generation_config(compat)).dream_compat is True
+    remote = load_remote(compat)
+    settings = remote._sampler_settings(remote.generation_config, {})
+    assert settings["dream_compat"] is True and settings["top_k"] is None  # unset: Dream's implicit 50 applies
+    stop_last = load_remote(save_model(model, tmp_path / "stop", generation=DecodeConfig(stop_last=True)))
+    assert stop_last._sampler_settings(stop_last.generation_config, {})["dream_compat"] is False
+    assert remote._sampler_settings(None, {"stop_last": True})["dream_compat"] is False
+    assert remote._sampler_settings(None, {})["dream_compat"] is True
+    with pytest.raises(ValueError, match="dream_compat=False"):
+        remote.diffusion_generate(IDS[:1, :4], stop_last=True, dream_compat=True)
 
 
 def test_history_and_return_dict(pair):
@@ -236,7 +259,7 @@ def test_tokenizer_loads_with_auto_tokenizer(tmp_path, tokenizer):
     remote = load_remote(directory)
     prompt = torch.tensor([tokenizer.encode(text)])
     assert torch.equal(remote.diffusion_generate(prompt, max_new_tokens=6, steps=3),
-                       generate(model, prompt, max_new_tokens=6, steps=3).sequences)
+                       generate(model, prompt, max_new_tokens=6, steps=3, dream_compat=True).sequences)
 
 
 def test_directory_without_the_code_still_loads_in_unmask(tmp_path):
@@ -253,7 +276,8 @@ def test_directory_without_the_code_still_loads_in_unmask(tmp_path):
 
 @pytest.mark.slow
 def test_remote_code_on_transformers_4():
-    """This file again under a Python whose transformers is 4.x (Dream's pinned 4.46), when one is named."""
+    """This file and test_dream_compat.py again under a Python whose transformers is 4.x (Dream's pinned 4.46,
+    where Dream's own code runs), when one is named."""
     python = os.environ.get("UNMASK_TRANSFORMERS_4_PYTHON")
     if not python:
         pytest.skip("set UNMASK_TRANSFORMERS_4_PYTHON to a Python with transformers 4.46 (docs/remote_code.md)")
@@ -261,6 +285,7 @@ def test_remote_code_on_transformers_4():
                              capture_output=True, text=True, check=True).stdout.strip()
     assert version.startswith("4."), f"{python} has transformers {version}, not 4.x"
     root = Path(__file__).resolve().parents[1]
-    run = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "not transformers_4"],
+    files = [__file__, str(root / "tests" / "test_dream_compat.py")]
+    run = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", "not transformers_4"],
                          cwd=root, env={**os.environ, "PYTHONPATH": str(root / "src")}, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -3,8 +3,9 @@
 A directory holds ``config.json`` (``model_type: "Dream"``), ``generation_config.json``, one
 ``model.safetensors`` or shards ``model-0000N-of-0000M.safetensors`` with ``model.safetensors.index.json``,
 and the tokenizer files. Saves use Dream's tensor names and config fields (plus its ``auto_map``) and write
-the project's own remote code beside them (``unmask.hf``), so a directory written here loads in
-``transformers`` with ``trust_remote_code=True``, and Dream/DiffuCoder directories load here.
+the project's own remote code beside them (``unmask.hf``; a converted Dream/DiffuCoder directory keeps its own,
+``save_model(code_from=...)``), so a directory written here loads in ``transformers`` with
+``trust_remote_code=True``, and Dream/DiffuCoder directories load here.
 
 Loading never needs twice the model's memory: the model is built on the ``meta`` device (no storage),
 each tensor is read from the (memory-mapped) safetensors file straight onto the target device, cast if
@@ -31,7 +32,7 @@ from safetensors.torch import save_file
 
 from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults, ModelConfig
 from unmask.errors import CheckpointError, ConfigError
-from unmask.hf import write_remote_code
+from unmask.hf import own_code, write_remote_code
 from unmask.lora import is_lora_checkpoint
 from unmask.model import DreamModel
 
@@ -292,15 +293,16 @@ def load_model(directory: str | os.PathLike, *, dtype: str | torch.dtype | None 
 
 def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=None,
                generation: DecodeConfig | dict[str, Any] | None = None, decoder: DecoderConfig | None = None,
-               dtype: str | torch.dtype | None = None,
-               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, family: str | None = None,
-               weights: bool = True) -> Path:
+               dtype: str | torch.dtype | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+               family: str | None = None, code_from: str | os.PathLike | None = None, weights: bool = True) -> Path:
     """Write a complete HF directory atomically: build it beside the target, then swap it in.
 
     A crash mid-save leaves either the old directory or the new one, never a mix. ``generation`` (sampler) and
     ``decoder`` are the defaults written to generation_config.json; a dict ``generation`` may hold both.
-    ``weights=False`` writes everything but the weights (a LoRA checkpoint: its weights are its base's and its
-    adapter's, ``unmask.lora``).
+    ``code_from``: a model directory (the one being converted) whose own remote code (``hf.own_code``: a Dream
+    or DiffuCoder checkpoint's ``modeling_dream.py``, …) is copied, with its config.json ``auto_map``, instead
+    of unmask's; without such code unmask's is written as usual. ``weights=False`` writes everything but the
+    weights (a LoRA checkpoint: its weights are its base's and its adapter's, ``unmask.lora``).
     """
     directory = Path(directory)
     dtype = parse_dtype(dtype) or model.dtype
@@ -315,12 +317,18 @@ def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=Non
                 state.pop("lm_head.weight", None)
             _write_weights(state, staging, max_shard_bytes)
         family = family or getattr(model, "family", "dream")
-        _write_json(staging / "config.json", config_to_hf(model.config, dtype, family))
+        kept = own_code(code_from) if code_from is not None and family == "dream" else []
+        hf_config = config_to_hf(model.config, dtype, family)
+        if kept:  # the entry points of the code that is kept
+            hf_config["auto_map"] = _read_json(Path(code_from) / "config.json").get("auto_map", hf_config["auto_map"])
+        _write_json(staging / "config.json", hf_config)
         generation_config = generation_config_dict(model.config, generation, decoder)
         _write_json(staging / "generation_config.json", generation_config)
         if tokenizer is not None:
             tokenizer.save(staging)
-        if family == "dream" and weights:  # the code config.json's auto_map names, so transformers can load it
+        for path in kept:
+            (staging / path.name).write_bytes(path.read_bytes())
+        if family == "dream" and weights and not kept:  # the code config.json's auto_map names (for transformers)
             write_remote_code(staging)
         for path in staging.iterdir():
             path.chmod(0o644)  # safetensors writes 0600; model directories are meant to be shared
@@ -334,16 +342,21 @@ def save_model(model: DreamModel, directory: str | os.PathLike, *, tokenizer=Non
 def generation_config_dict(config: ModelConfig, generation: DecodeConfig | dict[str, Any] | None,
                            decoder: DecoderConfig | None = None) -> dict[str, Any]:
     """The generation_config.json of a model: its special ids, the sampler defaults (Dream's keys) and, when
-    one is recommended (not the plain reference sampler), the decoder's fields."""
+    one is recommended (not the plain reference sampler), the decoder's fields.
+
+    ``dream_compat`` is written only when on: absent, each reader keeps its own default — off in unmask, on in
+    the remote code's ``diffusion_generate`` (its callers speak Dream's call; docs/remote_code.md)."""
     if isinstance(generation, dict):
         decoder = decoder or DecoderConfig.from_dict(generation)
         generation = DecodeConfig.from_dict(generation)
-    generation = generation or DecodeConfig()
+    sampler = dataclasses.asdict(generation or DecodeConfig())
+    if not sampler["dream_compat"]:
+        del sampler["dream_compat"]
     recommended = {} if decoder is None or decoder == DecoderConfig() else dataclasses.asdict(decoder)
     return {
         "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id, "mask_token_id": config.mask_token_id,
-        **dataclasses.asdict(generation), **recommended,
+        **sampler, **recommended,
     }
 
 

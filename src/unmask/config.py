@@ -195,6 +195,12 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
+# What Dream's ``diffusion_generate`` applies when its caller leaves top_k / top_p out, on transformers 4.46 (the
+# version it pins): it builds its generation config from the model config, and a 4.x model config carries the
+# autoregressive defaults top_k=50, top_p=1.0 (and temperature=1.0, docs/sampler.md "Dream-compatible mode").
+DREAM_IMPLICIT_TOP_K = 50
+DREAM_IMPLICIT_TOP_P = 1.0
+
 
 @dataclass(frozen=True)
 class DecodeConfig(Settings):
@@ -213,10 +219,17 @@ class DecodeConfig(Settings):
     eps: float = field(default=1e-3, metadata=doc("last timestep of linspace(1, eps, steps + 1)"))
     stop_last: bool = field(default=False, metadata=doc(
         "never commit an eos/pad while a mask lies to its left (off = Dream's sampler exactly)"))
+    dream_compat: bool = field(default=False, metadata=doc(
+        "reproduce Dream's diffusion_generate call exactly: unset top_k is its implicit 50, the mask token stays "
+        "in the softmax, batch-mean reveal counts (docs/sampler.md)"))
 
     def __post_init__(self) -> None:
-        if not isinstance(self.stop_last, bool):
-            raise ConfigError(f"stop_last must be true or false, got {self.stop_last!r}")
+        for name in ("stop_last", "dream_compat"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.stop_last and self.dream_compat:
+            raise ConfigError("stop_last is unmask's own reordering, which Dream's sampler lacks: it cannot be "
+                              "combined with dream_compat")
         if self.stop_last and self.alg == "origin":
             raise ConfigError("stop_last reorders commits by confidence; alg origin has none (use entropy, "
                               "maskgit_plus or topk_margin)")
@@ -235,6 +248,15 @@ class DecodeConfig(Settings):
             raise ConfigError(f"alg_temp must be a finite number >= 0, got {self.alg_temp!r}")
         if not (0 < self.eps < 1):
             raise ConfigError(f"eps must be in (0, 1), got {self.eps!r}")
+
+    @property
+    def token_filters(self) -> tuple[float | None, int | None]:
+        """(top_p, top_k) as the sampler applies them: with ``dream_compat`` an unset one is what Dream's call
+        uses when its caller leaves it out (top_p 1.0, which filters nothing, and top_k 50)."""
+        if not self.dream_compat:
+            return self.top_p, self.top_k
+        return (DREAM_IMPLICIT_TOP_P if self.top_p is None else self.top_p,
+                DREAM_IMPLICIT_TOP_K if self.top_k is None else self.top_k)
 
 
 
@@ -292,6 +314,15 @@ def override_decoder(base: DecoderConfig, changes: dict[str, Any]) -> DecoderCon
     return base.replace(**changes)
 
 
+def check_pairing(config: DecodeConfig, decoder: DecoderConfig) -> None:
+    """A ``ConfigError`` for a sampler the chosen decoder does not run: ``dream_compat`` is Dream's own sampler,
+    which only the plain reference decoder runs (lossless reasons with per-row counts; blocks and parallel are
+    not Dream's)."""
+    if config.dream_compat and (decoder.decoder != "reference" or decoder.lossless):
+        raise ConfigError("dream_compat reproduces Dream's own sampler: it needs --decoder reference without "
+                          "--lossless")
+
+
 @dataclass(frozen=True)
 class GenerationDefaults:
     """The sampler and the decoder a model recommends. Its generation_config.json is the one source of both:
@@ -301,6 +332,9 @@ class GenerationDefaults:
 
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+
+    def __post_init__(self) -> None:
+        check_pairing(self.decode, self.decoder)
 
     @classmethod
     def from_dict(cls, generation: dict[str, Any]) -> GenerationDefaults:
@@ -315,5 +349,8 @@ class GenerationDefaults:
 
     def updated(self, decode: dict[str, Any], decoder: dict[str, Any]) -> tuple[DecodeConfig, DecoderConfig]:
         """(sampler, decoder) with a caller's changes on top (flags, request fields); naming another decoder than
-        the recommended one starts from that decoder's defaults (``override_decoder``)."""
-        return self.decode.replace(**decode), override_decoder(self.decoder, decoder)
+        the recommended one starts from that decoder's defaults (``override_decoder``); a pair the decoder cannot
+        run is a ``ConfigError`` (``check_pairing``)."""
+        config, chosen = self.decode.replace(**decode), override_decoder(self.decoder, decoder)
+        check_pairing(config, chosen)
+        return config, chosen

@@ -4,6 +4,10 @@
 setting (``decoder=blocks``, ``block_length=8``, ``cache=prefix``): what every verb uses when given no flags.
 ``--merge-lora``: SRC is a LoRA checkpoint (``adapter/`` beside config and tokenizer); DST gets its base with
 the adapter merged into the weights, a plain model directory like any other (``unmask.lora.merge``).
+
+A source that ships remote code of its own (a Dream or DiffuCoder checkpoint: ``modeling_dream.py``,
+``generation_utils.py``, …) keeps it, with its ``auto_map``; ``--replace-remote-code`` writes unmask's instead.
+A source saved by unmask gets the current version of unmask's.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or the recommended decoder (decoder=blocks, block_length=8, cache=prefix, early_stop=true)")
     p.add_argument("--merge-lora", action="store_true",
                    help="SRC is a LoRA checkpoint of unmask train/rl: write its base with the adapter merged in")
+    p.add_argument("--replace-remote-code", action="store_true",
+                   help="write unmask's remote code (configuration/modeling/generation_dream.py) even where the source "
+                        "ships its own, as a Dream or DiffuCoder checkpoint does (kept by default)")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty directory")
 
 
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import unmask
     from unmask.checkpoint import load_generation_defaults
     from unmask.config import GenerationDefaults
+    from unmask.hf import own_code
 
     src, dst = Path(args.source), Path(args.destination)
     if dst.exists() and any(dst.iterdir()) and not args.force:
@@ -56,11 +64,15 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--max-shard-mb must be positive, got {args.max_shard_mb}")
     model, tokenizer = _merged(src) if args.merge_lora else unmask.load(src, dtype=None)
     defaults = GenerationDefaults.from_dict(generation_settings(load_generation_defaults(src), args.generation))
+    kept = [] if args.replace_remote_code or getattr(model, "family", "dream") != "dream" else own_code(src)
     unmask.save(model, dst, tokenizer=tokenizer, generation=defaults.decode, decoder=defaults.decoder, dtype=args.dtype,
-                max_shard_bytes=args.max_shard_mb * 2**20)
+                max_shard_bytes=args.max_shard_mb * 2**20, code_from=src if kept else None)
     size = sum(f.stat().st_size for f in dst.iterdir() if f.is_file())
     print(f"wrote {dst}: {model.config.num_parameters() / 1e6:.2f}M parameters as "
           f"{args.dtype or next(model.parameters()).dtype}, {size / 1e6:.1f} MB")
+    if kept:
+        print(f"kept {src}'s own remote code ({', '.join(f.name for f in kept)}); --replace-remote-code writes "
+              "unmask's instead")
     return 0
 
 

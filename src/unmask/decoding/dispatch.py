@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults
+from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults, check_pairing
 from unmask.decoding.blocks import LogitsProbe, block_stream
 from unmask.decoding.canvas import check_canvas
 from unmask.decoding.eos import default_stop_ids
@@ -35,6 +35,7 @@ def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
                   stop_ids: tuple[int, ...] = (), logprobs: int | None = None) -> Iterator[DecodeStep]:
     """The chosen decoder's stream of steps over a canvas whose masks start at ``region_start``; ``logprobs`` = k
     adds each commit's log-probability and k alternatives to the steps (``DecodeStep.logprobs``)."""
+    check_pairing(config, decoder)
     common = dict(config=config, mask_token_id=mask_token_id, generator=generator, stop_ids=stop_ids,
                   logprobs=logprobs)
     if decoder.decoder == "reference":

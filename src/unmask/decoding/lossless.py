@@ -81,8 +81,9 @@ def skip_step(masked: torch.Tensor, step: int, timesteps: torch.Tensor, config: 
 
 
 def rows_independent(config: DecodeConfig) -> bool:
-    """Whether no step of ``config`` reads the generator, so rows of a batch may advance independently."""
-    return config.temperature == 0 and config.alg_temp == 0 and config.alg != "origin"
+    """Whether no step of ``config`` reads the generator and rows do not interact (``dream_compat``'s batch-mean
+    count couples them), so rows of a batch may advance independently."""
+    return config.temperature == 0 and config.alg_temp == 0 and config.alg != "origin" and not config.dream_compat
 
 
 def _batched_logits(model, canvases: list[torch.Tensor], real: list[torch.Tensor] | None) -> torch.Tensor:

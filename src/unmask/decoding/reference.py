@@ -3,7 +3,7 @@
 A canvas is a (B, T) id tensor in which some positions hold the mask token, anywhere (``dispatch.decode``
 builds prompt + ``max_new_tokens`` masks; infilling puts them between texts). ``reference_step`` is one step of
 Dream's sampler, ``denoise_stream`` the loop over the steps; each step is one full forward pass over the canvas;
-committed positions never change again.
+committed positions never change again (but see ``dream_positions``).
 
 Schedule: ``ts = linspace(1, eps, steps + 1)`` in float32, as Dream. At step i (t = ts[i], s = ts[i+1]):
 - ``origin``: each masked position is committed independently with probability 1 - s/t (all at the last
@@ -14,12 +14,16 @@ Schedule: ``ts = linspace(1, eps, steps + 1)`` in float32, as Dream. At step i (
   from softmax(confidence / alg_temp).
 
 Exactly Dream's arithmetic, so with steps == max_new_tokens the first step commits int(0.999 L / L) = 0
-tokens and the last step two. Two deliberate differences, both only where Dream misbehaves:
+tokens and the last step two. Deliberate differences, each only where Dream misbehaves or where exact float
+behaviour is unattainable anyway (docs/sampler.md):
 - ``m`` is each row's own masked count. Dream uses the batch mean, which equals it whenever rows have the
   same number of masks (always, for ``generate``); with unequal counts Dream could pick an already
   committed position (and overwrite it with a mask) or leave masks after the last step.
 - Probabilities and confidences are computed in float32 even for bf16 models (see ``sampling``).
 - The mask token itself is never sampled (committing it would leave the position masked).
+- ``alg_temp`` > 0 draws the order by Gumbel-top-k rather than ``torch.multinomial``.
+``config.dream_compat`` drops all four and, with the top-k Dream's call inherits, reproduces its output ids
+(``dream_positions``; tests/test_dream_compat.py checks them against ids Dream's own code produced).
 
 Randomness comes only from the explicit ``generator``: same seed, same output.
 """
@@ -62,18 +66,21 @@ def reference_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Ten
 
     logits: (B, T, V) ALIGNED predictions; canvas: (B, T) ids, updated in place; masked: (B, T) bool.
     With ``config.stop_last``, candidates in ``stop_ids`` that have a mask to their left are ranked last
-    (``eos.demote_early_stops``); the reported confidence stays the model's.
+    (``eos.demote_early_stops``); the reported confidence stays the model's. With ``config.dream_compat`` the
+    step is Dream's to the bit (``dream_positions``): a position that receives the mask token stays masked and
+    does not count as committed.
     """
     t, s = timesteps[step], timesteps[step + 1]
     last = step == config.steps - 1
-    batch, length = canvas.shape
-    committed = torch.zeros_like(masked)
-    conf_out = torch.zeros(canvas.shape, dtype=torch.float32, device=canvas.device)
-    mask_logits = logits[masked].float()  # (N, V) in row-major order of the masked positions
-    # The mask token is never a valid output: committing it would leave the position masked. Trained models
-    # give it ~0 probability anyway, so excluding it changes nothing for them and guarantees progress.
-    mask_logits[:, mask_token_id] = torch.finfo(mask_logits.dtype).min
-    sample = dict(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k, generator=generator)
+    dream = config.dream_compat
+    mask_logits = logits[masked]  # (N, V), a copy, in row-major order of the masked positions
+    if not dream:
+        # The mask token is never a valid output: committing it would leave the position masked. Trained models
+        # give it ~0 probability anyway, so excluding it changes nothing for them and guarantees progress.
+        mask_logits = mask_logits.float()
+        mask_logits[:, mask_token_id] = torch.finfo(mask_logits.dtype).min
+    top_p, top_k = config.token_filters
+    sample = dict(temperature=config.temperature, top_p=top_p, top_k=top_k, generator=generator, dream=dream)
 
     if config.alg == "origin":
         p_transfer = 1.0 if last else float(1 - s / t)
@@ -82,41 +89,65 @@ def reference_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Ten
         flat = masked.nonzero(as_tuple=True)
         rows, cols = flat[0][draw], flat[1][draw]
         canvas[rows, cols] = x0
-        committed[rows, cols] = True
-        conf_out[rows, cols] = conf
-        return committed, conf_out
+        committed = torch.zeros_like(masked)
+        committed[rows, cols] = x0 != mask_token_id
+        conf_out = torch.zeros(canvas.shape, dtype=torch.float32, device=canvas.device)
+        conf_out[rows, cols] = conf.float()
+        return committed, conf_out.masked_fill_(~committed, 0)
 
     x0, conf = sample_tokens(mask_logits, confidence=config.alg, **sample)
-    full_conf = torch.full(canvas.shape, float("-inf"), device=canvas.device)
+    full_conf = torch.full(canvas.shape, float("-inf"), dtype=conf.dtype, device=canvas.device)
     full_conf[masked] = conf
-    candidates = torch.zeros_like(canvas)
+    candidates = torch.full_like(canvas, mask_token_id)  # what a pick writes: the mask itself off the masked set
     candidates[masked] = x0
-    ranking = full_conf
-    if config.stop_last and stop_ids:
-        ranking = demote_early_stops(full_conf, candidates, masked, stop_ids)
-    counts = reveal_counts(masked.sum(-1), t, s, last)  # (B,)
-    counts_list = counts.tolist()
-    for row_group in _same_count_groups(counts_list):
-        k = counts_list[row_group[0]]
+    if dream:
+        picks = dream_positions(full_conf, masked, t, s, last, config.alg_temp, generator)
+        groups = [] if picks is None else [(torch.arange(canvas.shape[0], device=canvas.device), picks)]
+    else:
+        ranking = full_conf
+        if config.stop_last and stop_ids:
+            ranking = demote_early_stops(full_conf, candidates, masked, stop_ids)
+        groups = confident_positions(ranking, reveal_counts(masked.sum(-1), t, s, last), config.alg_temp, generator)
+    picked = torch.zeros_like(masked)
+    for rows, cols in groups:
+        row_idx = rows[:, None].expand_as(cols)
+        canvas[row_idx, cols] = candidates[row_idx, cols]
+        picked[row_idx, cols] = True
+    committed = picked & (canvas != mask_token_id)
+    return committed, torch.where(committed, full_conf.float(), 0.0)
+
+
+def confident_positions(ranking: torch.Tensor, counts: torch.Tensor, alg_temp: float,
+                        generator: torch.Generator | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """unmask's choice of positions: each row's ``counts`` (B,) highest of ``ranking`` (B, T), or with ``alg_temp``
+    > 0 as many draws without replacement from softmax(ranking / alg_temp) (Gumbel-top-k). Returns (rows (b,),
+    columns (b, k)) per group of rows with the same count, so equal-count batches (the usual case) take one call."""
+    groups: dict[int, list[int]] = {}
+    for row, k in enumerate(counts.tolist()):
+        groups.setdefault(k, []).append(row)
+    picks = []
+    for k, members in groups.items():
         if k == 0:
             continue
-        rows = torch.tensor(row_group, device=canvas.device)
-        scores = ranking[rows]  # (b, T)
-        # the k most confident, or (alg_temp > 0) k drawn without replacement from softmax(scores / alg_temp)
-        picks = torch.topk(gumbel_scores(scores, config.alg_temp, generator), k, dim=-1).indices  # (b, k)
-        row_idx = rows[:, None].expand_as(picks)
-        canvas[row_idx, picks] = candidates[row_idx, picks]
-        committed[row_idx, picks] = True
-        conf_out[row_idx, picks] = full_conf[row_idx, picks]
-    return committed, conf_out
+        rows = torch.tensor(members, device=ranking.device)
+        picks.append((rows, torch.topk(gumbel_scores(ranking[rows], alg_temp, generator), k, dim=-1).indices))
+    return picks
 
 
-def _same_count_groups(counts: list[int]) -> list[list[int]]:
-    """Rows grouped by reveal count, so equal-count batches (the usual case) take one batched call."""
-    groups: dict[int, list[int]] = {}
-    for row, k in enumerate(counts):
-        groups.setdefault(k, []).append(row)
-    return list(groups.values())
+def dream_positions(confidence: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last: bool,
+                    alg_temp: float, generator: torch.Generator | None) -> torch.Tensor | None:
+    """Dream's choice of positions, (B, k) columns, or None when k is 0: the same k for every row, from the
+    *batch-mean* masked count m (float32): int(m * (1 - s/t)), int(m) at the last step; the k highest of
+    ``confidence`` (B, T) (-inf off the masked set), or with ``alg_temp`` > 0 ``torch.multinomial`` without
+    replacement from softmax(confidence / alg_temp). A row with fewer than k masks thus gets positions off its
+    masked set (Dream writes the mask token there), and one with more keeps some after the last step."""
+    mean = masked.sum() / masked.shape[0]  # 0-dim float32, as Dream's mask_index.sum() / batch
+    k = int(mean) if last else int(mean * (1 - s / t))
+    if k == 0:
+        return None
+    if alg_temp == 0:
+        return torch.topk(confidence, k).indices
+    return torch.multinomial((confidence / alg_temp).softmax(-1), k, generator=generator)
 
 
 @torch.inference_mode()

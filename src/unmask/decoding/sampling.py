@@ -5,7 +5,8 @@ softmax -> sample (temperature > 0) or argmax (temperature 0). Confidences are c
 distribution, so top-p/top-k change them even at temperature 0, exactly as in Dream.
 
 Everything runs in float32 whatever the model's dtype: in bf16, many confidences tie and the commit order
-would then depend on tie-breaking rather than on the model.
+would then depend on tie-breaking rather than on the model. With ``dream=True`` (``DecodeConfig.dream_compat``)
+it runs as Dream's code does instead: in the logits' own dtype, and drawing as ``torch.distributions.Categorical``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
 
 
-def filtered_logits(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None
-                    ) -> torch.Tensor:
-    """(N, V) logits -> (N, V) float32 logits after temperature, top-p and top-k (removed: the dtype's minimum)."""
-    logits = logits.float()
+def filtered_logits(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None, *,
+                    upcast: bool = True) -> torch.Tensor:
+    """(N, V) logits -> (N, V) logits after temperature, top-p and top-k (removed: the dtype's minimum), in
+    float32, or with ``upcast=False`` in the logits' own dtype (as Dream computes them)."""
+    if upcast:
+        logits = logits.float()
     if temperature > 0:
         logits = logits / temperature
     if top_p is not None and top_p < 1:
@@ -50,10 +53,10 @@ def filtered_logits(logits: torch.Tensor, temperature: float, top_p: float | Non
     return logits
 
 
-def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None
-                   ) -> torch.Tensor:
-    """(N, V) logits -> (N, V) float32 probabilities after temperature, top-p and top-k."""
-    return filtered_logits(logits, temperature, top_p, top_k).softmax(-1)
+def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None, *,
+                   upcast: bool = True) -> torch.Tensor:
+    """(N, V) logits -> (N, V) probabilities after temperature, top-p and top-k (float32 unless not ``upcast``)."""
+    return filtered_logits(logits, temperature, top_p, top_k, upcast=upcast).softmax(-1)
 
 
 def sampled_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float, top_p: float | None = None,
@@ -69,24 +72,39 @@ def sampled_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature:
     return chosen, ids, values
 
 
+def categorical_draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+    """One token per row of ``probs`` (N, V), drawn as ``torch.distributions.Categorical(probs=probs).sample()``
+    draws it (Dream's draw) but from ``generator``: the rows renormalised, then one multinomial draw each. None
+    where that class refuses the rows (its check, on by default, that each is a probability vector to within
+    1e-6; a NaN fails it): Dream then takes the argmax of every row instead."""
+    normalised = probs / probs.sum(-1, keepdim=True)
+    if not bool(((normalised >= 0).all(-1) & ((normalised.sum(-1) - 1).abs() < 1e-6)).all()):
+        return None
+    return torch.multinomial(normalised, 1, replacement=True, generator=generator).squeeze(-1)
+
+
 def sample_tokens(logits: torch.Tensor, *, temperature: float, top_p: float | None = None,
                   top_k: int | None = None, confidence: str = "maskgit_plus",
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None, dream: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row and score it. logits (N, V) -> (x0 (N,) long, confidence (N,) float32).
 
     confidence: ``maskgit_plus`` p(x0); ``topk_margin`` p(top1) - p(top2); ``entropy`` sum p log p
-    (negative entropy: higher = more certain).
+    (negative entropy: higher = more certain). ``dream``: Dream's arithmetic exactly (the logits' dtype, and its
+    ``Categorical`` draw, ``categorical_draw``), so the confidences have the logits' dtype.
     """
     if confidence not in CONFIDENCES:
         raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
-    probs = filtered_probs(logits, temperature, top_p, top_k)  # (N, V)
+    probs = filtered_probs(logits, temperature, top_p, top_k, upcast=not dream)  # (N, V)
     if logits.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=logits.device), torch.zeros(0, device=logits.device)
+        return torch.zeros(0, dtype=torch.long, device=logits.device), probs.new_zeros(0)
+    x0 = None
     if temperature > 0:
-        x0 = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        score = probs.gather(-1, x0[:, None]).squeeze(-1)
-    else:
+        x0 = (categorical_draw(probs, generator) if dream
+              else torch.multinomial(probs, 1, generator=generator).squeeze(-1))
+    if x0 is None:
         score, x0 = probs.max(dim=-1)
+    else:
+        score = probs.gather(-1, x0[:, None]).squeeze(-1)
     if confidence == "topk_margin":
         top2 = torch.topk(probs, 2, dim=-1).values
         score = top2[:, 0] - top2[:, 1]

@@ -41,10 +41,12 @@ def commit_logprobs(logits: torch.Tensor, committed: torch.Tensor, canvas: torch
     Reads only: the decoded tokens and the generator are untouched, so asking for log-probs changes nothing."""
     rows, cols = committed.nonzero(as_tuple=True)
     scores = logits[rows, cols].float()  # (M, V), a copy (advanced indexing)
-    scores[:, mask_token_id] = torch.finfo(scores.dtype).min  # the samplers never draw the mask token
+    if not config.dream_compat:  # the samplers never draw the mask token (Dream's does)
+        scores[:, mask_token_id] = torch.finfo(scores.dtype).min
+    top_p, top_k = config.token_filters
     chosen, top_ids, top_values = sampled_logprobs(scores, canvas[rows, cols + offset],
-                                                   temperature=config.temperature, top_p=config.top_p,
-                                                   top_k=config.top_k, top=top)
+                                                   temperature=config.temperature, top_p=top_p, top_k=top_k,
+                                                   top=top)
     return CommitLogprobs(rows, cols + offset, chosen, top_ids, top_values)
 
 

@@ -5,7 +5,8 @@
 package data: self-contained files that import torch and transformers only — a Hub user has no unmask — and
 that unmask never imports itself. ``checkpoint.save_model`` copies them next to ``config.json``, whose
 ``auto_map`` names them, so ``AutoModel.from_pretrained(directory, trust_remote_code=True)`` loads what
-unmask saved (docs/remote_code.md).
+unmask saved (docs/remote_code.md). A directory that ships code of its own — a Dream or DiffuCoder checkpoint
+being converted — keeps it (``own_code``).
 """
 
 from __future__ import annotations
@@ -21,3 +22,11 @@ def write_remote_code(directory: str | Path) -> None:
     source = resources.files(__name__)
     for name in REMOTE_CODE_FILES:
         (Path(directory) / name).write_bytes((source / name).read_bytes())
+
+
+def own_code(directory: str | Path) -> list[Path]:
+    """The Python files ``directory`` ships as remote code of its own: its top-level ``*.py``, unless they are
+    exactly the files unmask writes (then they are unmask's, perhaps from an older version, and a re-save
+    writes the current ones). A Dream or DiffuCoder checkpoint has its own (``generation_utils.py``, …)."""
+    files = sorted(Path(directory).glob("*.py"))
+    return [] if {f.name for f in files} == set(REMOTE_CODE_FILES) else files

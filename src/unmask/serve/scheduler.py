@@ -1,11 +1,11 @@
 """One worker thread that runs every decode, batching compatible requests into shared forward passes.
 
 Requests become ``Job`` s (one per choice). The worker takes the oldest queued job; when it is
-deterministic (temperature 0, alg_temp 0, not ``origin``) it waits ``batch_wait_ms`` and takes up to
-``max_batch - 1`` more queued jobs with the same ``key`` (same sampler and decoder settings, same number of
-masks), left-pads their canvases and decodes them as one batch. Rows of a deterministic decode do not
-interact, so each row's result equals the job decoded alone (checked by the tests). Sampled jobs run alone
-with their own seeded generator: a shared generator would make a row's draws depend on its batch-mates.
+deterministic (temperature 0, alg_temp 0, not ``origin``, not ``dream_compat``) it waits ``batch_wait_ms``
+and takes up to ``max_batch - 1`` more queued jobs with the same ``key`` (same sampler and decoder settings,
+same number of masks), left-pads their canvases and decodes them as one batch. Rows of a deterministic decode
+do not interact, so each row's result equals the job decoded alone (checked by the tests). Sampled jobs run
+alone with their own seeded generator: a shared generator would make a row's draws depend on its batch-mates.
 
 Between denoising steps the worker drops rows whose client went away (``cancelled``); when every row of a
 batch is gone it stops the decode. Results go back through each job's ``emit`` callback (thread-safe sink).
@@ -24,6 +24,7 @@ import torch
 from unmask.config import DecodeConfig, DecoderConfig
 from unmask.decoding.canvas import left_pad
 from unmask.decoding.dispatch import decode_stream
+from unmask.decoding.lossless import rows_independent
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class Job:
 
     @property
     def deterministic(self) -> bool:
-        c = self.config
-        return c.temperature == 0 and c.alg_temp == 0 and c.alg != "origin"
+        """No draw and no row interaction (``lossless.rows_independent``): the job may share a batch."""
+        return rows_independent(self.config)
 
     @property
     def key(self) -> tuple:
