@@ -92,14 +92,6 @@ async def _reject(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _reject(send, status: int, message: str) -> None:
-    payload = json.dumps(error_body(message)).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": payload})
-
-
 
 # ---------------------------------------------------------------------------------------------------------
 # the app: module-level handlers, each given the app's Engine; create_app only wires them
