@@ -114,6 +114,20 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class RunOptions(Settings):
+    """The fields ``TrainConfig`` and ``RLConfig`` share (they inherit them, so they come first): LoRA adapters
+    (docs/training.md; with RL the frozen base is also the KL reference) and the experiment trackers."""
+
+    lora_r: int = field(default=0, metadata=doc("LoRA rank: train low-rank adapters on a frozen base (0 = off)"))
+    lora_alpha: float | None = field(default=None, metadata=doc("LoRA scale: updates x alpha / r (None: 2 x lora_r)"))
+    lora_dropout: float = field(default=0.0, metadata=doc("dropout on the input of the LoRA branch"))
+    lora_targets: str = field(default=",".join(LORA_MODULES), metadata=doc("comma list of the projections LoRA adapts"))
+    report_to: str = field(
+        default="none", metadata=doc("experiment trackers beside metrics.jsonl: a comma list of tensorboard, wandb")
+    )
+
+
+@dataclass(frozen=True)
 class ModelConfig(Settings):
     """Architecture of a Dream-family model (a bidirectional Qwen2 decoder stack)."""
 

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 from unmask import trackers
 from unmask.config import (
-    LORA_MODULES,
-    Settings,
+    RunOptions,
     check_choices,
     check_device,
     check_ints,
@@ -29,7 +28,7 @@ OBJECTIVES = ("diffusion", "autoregressive")
 
 
 @dataclass(frozen=True)
-class TrainConfig(Settings):
+class TrainConfig(RunOptions):
     """Everything a training run needs; saved as ``run_config.json`` in the run directory."""
 
     _what = "training"
@@ -90,13 +89,6 @@ class TrainConfig(Settings):
     sample_tokens: int = field(default=32, metadata=doc("tokens decoded per sample prompt"))
     resume: bool = field(default=False, metadata=doc("continue from the run's latest checkpoint"))
     progress: bool = field(default=True, metadata=doc("tqdm progress bar on rank 0"))
-    lora_r: int = field(default=0, metadata=doc("LoRA rank: train low-rank adapters on a frozen base (0 = off)"))
-    lora_alpha: float | None = field(default=None, metadata=doc("LoRA scale: updates x alpha / r (None: 2 x lora_r)"))
-    lora_dropout: float = field(default=0.0, metadata=doc("dropout on the input of the LoRA branch"))
-    lora_targets: str = field(default=",".join(LORA_MODULES), metadata=doc("comma list of the projections LoRA adapts"))
-    report_to: str = field(
-        default="none", metadata=doc("experiment trackers beside metrics.jsonl: a comma list of tensorboard, wandb")
-    )
 
     def __post_init__(self) -> None:
         check_ints(self, ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_batches", "save_every",

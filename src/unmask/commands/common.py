@@ -52,7 +52,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, *, group: str,
     ``default_help`` words the default in ``--help`` (``{default}`` is the field's), e.g. ``FROM_MODEL``.
     """
     section = parser.add_argument_group(group)
-    for f in dataclasses.fields(cls):
+    own = set(cls.__dict__.get("__annotations__", {}))
+    # a config's own fields first, then the shared ones it inherits (config.RunOptions: LoRA, trackers)
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         tp = _base_type(f.type)
         doc = f.metadata.get("doc", "")
         default = f.default if f.default is not dataclasses.MISSING else None

@@ -13,10 +13,9 @@ from unmask.config import (
     ALGS,
     CACHES,
     DECODERS,
-    LORA_MODULES,
     DecodeConfig,
     DecoderConfig,
-    Settings,
+    RunOptions,
     check_choices,
     check_device,
     check_ints,
@@ -33,7 +32,7 @@ LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
-class RLConfig(Settings):
+class RLConfig(RunOptions):
     """Everything an RL run needs; saved as ``rl_config.json`` in the run directory."""
 
     _what = "RL"
@@ -105,14 +104,6 @@ class RLConfig(Settings):
     device: str = field(default="auto", metadata=doc("auto | cpu | cuda"))
     resume: bool = field(default=False, metadata=doc("continue from the run's latest checkpoint"))
     progress: bool = field(default=True, metadata=doc("tqdm progress bar on rank 0"))
-    lora_r: int = field(default=0, metadata=doc(
-        "LoRA rank: train low-rank adapters on a frozen base, which is then the KL reference (0 = off)"))
-    lora_alpha: float | None = field(default=None, metadata=doc("LoRA scale: updates x alpha / r (None: 2 x lora_r)"))
-    lora_dropout: float = field(default=0.0, metadata=doc("dropout on the input of the LoRA branch"))
-    lora_targets: str = field(default=",".join(LORA_MODULES), metadata=doc("comma list of the projections LoRA adapts"))
-    report_to: str = field(
-        default="none", metadata=doc("experiment trackers beside metrics.jsonl: a comma list of tensorboard, wandb")
-    )
 
     def __post_init__(self) -> None:
         check_ints(self, ("synthetic_tasks", "num_generations", "prompts_per_step", "max_steps", "mu",
