@@ -151,16 +151,24 @@ def test_autoregressive_objective_rejects_adaptation_flags():
         TrainConfig(objective="causal")
 
 
-def test_sampling_a_causal_checkpoint_as_diffusion_says_what_to_do_instead():
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_decode_runs_a_causal_checkpoint_left_to_right(temperature):
+    # one entry for every model: decode() (and unmask.generate) on a causal qwen2 checkpoint is generate_ar
     from unmask.decoding import decode
+    from unmask.decoding.dispatch import decode_canvas
 
     model = tiny()
     model.config = model.config.replace(mask_token_id=None)
     model.family = "qwen2"
-    for sample in (lambda: unmask.generate(model, torch.tensor([[5, 6]]), max_new_tokens=4, steps=4),
-                   lambda: decode(model, torch.tensor([[5, 6]]), max_new_tokens=4, steps=4)):
-        with pytest.raises(ConfigError, match="causal qwen2 checkpoint.*generate_ar"):
-            sample()
+    ids, mask = left_padded([[5, 6, 7], [9, 4]])
+    want = generate_ar(model, ids, mask, max_new_tokens=5, stop_ids=(0,), pad_id=model.config.pad_token_id or 0,
+                       temperature=temperature, generator=torch.Generator().manual_seed(3))
+    for run in (decode, unmask.generate):
+        out = run(model, ids, mask, max_new_tokens=5, steps=5, temperature=temperature, stop_ids=(0,), seed=3)
+        assert torch.equal(out.generated, want.generated) and torch.equal(out.sequences[:, :ids.shape[1]], ids)
+        assert out.stats.forward_passes == want.forward_passes and out.stats.useful_tokens == want.useful_tokens
+    with pytest.raises(ConfigError, match="causal qwen2 checkpoint.*cannot fill masks"):  # masks inside: diffusion
+        decode_canvas(model, torch.tensor([[5, 6, 0, 7]]), steps=2)
 
 
 def test_eval_decodes_a_causal_model_left_to_right(tokenizer, tmp_path):

@@ -327,15 +327,9 @@ def _completions(model, tokenizer, tasks: Sequence[Task], config: EvalConfig, de
                                                             generator)]
         prompts = [tokenizer.encode(prompt_text(task, tokenizer, config.chat)) for task in chosen]
         ids, mask, _ = left_pad(prompts, special.pad, device=model.device)
-        if causal:  # the AR baseline: left to right
-            from unmask.autoregressive import generate_ar
-
-            generated = generate_ar(model, ids, mask, max_new_tokens=decode.max_new_tokens,
-                                    stop_ids=special.stop_ids(), pad_id=special.pad, temperature=decode.temperature,
-                                    top_p=decode.top_p, top_k=decode.top_k, generator=generator).generated
-        else:
-            generated = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
-                                    stop_ids=special.stop_ids()).generated
+        # a causal model (the AR baseline) decodes left to right inside decode(), whatever the decoder says
+        generated = run_decoder(model, ids, mask, config=decode, decoder=decoder, generator=generator,
+                                stop_ids=special.stop_ids()).generated
         return [(clean_completion(tokenizer.decode(row), program_mode(task, config.chat)), None)
                 for task, row in zip(chosen, generated.tolist())]
 

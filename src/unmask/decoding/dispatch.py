@@ -15,6 +15,7 @@ Early EOS (``early_stop``): see ``unmask.decoding.steps``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -25,7 +26,7 @@ from unmask.decoding.canvas import check_canvas
 from unmask.decoding.eos import default_stop_ids
 from unmask.decoding.lossless import lossless_stream
 from unmask.decoding.reference import denoise_stream, require_mask_id
-from unmask.decoding.steps import DecodeResult, DecodeStep, run_steps
+from unmask.decoding.steps import DecodeResult, DecodeStats, DecodeStep, run_steps
 from unmask.errors import ConfigError
 
 
@@ -75,6 +76,10 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
         tokens that end a row (default: the model's eos and pad); on_step: called after every step (its time
         counts in the stats).
     """
+    if getattr(model, "causal", False):  # the autoregressive baseline: left to right, whatever the decoder
+        base = config or GenerationDefaults.of(model).decode
+        return _left_to_right(model, input_ids, attention_mask, config=base.replace(**params) if params else base,
+                              generator=_generator(model, generator, seed), stop_ids=stop_ids)
     config, decoder, mask_id = _settings(model, config, decoder, params)
     check_canvas(input_ids, attention_mask)
     stops = tuple(stop_ids) if stop_ids is not None else default_stop_ids(model.config)
@@ -95,6 +100,25 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
         early = (mask_id, model.config.pad_token_id if model.config.pad_token_id is not None else stops[0])
     return run_steps(stream, canvas, region_start=prompt_len, trace=trace, on_step=on_step, stop_ids=stops,
                      early_stop=early)
+
+
+def _left_to_right(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
+                   generator: torch.Generator, stop_ids: Sequence[int] | None) -> DecodeResult:
+    """A causal (qwen2) model's ``decode``: ``max_new_tokens`` tokens one per forward with a KV cache
+    (``autoregressive.generate_ar``), pad after each row's first stop; no trace (there is no decode order)."""
+    from unmask.autoregressive import generate_ar
+
+    check_canvas(input_ids, attention_mask)
+    stops = tuple(stop_ids) if stop_ids is not None else default_stop_ids(model.config)
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else (stops[0] if stops else 0)
+    start = time.perf_counter()
+    ids = input_ids.to(model.device).long()
+    out = generate_ar(model, ids, attention_mask, max_new_tokens=config.max_new_tokens, stop_ids=stops,
+                      pad_id=pad, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                      generator=generator)
+    stats = DecodeStats(forward_passes=out.forward_passes, tokens_committed=out.generated.numel(),
+                        seconds=time.perf_counter() - start, useful_tokens=out.useful_tokens)
+    return DecodeResult(torch.cat([ids, out.generated], dim=1), ids.shape[1], stats)
 
 
 def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *,

@@ -195,8 +195,8 @@ def require_mask_id(model) -> int:
     """The model's mask id, or a ``ConfigError`` that says what to do with a model that has none."""
     mask_id = model.config.mask_token_id
     if mask_id is None:
-        hint = (" (it is a causal qwen2 checkpoint: decode it left to right with "
-                "unmask.autoregressive.generate_ar, or time it with bench/decode.py --ar-model)"
+        hint = (" (it is a causal qwen2 checkpoint: unmask.generate / decode run it left to right, but it cannot "
+                "fill masks inside a canvas)"
                 if getattr(model, "causal", False) else "")
         raise ConfigError("the model's config has no mask_token_id, so it cannot be sampled as a diffusion model"
                           + hint)
