@@ -59,3 +59,12 @@ def test_model_card_states_the_model_on_disk():
         return [line for line in text.split("## Training")[0].splitlines() if not line.startswith("A ")]
 
     assert without_intro(card) == without_intro(head) and len(without_intro(head)) >= 10
+
+
+def test_shipped_model_carries_the_current_remote_code():
+    # what transformers runs for the shipped directory must be the remote code unmask writes today
+    from unmask.hf import REMOTE_CODE_FILES
+
+    source = Path(__file__).resolve().parents[1] / "src" / "unmask" / "hf"
+    for name in REMOTE_CODE_FILES:
+        assert (MODEL / name).read_bytes() == (source / name).read_bytes(), f"models/unmask-small/{name} is stale"

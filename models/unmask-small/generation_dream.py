@@ -1,9 +1,23 @@
 """``model.diffusion_generate``: Dream-style masked-diffusion sampling for the remote-code ``DreamModel``.
 
-Remote code written for unmask (imports torch and transformers only). It is unmask's reference sampler
-(unmask docs/sampler.md, ``unmask.decoding.reference``) behind the call of Dream's ``diffusion_generate``:
-the same arguments, the same arithmetic, and — given the same ``torch.Generator`` — the same random draws in
-the same order, so its output ids equal ``unmask.decoding.reference.generate``'s.
+Remote code written for unmask (imports torch and transformers only). It takes the call of Dream's
+``diffusion_generate`` — the same arguments — and runs one of two samplers:
+
+- ``dream_compat=True``, the default: Dream's own sampler as it runs on transformers 4.46, to the bit (unmask
+  docs/sampler.md, "Dream-compatible mode"), since the code that calls this method was written for Dream's. A
+  ``top_k`` / ``top_p`` that neither the call nor the generation config sets is Dream's implicit 50 / 1.0; the
+  mask token stays in the softmax (a position that draws it stays masked); arithmetic in the logits' dtype;
+  token draws as ``torch.distributions.Categorical`` makes them; one reveal count for the batch, from its mean
+  number of masks; with ``alg_temp`` > 0 the order drawn by ``torch.multinomial``.
+- ``dream_compat=False``: unmask's reference sampler (``unmask.decoding.reference``): float32, the mask token
+  never drawn, each row's own count, Gumbel-top-k for ``alg_temp``, and ``stop_last`` available; given the same
+  ``torch.Generator`` its output ids equal unmask's reference decoder (``unmask.generate`` with
+  ``decoder=DecoderConfig()``). It is the default where ``stop_last`` is on, as unmask's own option.
+
+Either way, arguments not passed come from the directory's generation_config.json, then from unmask's
+defaults (Dream's code reads no generation_config.json and falls back to transformers' temperature 1.0, 512
+steps, alg origin and 20 new tokens), and the randomness may come from an explicit ``generator`` (default:
+torch's global one, as in Dream's code).
 
 The canvas is the prompt followed by ``max_new_tokens`` mask tokens; each of ``steps`` steps is one forward
 over the whole canvas (no cache). With timesteps ``linspace(1, eps, steps + 1)`` (float32) and t, s the
@@ -11,17 +25,11 @@ current and next one:
 - ``alg="origin"``: each masked position is committed with probability 1 - s/t (all at the last step), its
   token drawn from the filtered distribution;
 - otherwise every masked position gets a candidate token and a confidence (``maskgit_plus`` p(x0),
-  ``topk_margin`` p1 - p2, ``entropy`` sum p log p) and ``int(m * (1 - s/t))`` of a row's ``m`` masked
-  positions are committed (all at the last step): the most confident, or with ``alg_temp`` > 0 a draw
-  without replacement from softmax(confidence / alg_temp) (as Gumbel-top-k).
-Token distribution: float32 logits of the masked positions, the mask token removed, / temperature (when
-> 0), top-p, top-k, softmax; then a draw (temperature > 0) or the argmax.
-
-Where this differs from Dream's own code (as unmask does, docs/sampler.md): the mask token is never sampled;
-``m`` is each row's own masked count; probabilities are float32 for bf16 models; ``alg_temp`` uses
-Gumbel-top-k; ``stop_last`` is available. And the defaults are unmask's (no top-k, no top-p, temperature 0),
-read from the directory's generation_config.json: Dream's call on transformers 4.46 fills in ``top_k=50``,
-``top_p=1.0`` when the caller omits them, so the two give different tokens unless both are passed.
+  ``topk_margin`` p1 - p2, ``entropy`` sum p log p) and ``int(m * (1 - s/t))`` of ``m`` masked positions are
+  committed (all at the last step): the most confident, or with ``alg_temp`` > 0 a draw without replacement
+  from softmax(confidence / alg_temp).
+Token distribution: logits of the masked positions / temperature (when > 0), top-p, top-k, softmax; then a
+draw (temperature > 0) or the argmax.
 """
 
 from __future__ import annotations
@@ -35,9 +43,12 @@ import transformers
 from transformers import GenerationConfig
 from transformers.utils import ModelOutput
 
-# unmask's DecodeConfig defaults: what a call gets when neither it nor the generation config says otherwise.
+# unmask's DecodeConfig defaults: what a call gets when neither it nor the generation config says otherwise
+# (dream_compat None: on unless stop_last is).
 SAMPLER_DEFAULTS = {"max_new_tokens": 256, "steps": 256, "temperature": 0.0, "top_p": None, "top_k": None,
-                    "alg": "entropy", "alg_temp": 0.0, "eps": 1e-3, "stop_last": False}
+                    "alg": "entropy", "alg_temp": 0.0, "eps": 1e-3, "stop_last": False, "dream_compat": None}
+# What Dream's call uses for a top_k / top_p left out, on transformers 4.46: the 4.x model config's defaults.
+DREAM_IMPLICIT_TOP_K, DREAM_IMPLICIT_TOP_P = 50, 1.0
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 # A stop token held back by stop_last ranks below every other masked position, leftmost first: far below any
 # confidence (entropy >= -log V, probabilities and margins >= 0), yet finite so it still beats committed slots.
@@ -56,10 +67,11 @@ class DiffusionGenerateOutput(ModelOutput):
 # Pure step functions
 
 
-def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None
-                   ) -> torch.Tensor:
-    """(N, V) logits -> float32 probabilities after temperature, top-p (nucleus) and top-k, in that order."""
-    logits = logits.float()
+def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None,
+                   dream: bool = False) -> torch.Tensor:
+    """(N, V) logits -> probabilities after temperature, top-p (nucleus) and top-k, in that order: float32, or
+    with ``dream`` in the logits' own dtype, as Dream's code computes them."""
+    logits = logits if dream else logits.float()
     floor = torch.finfo(logits.dtype).min  # not -inf: a row of -inf would make softmax NaN
     if temperature > 0:
         logits = logits / temperature
@@ -76,17 +88,31 @@ def filtered_probs(logits: torch.Tensor, temperature: float, top_p: float | None
     return logits.softmax(-1)
 
 
+def categorical_draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+    """One token per row as ``torch.distributions.Categorical(probs=probs).sample()`` (Dream's draw) makes it,
+    from ``generator``: rows renormalised, one multinomial draw each. None where that class refuses the rows
+    (its default check that each is a probability vector to within 1e-6): Dream then takes every argmax."""
+    normalised = probs / probs.sum(-1, keepdim=True)
+    if not bool(((normalised >= 0).all(-1) & ((normalised.sum(-1) - 1).abs() < 1e-6)).all()):
+        return None
+    return torch.multinomial(normalised, 1, replacement=True, generator=generator).squeeze(-1)
+
+
 def sample_with_confidence(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None,
-                           alg: str, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row of ``logits`` (N, V) and its confidence -> (x0 (N,) long, confidence (N,) float32)."""
-    probs = filtered_probs(logits, temperature, top_p, top_k)
+                           alg: str, generator: torch.Generator | None, dream: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of ``logits`` (N, V) and its confidence -> (x0 (N,) long, confidence (N,)), float32
+    or, with ``dream``, the logits' dtype."""
+    probs = filtered_probs(logits, temperature, top_p, top_k, dream)
     if probs.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=logits.device), torch.zeros(0, device=logits.device)
+        return torch.zeros(0, dtype=torch.long, device=logits.device), probs.new_zeros(0)
+    x0 = None
     if temperature > 0:
-        x0 = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        confidence = probs.gather(-1, x0[:, None]).squeeze(-1)
-    else:
+        x0 = categorical_draw(probs, generator) if dream else torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if x0 is None:
         confidence, x0 = probs.max(dim=-1)
+    else:
+        confidence = probs.gather(-1, x0[:, None]).squeeze(-1)
     if alg == "topk_margin":
         best_two = torch.topk(probs, 2, dim=-1).values
         confidence = best_two[:, 0] - best_two[:, 1]
@@ -106,6 +132,43 @@ def hold_back_stops(scores: torch.Tensor, candidates: torch.Tensor, masked: torc
     return torch.where(stops & masked & mask_on_left, (-_DEMOTION * (1.0 + column)).expand_as(scores), scores)
 
 
+def own_count_picks(scores: torch.Tensor, counts: list[int], alg_temp: float, generator: torch.Generator | None
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """unmask's choice: each row's own count of the highest ``scores`` (B, T), or with ``alg_temp`` > 0 draws
+    without replacement from softmax(scores / alg_temp), as the top of scores / alg_temp plus Gumbel noise
+    (-log of an Exp(1) draw; it cannot fail where softmax underflows). (rows, columns) per equal-count group."""
+    groups: dict[int, list[int]] = {}
+    for row, k in enumerate(counts):
+        groups.setdefault(k, []).append(row)
+    picks = []
+    for k, members in groups.items():
+        if k == 0:
+            continue
+        rows = torch.tensor(members, device=scores.device)
+        row_scores = scores[rows]  # (b, T)
+        if alg_temp > 0:
+            noise = -torch.log(torch.empty(row_scores.shape, device=scores.device).exponential_(generator=generator))
+            row_scores = row_scores / alg_temp + noise
+        picks.append((rows, torch.topk(row_scores, k, dim=-1).indices))
+    return picks
+
+
+def batch_count_picks(scores: torch.Tensor, masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last: bool,
+                      alg_temp: float, generator: torch.Generator | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Dream's choice: one count for every row, from the batch-mean number of masks m (float32): int(m (1 - s/t)),
+    int(m) at the last step; the top of ``scores`` (B, T), or with ``alg_temp`` > 0 ``torch.multinomial``
+    without replacement from softmax(scores / alg_temp). A row with fewer masks than the count gets positions
+    off its masks (the mask token is written there), one with more keeps masks after the last step."""
+    mean = masked.sum() / masked.shape[0]
+    k = int(mean) if last else int(mean * (1 - s / t))
+    if k == 0:
+        return []
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    if alg_temp > 0:
+        return [(rows, torch.multinomial((scores / alg_temp).softmax(-1), k, generator=generator))]
+    return [(rows, torch.topk(scores, k).indices)]
+
+
 def commit_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Tensor, step: int,
                 timesteps: torch.Tensor, settings: dict, mask_token_id: int, stop_ids: tuple[int, ...],
                 generator: torch.Generator | None) -> None:
@@ -113,46 +176,41 @@ def commit_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Tensor
     prediction at j); masked (B, T) bool marks the positions still to fill."""
     t, s = timesteps[step], timesteps[step + 1]
     last = step == settings["steps"] - 1
-    scores_logits = logits[masked].float()  # (N, V), masked positions in row-major order
-    # Committing the mask token would leave the position masked: it is never a candidate.
-    scores_logits[:, mask_token_id] = torch.finfo(scores_logits.dtype).min
-    draw = (settings["temperature"], settings["top_p"], settings["top_k"])
+    dream = settings["dream_compat"]
+    scores_logits = logits[masked]  # (N, V), a copy, masked positions in row-major order
+    top_p, top_k = settings["top_p"], settings["top_k"]
+    if dream:  # what Dream's call does with a filter its caller left out
+        top_p = DREAM_IMPLICIT_TOP_P if top_p is None else top_p
+        top_k = DREAM_IMPLICIT_TOP_K if top_k is None else top_k
+    else:  # committing the mask token would leave the position masked: unmask never draws it
+        scores_logits = scores_logits.float()
+        scores_logits[:, mask_token_id] = torch.finfo(scores_logits.dtype).min
+    draw = (settings["temperature"], top_p, top_k)
 
     if settings["alg"] == "origin":
         chance = 1.0 if last else float(1 - s / t)
         chosen = torch.rand(scores_logits.shape[0], generator=generator, device=canvas.device) < chance
-        x0, _ = sample_with_confidence(scores_logits[chosen], *draw, "maskgit_plus", generator)
+        x0, _ = sample_with_confidence(scores_logits[chosen], *draw, "maskgit_plus", generator, dream)
         rows, cols = (index[chosen] for index in masked.nonzero(as_tuple=True))
         canvas[rows, cols] = x0
         return
 
-    x0, confidence = sample_with_confidence(scores_logits, *draw, settings["alg"], generator)
-    scores = torch.full(canvas.shape, float("-inf"), device=canvas.device)
+    x0, confidence = sample_with_confidence(scores_logits, *draw, settings["alg"], generator, dream)
+    scores = torch.full(canvas.shape, float("-inf"), dtype=confidence.dtype, device=canvas.device)
     scores[masked] = confidence
-    candidates = torch.zeros_like(canvas)
+    candidates = torch.full_like(canvas, mask_token_id)  # a pick off the masked positions writes the mask
     candidates[masked] = x0
-    if settings["stop_last"] and stop_ids:
-        scores = hold_back_stops(scores, candidates, masked, stop_ids)
-    counts = masked.sum(-1)  # (B,)
-    counts = (counts if last else (counts.float() * (1 - s / t)).long()).tolist()
-    # Rows that commit the same number of tokens are picked in one call (all rows, for a plain prompt batch).
-    groups: dict[int, list[int]] = {}
-    for row, k in enumerate(counts):
-        groups.setdefault(k, []).append(row)
-    for k, members in groups.items():
-        if k == 0:
-            continue
-        rows = torch.tensor(members, device=canvas.device)
-        row_scores = scores[rows]  # (b, T)
-        if settings["alg_temp"] > 0:
-            # k draws without replacement from softmax(scores / alg_temp), as the top k of scores / alg_temp
-            # plus Gumbel noise (-log of an Exp(1) draw): it cannot fail where softmax underflows to zero.
-            noise = -torch.log(torch.empty(row_scores.shape, device=canvas.device).exponential_(generator=generator))
-            picks = torch.topk(row_scores / settings["alg_temp"] + noise, k, dim=-1).indices
-        else:
-            picks = torch.topk(row_scores, k, dim=-1).indices  # (b, k)
-        row_index = rows[:, None].expand_as(picks)
-        canvas[row_index, picks] = candidates[row_index, picks]
+    if dream:
+        picks = batch_count_picks(scores, masked, t, s, last, settings["alg_temp"], generator)
+    else:
+        if settings["stop_last"] and stop_ids:
+            scores = hold_back_stops(scores, candidates, masked, stop_ids)
+        counts = masked.sum(-1)  # (B,)
+        counts = (counts if last else (counts.float() * (1 - s / t)).long()).tolist()
+        picks = own_count_picks(scores, counts, settings["alg_temp"], generator)
+    for rows, cols in picks:
+        row_index = rows[:, None].expand_as(cols)
+        canvas[row_index, cols] = candidates[row_index, cols]
 
 
 def check_settings(settings: dict) -> None:
@@ -172,8 +230,13 @@ def check_settings(settings: dict) -> None:
         raise ValueError(f"alg_temp must be >= 0, got {settings['alg_temp']!r}")
     if not 0 < settings["eps"] < 1:
         raise ValueError(f"eps must be in (0, 1), got {settings['eps']!r}")
+    if not isinstance(settings["dream_compat"], bool):
+        raise ValueError(f"dream_compat must be True or False, got {settings['dream_compat']!r}")
     if settings["stop_last"] and settings["alg"] == "origin":
         raise ValueError("stop_last reorders commits by confidence; alg origin has none")
+    if settings["stop_last"] and settings["dream_compat"]:
+        raise ValueError("stop_last is unmask's own reordering, which Dream's sampler lacks: pass "
+                         "dream_compat=False with it")
 
 
 # Arguments of from_pretrained that say where and how to fetch a file; the generation config is read with them.
@@ -223,6 +286,7 @@ class DiffusionGenerationMixin:
 
         A generation config counts only when it defines ``steps`` (one written by unmask, or Dream's): a
         plain one holds transformers' autoregressive defaults (top_k=50 on 4.x), not this sampler's.
+        ``dream_compat``, unless set, is on — Dream's sampler for Dream's call — except with ``stop_last``.
         """
         settings = dict(SAMPLER_DEFAULTS)
         if generation_config is not None and getattr(generation_config, "steps", None) is not None:
@@ -231,6 +295,8 @@ class DiffusionGenerationMixin:
                 if value is not None:
                     settings[name] = value
         settings.update(overrides)
+        if settings["dream_compat"] is None:
+            settings["dream_compat"] = not settings["stop_last"]
         return settings
 
     @torch.no_grad()
@@ -242,8 +308,9 @@ class DiffusionGenerationMixin:
         """Fill ``max_new_tokens`` masks after each (left-padded) prompt of ``inputs`` (B, P).
 
         Sampler arguments (keywords): max_new_tokens, steps, temperature, top_p, top_k, alg, alg_temp, eps,
-        stop_last; those not passed come from ``generation_config`` (default: the model's, read from the
-        directory's generation_config.json), then from unmask's defaults. ``max_length`` (prompt + new) is
+        stop_last, dream_compat; those not passed come from ``generation_config`` (default: the model's, read
+        from the directory's generation_config.json), then from unmask's defaults; ``dream_compat`` (Dream's own
+        sampler, exactly) is on unless set or ``stop_last`` is on (module docstring). ``max_length`` (prompt + new) is
         used when ``max_new_tokens`` is not passed. ``attention_mask`` (B, P): 1 on real tokens, 0 on left
         padding. ``generator``: the source of all randomness (default: torch's global one).
         ``generation_logits_hook_func(step, x, logits)`` may return changed (aligned) logits and
