@@ -10,6 +10,8 @@
 #                        order freedom), SAMPLED tasks x 10 samples
 #   passk-MODEL          pass@1/pass@10 at the rollout temperature on PASSK tasks x 10 samples (fast decoder)
 #   temps-coupled-s0     AR-ness of an RL model at the lowest and highest temperature
+#   VARIANT-sSEED        coupled RL with one setting changed (EXTRA): coupled-t1.0 samples rollouts at temperature
+#                        1.0 instead of 1.2 (paper Fig. 7); coupled-loo uses the leave-one-out baseline
 #   base-nocache         the base greedy evaluation without the prefix cache (is the cached evaluation faithful?)
 #
 # Every arm starts from the same model with the same prompts, rollouts per step and steps (equal rollout
@@ -28,6 +30,7 @@ STEPS_RL=${STEPS_RL:-16}      # RL steps per run (4 prompts x 8 rollouts each)
 LR=${LR:-2e-5}                # DiffuCoder 1e-6 at 7B; a 5M-parameter model needs a larger step
 SEEDS=${SEEDS:-"0 1 2"}
 ARMS=${ARMS:-"coupled diffu-grpo decoupled"}
+EXTRA=${EXTRA:-"coupled-t1.0 coupled-loo"}  # variants of the coupled arm, greedy-evaluated at full steps only
 WORKERS=${WORKERS:-2}
 HELDOUT=${HELDOUT:-500}       # held-out tasks for greedy pass@1 (SE ~1.8 points at 80%)
 SAMPLED=${SAMPLED:-20}        # held-out tasks x 10 samples per temperature for AR-ness
@@ -45,10 +48,21 @@ done
 jobs+=(passk-base)
 for arm in $ARMS; do jobs+=("passk-$arm-s$first"); done
 jobs+=("temps-coupled-s$first" base-nocache)
+for seed in $SEEDS; do
+  for arm in $EXTRA; do jobs+=("$arm-s$seed"); done
+done
 
 greedy() {  # model dir, output dir, extra flags
   $UNMASK eval "$1" --benchmark synthetic --synthetic-tasks "$HELDOUT" --samples 1 --temperature 0 --cache prefix \
     --no-progress --out "$2" "${@:3}"
+}
+
+arm_flags() {  # arm -> the RL flags that define it
+  case $1 in
+    coupled-t1.0) echo "--estimator coupled --temperature 1.0" ;;
+    coupled-loo) echo "--estimator coupled --baseline leave_one_out" ;;
+    *) echo "--estimator $1 --temperature 1.2" ;;
+  esac
 }
 
 model_of() {  # job name -> model directory
@@ -74,14 +88,15 @@ run_job() {
         --temperature 1.2 --top-p 0.95 --cache prefix --no-progress --out "$dir/eval-heldout-t1.2" ;;
     *)
       local arm=${job%-s*} seed=${job##*-s} start=$SECONDS
-      $UNMASK rl "$MODEL" --data synthetic-train --synthetic-tasks 2000 --estimator "$arm" --run-dir "$dir/rl" \
+      # shellcheck disable=SC2046  # the arm's flags are words
+      $UNMASK rl "$MODEL" --data synthetic-train --synthetic-tasks 2000 $(arm_flags "$arm") --run-dir "$dir/rl" \
         --resume --num-generations 8 --prompts-per-step 4 --max-steps "$STEPS_RL" --max-new-tokens 64 --steps 32 \
-        --temperature 1.2 --alg entropy --lr "$LR" --mu 2 --beta 0.01 --eps-clip 0.5 --ref-sync-every 64 \
+        --alg entropy --lr "$LR" --mu 2 --beta 0.01 --eps-clip 0.5 --ref-sync-every 64 \
         --rollout-decoder blocks --rollout-block-length 8 --rollout-cache prefix --rollout-early-stop \
         --eval-every 0 --save-every 8 --seed "$seed" --no-progress > "$dir/rl.log" 2>&1
       echo "{\"job\": \"$job\", \"rl_wall_s\": $((SECONDS - start))}" >> "$dir/wall.jsonl"
       greedy "$(model_of "$job")" "$dir/eval-heldout"
-      greedy "$(model_of "$job")" "$dir/eval-heldout-half" --steps 32 ;;
+      if [[ " $ARMS " == *" $arm "* ]]; then greedy "$(model_of "$job")" "$dir/eval-heldout-half" --steps 32; fi ;;
   esac
   touch "$dir/done"
 }
