@@ -28,8 +28,13 @@ from unmask.evaluate import read_results
 from unmask.stats import mcnemar_exact, paired_counts, wilson_interval
 
 ARMS = ("coupled", "decoupled", "diffu-grpo")
-JOB = re.compile(r"^(?P<arm>[a-z-]+?)-s(?P<seed>\d+)$")
+JOB = re.compile(r"^(?P<arm>[a-z0-9.-]+?)-s(?P<seed>\d+)$")  # coupled-s0, coupled-t1.0-s2, coupled-loo-s1
 Outcomes = dict[tuple[str, int], bool]
+
+
+def arm_order(names) -> list[str]:
+    """The paper's arms in ARMS order, then variants (coupled-t1.0, coupled-loo …) by name."""
+    return [a for a in ARMS if a in names] + sorted(set(names) - set(ARMS))
 
 
 def _json(path: Path) -> dict | None:
@@ -135,7 +140,7 @@ def arm_numbers(found: dict[str, Any]) -> dict[str, Any]:
 def between_arms(found: dict[str, Any]) -> list[dict[str, Any]]:
     """Paired tests between RL arms: seed s of one arm against seed s of the other, then the pooled counts."""
     rows = []
-    names = [a for a in ARMS if a in found["runs"]] + sorted(set(found["runs"]) - set(ARMS))
+    names = arm_order(found["runs"])
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             seeds = sorted(set(found["runs"][a]) & set(found["runs"][b]))
@@ -175,7 +180,7 @@ def arms_table(base: dict[str, Any], arms: dict[str, Any]) -> str:
         half = _pct(base["heldout-half"]["pass@1"]) if "heldout-half" in base else "—"
         lines.append(f"| base (no RL) | — | {_pct(b['pass@1'])} [{_pct(b['wilson95'][0])}, {_pct(b['wilson95'][1])}] "
                      f"| — | {half} | — |")
-    for arm in [a for a in ARMS if a in arms] + sorted(set(arms) - set(ARMS)):
+    for arm in arm_order(arms):
         n = arms[arm]
         seeds = ", ".join(map(str, n["seeds"]))
         spread = "" if n["sd"] is None else f" ± {100 * n['sd']:.1f}"
@@ -203,7 +208,7 @@ def pairs_table(rows: Sequence[dict[str, Any]]) -> str:
 def dynamics_table(arms: dict[str, Any]) -> str:
     lines = ["| arm | reward, first half → second half of the steps | mean grad norm | max grad norm | max KL "
              "| final KL |", "|---|---|---|---|---|---|"]
-    for arm in [a for a in ARMS if a in arms]:
+    for arm in arm_order(arms):
         rl = [r["rl"] for r in arms[arm]["seeds"].values() if r.get("rl")]
         if rl:
             lines.append(f"| {arm} | {statistics.fmean(r['reward_first_half'] for r in rl):.2f} → "
@@ -233,7 +238,7 @@ def plots(found: dict[str, Any], arms: dict[str, Any], sweeps: dict[str, list[di
     import matplotlib.pyplot as plt
 
     written = []
-    names = [a for a in ARMS if a in arms]
+    names = arm_order(arms)
     if names:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for i, arm in enumerate(names):

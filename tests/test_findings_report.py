@@ -15,9 +15,9 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "findings_report.py"
 N = 10
 BASE = {0, 1, 2, 3, 4}  # tasks the base model passes
 RUNS = {("coupled", 0): {0, 1, 2, 3, 4, 5, 6}, ("coupled", 1): {0, 1, 2, 3, 5},
-        ("diffu-grpo", 0): {0, 1, 2}, ("diffu-grpo", 1): {0, 1, 2, 3, 4}}
+        ("diffu-grpo", 0): {0, 1, 2}, ("diffu-grpo", 1): {0, 1, 2, 3, 4}, ("coupled-t1.0", 0): {0, 1, 2, 3, 4, 5}}
 HALF = {"base": {0, 1}, ("coupled", 0): {0, 1, 2, 3}, ("coupled", 1): {0, 1, 2}, ("diffu-grpo", 0): {0},
-        ("diffu-grpo", 1): {0, 1}}
+        ("diffu-grpo", 1): {0, 1}, ("coupled-t1.0", 0): None}  # a variant arm: no half-steps evaluation
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,8 @@ def root(tmp_path):
     for (arm, seed), passing in RUNS.items():
         job = root / f"{arm}-s{seed}"
         _write_eval(job / "eval-heldout", passing)
-        _write_eval(job / "eval-heldout-half", HALF[(arm, seed)])
+        if HALF[(arm, seed)] is not None:
+            _write_eval(job / "eval-heldout-half", HALF[(arm, seed)])
         metrics = [{"step": s, "reward_mean": r, "pass_rate": r / 2.5, "step_s": 10.0, "rollout_s": 4.0,
                     "update_s": 6.0, "grad_norm": g, "kl": k, "clip_fraction": 0.0}
                    for s, r, g, k in ((1, 1.0, 0.5, 0.0), (2, 2.0, 1.5, 0.2), (3, 2.5, 1.0, 0.1))]
@@ -80,8 +81,14 @@ def test_report_matches_hand_computed_numbers(bench, root, tmp_path, capsys) -> 
     assert coupled["seeds"]["0"]["vs_base"]["only_a"] == 2 and coupled["seeds"]["0"]["vs_base"]["only_b"] == 0
     assert coupled["vs_base_pooled"] == {"only_a": 3, "only_b": 1, "mcnemar_p": pytest.approx(0.625)}
     assert "decoupled" not in results["arms"]
-    (pair,) = results["between_arms"]
+    variant = results["arms"]["coupled-t1.0"]
+    assert variant["pass@1"] == [0.6] and variant["half_pass@1"] == [] and variant["sd"] is None
+    pair, *variant_pairs = results["between_arms"]
     assert (pair["a"], pair["b"], pair["seeds"]) == ("coupled", "diffu-grpo", [0, 1])
+    # the variant is compared with every arm on the seeds they share (seed 0): coupled-only {6}, variant-only {}
+    assert [(v["a"], v["b"], v["seeds"]) for v in variant_pairs] == [("coupled", "coupled-t1.0", [0]),
+                                                                     ("diffu-grpo", "coupled-t1.0", [0])]
+    assert (variant_pairs[0]["pooled"]["only_a"], variant_pairs[0]["pooled"]["only_b"]) == (1, 0)
     # s0: coupled-only {3, 4, 5, 6}, diffu-only {}; s1: coupled-only {5}, diffu-only {4}
     assert [(p["only_a"], p["only_b"]) for p in pair["per_seed"]] == [(4, 0), (1, 1)]
     assert pair["pooled"]["only_a"] == 5 and pair["pooled"]["only_b"] == 1
@@ -96,6 +103,7 @@ def test_report_matches_hand_computed_numbers(bench, root, tmp_path, capsys) -> 
         assert (out / name).stat().st_size > 1000
     tables = (out / "tables.md").read_text()
     assert "| coupled | 0, 1 | 60.0 ± 14.1 (70.0, 50.0) | 3 / 1, p = 0.62 |" in tables
+    assert "| coupled-t1.0 | 1.00 → 2.25 |" in tables  # the variant's reward dynamics are tabled too
     assert "| base (no RL) | — | 50.0 [" in tables
 
 
