@@ -207,3 +207,94 @@ def test_full_attention_models_still_take_the_approximate_path():
     decoder = DecoderConfig(decoder="blocks", block_length=4, cache="prefix")
     assert decode(model, ids, mask, config=config, decoder=decoder).stats.forward_passes == 8
     assert decode(model, ids, mask, config=config).stats.forward_passes == 8  # the reference, unchanged default
+
+
+# -- training: the two-stream layout ------------------------------------------------------------------------
+
+
+def test_two_stream_mask_is_the_hand_written_one():
+    from unmask.diffusion import two_stream_mask
+
+    blocks = torch.tensor([[0, 1, 1, 2]])  # a one-token prefix, a block of two, a block of one
+    n = [[1, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 1]]  # noisy -> noisy: the same block only
+    c = [[0, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]]  # noisy -> clean: earlier blocks only
+    cc = [[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]]  # clean -> clean: block-causal
+    zero = [[0] * 4] * 4
+    expected = [a + b for a, b in zip(n, c)] + [a + b for a, b in zip(zero, cc)]
+    assert two_stream_mask(blocks).int()[0, 0].tolist() == expected
+    # annealing restricts the own block (here to causal); a missing key vanishes except for its own query
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    got = two_stream_mask(blocks, torch.tensor([[1, 1, 1, 0]]), causal).int()[0, 0]
+    assert got[1].tolist() == [0, 1, 0, 0, 1, 0, 0, 0] and got[3].tolist() == [0, 0, 0, 1, 1, 1, 1, 0]
+    assert got[7].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_two_stream_logits_equal_a_naive_forward_of_each_block_on_its_clean_prefix():
+    from unmask.train import TrainConfig, forward_logits, make_batch
+
+    model = make_model(2, block_size=3)
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randint(1, 100, (2, 14), generator=gen)
+    prompt_lengths = torch.tensor([4, 2])
+    cfg = TrainConfig(stage="sft", block_size=3, seq_len=14)
+    batch = make_batch(clean, prompt_lengths, step=0, cfg=cfg, mask_token_id=MASK, generator=gen)
+    assert batch.input_ids.shape == (2, 28) and bool(batch.masked.any())
+    ours = forward_logits(model, batch)  # (B, T, V) raw: output i predicts token i + 1
+    for row, origin in enumerate(prompt_lengths.tolist()):
+        for b0 in range(origin, 14, 3):
+            b1 = min(b0 + 3, 14)
+            # the block as the decoder meets it: every earlier block clean, this one noisy, nothing after
+            canvas = torch.cat([clean[row, :b0], batch.input_ids[row, b0:b1]])[None]
+            naive = model(canvas, block_origin=origin)[0]
+            torch.testing.assert_close(ours[row, b0 - 1:b1 - 1], naive[b0 - 1:b1 - 1], atol=1e-5, rtol=1e-5)
+
+
+def test_block_diffusion_training_lowers_the_loss_and_saves_a_block_model(tmp_path):
+    from test_train import config, cyclic_rows, params, tiny_model
+
+    from unmask.train import TrainData, train
+
+    rows = cyclic_rows()
+    model = tiny_model()
+    cfg = config(tmp_path, max_steps=40, eval_every=40, save_every=40, warmup_steps=5, block_size=4)
+    result = train(cfg, model=model, data=TrainData(rows, rows))
+    first = sum(r["loss"] for r in result.history[:5]) / 5
+    last = sum(r["loss"] for r in result.history[-5:]) / 5
+    assert last < 0.7 * first and model.config.block_size == 4
+    # the run's checkpoint is a block-diffusion model that loads back and decodes with the exact decoder
+    from unmask.checkpoint import load_generation_defaults, load_model
+
+    directory = tmp_path / "run" / "checkpoint-0000040"
+    loaded = load_model(directory)
+    assert loaded.config.block_size == 4
+    assert load_generation_defaults(directory).decoder == DecoderConfig(decoder="blocks", block_length=4)
+    assert all(torch.equal(v, params(model)[k]) for k, v in params(loaded).items())
+    out = decode(loaded, rows.ids[:2, :5], config=DecodeConfig(max_new_tokens=8, steps=8))
+    assert out.stats.forward_passes == 8 and not bool((out.generated == loaded.config.mask_token_id).any())
+
+
+def test_a_full_attention_diffusion_model_becomes_a_block_model_through_unmask_train(tmp_path, tokenizer):
+    import json
+
+    import unmask
+    from unmask.checkpoint import save_model
+    from unmask.train import TrainConfig, train
+
+    s = tokenizer.special
+    base = make_model(3, vocab_size=tokenizer.vocab_size, mask_token_id=s.mask, pad_token_id=s.pad,
+                      eos_token_id=s.eos, bos_token_id=s.bos)
+    save_model(base, tmp_path / "full", tokenizer=tokenizer)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x + {i}\n"}) + "\n" for i in range(30)))
+    cfg = TrainConfig(run_dir=str(tmp_path / "run"), data=str(corpus), init_from=str(tmp_path / "full"), seq_len=24,
+                      batch_size=2, max_steps=2, block_size=4, eval_every=2, save_every=2, warmup_steps=1,
+                      progress=False, sample_prompts=1, sample_tokens=4)
+    train(cfg)
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert saved["block_size"] == 4
+    model, tok = unmask.load(tmp_path / "run" / "checkpoint-0000002")
+    assert model.config.block_size == 4
+    out = decode(model, torch.tensor([tok.encode("def f(x):")]), config=DecodeConfig(max_new_tokens=8, steps=4))
+    assert out.stats.forward_passes == 4
+    samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 1  # the validation's sample decoded through the exact block decoder
