@@ -117,6 +117,24 @@ def test_logits_equal_unmask_with_a_boolean_4d_mask(pair):
         torch.testing.assert_close(remote(IDS, attention_mask=additive).logits, model(IDS, attention_mask=causal))
 
 
+def test_a_block_diffusion_model_loads_back_in_unmask_and_transformers_with_equal_logits(tmp_path):
+    model = make_model(2, sharpen=20.0, block_size=4)
+    directory = save_model(model, tmp_path / "block")
+    assert json.loads((directory / "config.json").read_text())["block_size"] == 4
+    again = load_model(directory)
+    remote = load_remote(directory)
+    assert again.config.block_size == 4 and remote.config.block_size == 4
+    with torch.no_grad():
+        for origin in (0, 6, torch.tensor([6, 3, 8])):
+            ours = model(IDS, attention_mask=LEFT_PADDED, block_origin=origin)
+            assert torch.equal(again(IDS, attention_mask=LEFT_PADDED, block_origin=origin), ours)
+            assert torch.equal(remote(IDS, attention_mask=LEFT_PADDED, block_origin=origin).logits, ours)
+        assert torch.equal(remote(IDS).logits, model(IDS))  # origin 0 by default, in both
+        assert not torch.equal(remote(IDS).logits, make_model(2, sharpen=20.0)(IDS))  # block-causal, not full
+    with pytest.raises(NotImplementedError, match="block-diffusion model"):
+        remote.diffusion_generate(IDS[:, :4], max_new_tokens=4, steps=4)
+
+
 def test_bfloat16_and_tied_embeddings_load_exactly(tmp_path):
     model = make_model(2, tie_word_embeddings=True)
     save_model(model, tmp_path / "bf16", dtype="bfloat16")

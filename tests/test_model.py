@@ -13,9 +13,10 @@ from unmask.model import DreamModel, KVCache
 
 
 def naive_forward(model: DreamModel, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                  key_valid: torch.Tensor | None = None) -> torch.Tensor:
+                  key_valid: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """A deliberately plain re-implementation from the state dict: explicit head loops, explicit GQA
-    head sharing, RoPE as rotation of (i, i + D/2) pairs by complex multiplication, softmax by hand."""
+    head sharing, RoPE as rotation of (i, i + D/2) pairs by complex multiplication, softmax by hand.
+    ``allowed`` (B, T, T) [query, key], optional: which keys each query may see besides the padding rule."""
     sd = {k: v.double() for k, v in model.state_dict().items()}
     c = model.config
     b, t = ids.shape
@@ -45,8 +46,9 @@ def naive_forward(model: DreamModel, ids: torch.Tensor, positions: torch.Tensor 
             qh, kh, vh = (rope(q[..., head * d:(head + 1) * d]), rope(k[..., kv * d:(kv + 1) * d]),
                           v[..., kv * d:(kv + 1) * d])
             scores = qh @ kh.transpose(-1, -2) / math.sqrt(d)  # (b, t, t)
-            allowed = key_valid[:, None, :] | torch.eye(t, dtype=torch.bool)[None]
-            scores = scores.masked_fill(~allowed, float("-inf"))
+            visible = key_valid[:, None, :] if allowed is None else key_valid[:, None, :] & allowed
+            visible = visible | torch.eye(t, dtype=torch.bool)[None]
+            scores = scores.masked_fill(~visible, float("-inf"))
             weights = torch.exp(scores - scores.amax(-1, keepdim=True))
             heads.append((weights / weights.sum(-1, keepdim=True)) @ vh)
         x = x + torch.cat(heads, -1) @ sd[p + "self_attn.o_proj.weight"].T

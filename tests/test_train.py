@@ -88,10 +88,12 @@ def test_loss_falls_on_a_repetitive_corpus(tmp_path):
     assert TrainConfig.from_dict(saved) == cfg
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("block_size", [None, 4], ids=["full", "block-diffusion"])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, block_size):
     rows = cyclic_rows()
     # adaptation noise, grad accumulation and the t/mask draws all exercise RNG state that must be restored
     common = dict(
+        block_size=block_size,
         grad_accum=2,
         adapt_from_ar=True,
         anneal_steps=6,
@@ -630,7 +632,8 @@ def write_qwen2_dir(directory: Path, tokenizer) -> DreamModel:
     return model
 
 
-def test_adapt_from_a_qwen2_checkpoint_end_to_end(tmp_path, tokenizer):
+@pytest.mark.parametrize("block_size", [None, 8], ids=["full", "block-diffusion"])
+def test_adapt_from_a_qwen2_checkpoint_end_to_end(tmp_path, tokenizer, block_size):
     import unmask
     from unmask.checkpoint import read_config
 
@@ -643,6 +646,7 @@ def test_adapt_from_a_qwen2_checkpoint_end_to_end(tmp_path, tokenizer):
         run_dir=str(tmp_path / "adapt"), data=str(corpus), init_from=str(tmp_path / "qwen2"), seq_len=32,
         batch_size=4, max_steps=6, adapt_from_ar=True, anneal_steps=4, eval_every=3, save_every=6,
         log_every=1, warmup_steps=1, lr=1e-3, progress=False, sample_prompts=1, sample_tokens=4,
+        block_size=block_size,
     )
     train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "adapt" / "metrics.jsonl").read_text().splitlines()]
@@ -653,7 +657,9 @@ def test_adapt_from_a_qwen2_checkpoint_end_to_end(tmp_path, tokenizer):
     raw = json.loads((out / "config.json").read_text())
     assert raw["model_type"] == "Dream" and raw["architectures"] == ["DreamModel"]
     assert raw["mask_token_id"] == tokenizer.special.mask and raw["pad_token_id"] == tokenizer.special.pad
+    assert raw.get("block_size") == block_size  # absent for full attention: those files are unchanged
     loaded, loaded_tokenizer = unmask.load(out)
+    assert loaded.config.block_size == block_size
     assert loaded.config.mask_token_id == tokenizer.special.mask
     assert loaded_tokenizer.special.mask == tokenizer.special.mask
     trained = load_file(str(out / "model.safetensors"))

@@ -99,6 +99,11 @@ def config_to_hf(config: ModelConfig, dtype: torch.dtype = torch.float32, family
     """The config.json of a Dream checkpoint (field names and extras as Dream's HF code expects), or with
     ``family="qwen2"`` of a causal Qwen2 one (the autoregressive baseline: no mask token, no auto_map)."""
     fields = {name: getattr(config, name) for name in _CONFIG_FIELDS}
+    if config.block_size is not None:  # written only when set: full-attention config.json files stay as they were
+        if family != "dream":
+            raise CheckpointError(f"a block-diffusion model (block_size {config.block_size}) is saved as a Dream "
+                                  f"checkpoint, not {family!r}")
+        fields["block_size"] = config.block_size
     if family == "qwen2":
         fields.pop("mask_token_id", None)
         return {
@@ -152,7 +157,7 @@ def config_from_hf(raw: dict[str, Any], source: str = "config.json") -> tuple[Mo
     head_dim = raw.get("head_dim")
     if head_dim is not None and head_dim * raw["num_attention_heads"] != raw["hidden_size"]:
         raise CheckpointError(f"{source}: head_dim {head_dim} != hidden_size / num_attention_heads")
-    values = {k: raw[k] for k in _CONFIG_FIELDS if k in raw and raw[k] is not None}
+    values = {k: raw[k] for k in (*_CONFIG_FIELDS, "block_size") if k in raw and raw[k] is not None}
     values.setdefault("num_key_value_heads", raw["num_attention_heads"])
     for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
         if isinstance(values.get(key), list):  # HF allows a list of eos ids; the first is the canonical one
@@ -352,6 +357,8 @@ def generation_config_dict(config: ModelConfig, generation: DecodeConfig | dict[
     sampler = dataclasses.asdict(generation or DecodeConfig())
     if not sampler["dream_compat"]:
         del sampler["dream_compat"]
+    if config.block_size is not None and (decoder is None or decoder.decoder == "reference"):
+        decoder = DecoderConfig(decoder="blocks", block_length=config.block_size)  # the only kind it runs
     recommended = {} if decoder is None or decoder == DecoderConfig() else dataclasses.asdict(decoder)
     return {
         "bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,

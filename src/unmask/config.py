@@ -146,8 +146,12 @@ class ModelConfig(Settings):
     pad_token_id: int | None = field(default=None, metadata=doc("id of the pad token"))
     bos_token_id: int | None = field(default=None, metadata=doc("id of the bos token"))
     eos_token_id: int | None = field(default=None, metadata=doc("id of the eos token"))
+    block_size: int | None = field(default=None, metadata=doc(
+        "block diffusion: attention is causal across blocks of this many tokens, bidirectional inside one "
+        "(None = full bidirectional attention; docs/model.md)"))
 
     def __post_init__(self) -> None:
+        check_ints(self, ("block_size",), optional=True)
         check_ints(self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                           "num_attention_heads", "num_key_value_heads", "max_position_embeddings"))
         if self.hidden_size % self.num_attention_heads:

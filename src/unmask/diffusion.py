@@ -9,7 +9,8 @@ every *maskable* token independently with probability ``p(t) = (1 - eps) t + eps
 with the ELBO-weighted cross-entropy (:func:`diffusion_loss`) computed on *shifted* logits
 (:func:`shift_logits`). Supervised fine-tuning keeps the prompt clean (:func:`sft_maskable`,
 :func:`sft_collate`); adapting an autoregressive checkpoint anneals attention from causal to full
-(:func:`attention_anneal_fraction`, :func:`annealed_attention_mask`).
+(:func:`attention_anneal_fraction`, :func:`annealed_attention_mask`). Block diffusion trains on a noisy and a
+clean copy of each row side by side (:func:`two_stream_mask`, :func:`two_stream_logits`).
 
 Randomness: every random draw is made on the *generator's* device and then moved to the data's
 device, so a CPU generator seeded identically gives identical masks whether the data lives on CPU or
@@ -39,6 +40,8 @@ __all__ = [
     "sft_maskable",
     "shift_logits",
     "token_logprobs",
+    "two_stream_logits",
+    "two_stream_mask",
     "uniform",
 ]
 
@@ -481,3 +484,53 @@ def adaptation_spans(
     # Prefix length uniform in [1, keep - 1], so at least one position stays maskable.
     prefix = torch.where(with_prefix, 1 + (u[:, 3] * (keep - 1).float()).long().clamp(max=keep - 2), 0)
     return prefix, keep
+
+
+# ----------------------------------------------------------------------------------------------
+# Block diffusion: the two-stream layout (BD3-LM, Arriola et al. 2025; docs/training.md)
+
+
+def two_stream_mask(
+    blocks: torch.Tensor, key_valid: torch.Tensor | None = None, within: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, 1, 2T, 2T) bool mask for the input ``[x_t | x_0]``: a noisy copy of each row, then its clean copy.
+
+    blocks: (B, T) block index of every position (``unmask.model.block_ids``). The clean stream is
+    block-causal (a query sees its own block and all earlier ones); a noisy query sees its own noisy block
+    (both ways) and the *clean* blocks before it, never another noisy block; no clean query sees a noisy key.
+    So every noisy block is denoised in one forward exactly as the decoder meets it: earlier blocks final,
+    later ones absent. ``key_valid`` (B, T): keys that exist (False: padding); ``within`` (T, T)
+    [query, key]: which keys of a query's own block it may see in both streams (AR adaptation anneals this
+    from causal to full; default all). Every query always sees itself, so a pad query stays finite.
+    """
+    if blocks.dim() != 2:
+        raise ValueError(f"blocks must be (B, T), got shape {tuple(blocks.shape)}")
+    B, T = blocks.shape
+    same = blocks[:, :, None] == blocks[:, None, :]  # (B, Tq, Tk)
+    if within is not None:
+        same = same & within.to(blocks.device)[None]
+    earlier = blocks[:, None, :] < blocks[:, :, None]  # (B, Tq, Tk): key's block before the query's
+    if key_valid is not None:
+        valid = key_valid.bool()[:, None, :]
+        same, earlier = same & valid, earlier & valid
+    top = torch.cat([same, earlier], dim=2)  # noisy queries: [noisy keys | clean keys]
+    bottom = torch.cat([torch.zeros_like(same), earlier | same], dim=2)  # clean queries
+    mask = torch.cat([top, bottom], dim=1) | torch.eye(2 * T, dtype=torch.bool, device=blocks.device)[None]
+    return mask[:, None]
+
+
+def two_stream_logits(logits_raw: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """Raw logits (B, T, V) for the noisy row from a two-stream forward's raw logits (B, 2T, V).
+
+    Because of the shift, raw output ``i`` predicts token ``i + 1``. Inside a block that output is the
+    noisy stream's. The first token of a block is predicted by the last token of the block before, a clean
+    token of a finished block — the clean stream's output there (the decoder's "feed from b0 - 1" rule). The
+    result goes to :func:`diffusion_loss` like any raw logits.
+    """
+    B, T = blocks.shape
+    if logits_raw.dim() != 3 or logits_raw.shape[:2] != (B, 2 * T):
+        raise ValueError(f"logits_raw must be (B, 2T, V) = ({B}, {2 * T}, V), got {tuple(logits_raw.shape)}")
+    noisy, clean = logits_raw[:, :T], logits_raw[:, T:]
+    next_same = torch.ones_like(blocks, dtype=torch.bool)  # (B, T); the last output predicts nothing
+    next_same[:, :-1] = blocks[:, 1:] == blocks[:, :-1]
+    return torch.where(next_same[..., None], noisy, clean)

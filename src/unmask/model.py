@@ -12,6 +12,11 @@ Conventions (docs/model.md):
 - Attention is bidirectional (no causal mask). A 2-D ``attention_mask`` (B, S) marks real tokens (1) and
   left padding (0); real queries never see pads, and each pad query attends to itself only so it cannot
   produce NaN. Position ids default to ``cumsum(mask) - 1`` (clamped at 0 for pads).
+- Block diffusion (``config.block_size`` set, docs/model.md "Block diffusion"): attention is block-causal —
+  a query sees every key whose block index is at most its own (``block_causal_mask``). Blocks are counted
+  from a per-row *block origin* (``forward(block_origin=)``, a canvas column: the start of the generated
+  region); every column before it is one bidirectional prefix block. With ``block_size`` None nothing of
+  this runs and attention is exactly the full bidirectional one.
 - ``kv_cache`` is a small explicit object (``KVCache``): when given, the fresh keys/values of the fed
   tokens are written into the cache at ``cache_position`` and attention runs over the whole cache. A full
   forward with an empty cache fills it; later forwards can feed a slice (a block) against cached context.
@@ -72,6 +77,39 @@ def padding_attention_mask(key_valid: torch.Tensor, query_start: int = 0, num_qu
     slots = torch.arange(query_start, query_start + num_queries, device=key_valid.device)
     own = slots[:, None] == torch.arange(length, device=key_valid.device)[None, :]  # (Tq, S)
     return (key_valid[:, None, None, :] | own[None, None]).contiguous()
+
+
+def block_ids(length: int, block_size: int, origin: torch.Tensor | int, device: torch.device | str | None = None
+              ) -> torch.Tensor:
+    """Block index of every canvas column, (B, S) for a (B,) ``origin`` ((1, S) for an int): 0 for the prefix
+    before the row's origin, then ``1 + (column - origin) // block_size``.
+
+    Counting from an origin (the start of the generated region) rather than from column 0 keeps the prompt
+    one bidirectional block whatever its length, and in a left-padded batch (every prompt ends at the same
+    column) puts every row's blocks at the same columns.
+    """
+    origin = torch.as_tensor(origin, device=device).long().reshape(-1, 1)  # (B, 1)
+    columns = torch.arange(length, device=origin.device)[None, :]  # (1, S)
+    after = torch.div(columns - origin, block_size, rounding_mode="floor") + 1
+    return torch.where(columns < origin, torch.zeros_like(after), after)
+
+
+def block_causal_mask(blocks: torch.Tensor, key_valid: torch.Tensor | None = None, query_start: int = 0,
+                      num_queries: int | None = None) -> torch.Tensor:
+    """Boolean SDPA mask (B, 1, Tq, S) of block-causal attention from the block index of every slot (B, S).
+
+    Query ``j`` sits at slot ``query_start + j``: it sees the real keys (``key_valid``, default all) whose
+    block is at most its own — its own block both ways, earlier blocks whole, later blocks not at all — and
+    always its own slot, so a pad query stays finite.
+    """
+    length = blocks.shape[1]
+    num_queries = length - query_start if num_queries is None else num_queries
+    slots = torch.arange(query_start, query_start + num_queries, device=blocks.device)  # (Tq,)
+    allowed = blocks[:, None, :] <= blocks[:, slots, None]  # (B, Tq, S): key block <= query block
+    if key_valid is not None:
+        allowed = allowed & key_valid.bool()[:, None, :]
+    own = slots[:, None] == torch.arange(length, device=blocks.device)[None, :]  # (Tq, S)
+    return (allowed | own[None])[:, None].contiguous()
 
 
 @dataclass
@@ -214,7 +252,7 @@ class DreamModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                cache_position: int = 0) -> torch.Tensor:
+                cache_position: int = 0, block_origin: torch.Tensor | int | None = None) -> torch.Tensor:
         """Raw logits (B, T, V) for ``input_ids`` (B, T).
 
         attention_mask: None (all real), a (B, S) 0/1 padding mask over the whole canvas (S = T, or the
@@ -223,6 +261,8 @@ class DreamModel(nn.Module):
         position_ids: (B, T); default ``cumsum(attention_mask) - 1`` over the canvas, or ``arange``.
         kv_cache / cache_position: write this call's K/V into cache slots [cache_position, +T) and attend
             over all cache slots.
+        block_origin: block-diffusion models only: the canvas column (int, or (B,) per row) where blocks start
+            (default 0); ignored with a 4-D ``attention_mask``, which is then the whole truth.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
@@ -230,6 +270,8 @@ class DreamModel(nn.Module):
         total = kv_cache.length if kv_cache is not None else t
         if kv_cache is not None and not (0 <= cache_position and cache_position + t <= total):
             raise ValueError(f"cache slots [{cache_position}, {cache_position + t}) exceed the cache length {total}")
+        if block_origin is not None and self.config.block_size is None:
+            raise ValueError("block_origin is for block-diffusion models; this model's config has no block_size")
         mask: torch.Tensor | None
         if attention_mask is not None and attention_mask.dim() == 4:
             mask = attention_mask.bool()
@@ -241,6 +283,10 @@ class DreamModel(nn.Module):
                 position_ids = positions_from_mask(attention_mask)[:, cache_position:cache_position + t]
         else:
             mask = None
+        if self.config.block_size is not None and (attention_mask is None or attention_mask.dim() == 2):
+            blocks = block_ids(total, self.config.block_size, 0 if block_origin is None else block_origin,
+                               input_ids.device).expand(b, total)  # (B, S)
+            mask = block_causal_mask(blocks, attention_mask, cache_position, t)
         if position_ids is None:
             position_ids = torch.arange(cache_position, cache_position + t, device=input_ids.device).expand(b, t)
 

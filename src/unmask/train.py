@@ -67,10 +67,12 @@ from unmask.diffusion import (
     sample_t,
     shift_logits,
     token_logprobs,
+    two_stream_logits,
+    two_stream_mask,
     uniform,
 )
 from unmask.errors import ConfigError
-from unmask.model import DreamModel
+from unmask.model import DreamModel, block_ids
 from unmask.runs import OPTIMIZER_FILE, lr_factor
 from unmask.train_config import DISTRIBUTED, NORMALIZERS, OBJECTIVES, STAGES, T_METHODS, TrainConfig  # noqa: F401
 from unmask.training_data import EpochSampler, TokenRows, val_batches
@@ -104,6 +106,10 @@ class Batch:
     attention_mask: torch.Tensor | None
     anneal_fraction: float
     row_weight: torch.Tensor | None = None  # (B,) loss multiplier per row (semi-AR block rows), None = all 1
+    # Block diffusion (two streams): input_ids/attention_mask cover [x_t | x_0] (B, 2T), with these positions
+    # (B, 2T) and the block index of every position (B, T); None for full attention.
+    position_ids: torch.Tensor | None = None
+    blocks: torch.Tensor | None = None
 
     def rows(self, start: int, stop: int) -> Batch:
         return self._map(lambda tensor: tensor[start:stop])
@@ -131,7 +137,8 @@ def make_batch(
 
     Maskable = from the row's prompt length on (pretraining: from position 1; SFT: the response and its
     pads). With ``adapt_from_ar``: adaptation spans (a clean prefix, a truncation whose tail becomes
-    padding) and attention annealed from causal to full over ``anneal_steps``.
+    padding) and attention annealed from causal to full over ``anneal_steps``. With ``block_size``: the
+    two-stream batch of block diffusion (``_two_stream``).
     """
     B, T = clean.shape
     pos = torch.arange(T)[None, :]  # (1, T)
@@ -140,11 +147,14 @@ def make_batch(
         return _causal_batch(clean, start, sft=cfg.stage == "sft", stop_id=stop_id)
     key_valid = torch.ones(B, T, dtype=torch.bool)  # (B, T)
     fraction = 1.0
+    # Block origin (docs/model.md): the SFT prompt is one clean prefix block; plain text counts from 0.
+    origin = prompt_lengths if cfg.stage == "sft" else torch.zeros_like(prompt_lengths)
     if cfg.adapt_from_ar:
         prefix, keep = adaptation_spans(
             B, T, generator=generator, prefix_prob=cfg.prefix_prob, truncate_prob=cfg.truncate_prob
         )
         start = torch.maximum(start, prefix[:, None])
+        origin = torch.maximum(origin, prefix)
         key_valid = pos < keep[:, None]
         fraction = attention_anneal_fraction(step, cfg.anneal_steps)
     maskable = (pos >= start) & key_valid  # (B, T)
@@ -155,6 +165,10 @@ def make_batch(
     row_weight = None
     if cfg.block_mask_prob > 0:  # drawn only when asked, so the noise stream of other runs is unchanged
         noisy, masked, row_weight = _semi_ar_rows(clean, masked, maskable, cfg, generator, mask_token_id, stop_id)
+    if cfg.block_size is not None:
+        within = annealed_attention_mask(T, fraction, generator=generator if 0.0 < fraction < 1.0 else None)
+        return _two_stream(Batch(noisy, clean, masked, maskable, t, None, fraction), key_valid,
+                           block_ids(T, cfg.block_size, origin), None if fraction == 1.0 else within)
     attention = None
     if fraction < 1.0 or not bool(key_valid.all()):
         # DiffuLLaMA/DiffuCoder stage 1: causal OR a fresh Bernoulli(fraction) draw of future keys every step
@@ -164,6 +178,25 @@ def make_batch(
         attention = base[None, None] & key_valid[:, None, None, :]  # (B, 1, T, T)
         attention = attention | torch.eye(T, dtype=torch.bool)[None, None]  # pad queries see themselves
     return Batch(noisy, clean, masked, maskable, t, attention, fraction, row_weight)
+
+
+def _two_stream(batch: Batch, key_valid: torch.Tensor, blocks: torch.Tensor, within: torch.Tensor | None) -> Batch:
+    """The block-diffusion layout of a noised batch (BD3-LM's two streams, docs/training.md): the input is
+    ``[x_t | x_0]`` (B, 2T), both copies at positions 0..T-1, under ``diffusion.two_stream_mask``. One forward
+    denoises every block against clean earlier blocks; ``two_stream_logits`` takes the noisy row's predictions
+    out of it (the first token of a block from the clean token before it)."""
+    T = batch.targets.shape[1]
+    positions = torch.arange(T).repeat(2)[None].expand(batch.targets.shape[0], 2 * T)  # (B, 2T)
+    return dataclasses.replace(
+        batch, input_ids=torch.cat([batch.input_ids, batch.targets], dim=1),
+        attention_mask=two_stream_mask(blocks, key_valid, within), position_ids=positions, blocks=blocks)
+
+
+def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Raw logits (B, T, V) of a batch's noisy rows: one forward, and for a two-stream batch the noisy row's
+    predictions taken out of both streams."""
+    logits = model(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    return logits if batch.blocks is None else two_stream_logits(logits, batch.blocks)
 
 
 def _semi_ar_rows(
@@ -270,6 +303,8 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
         _, family, raw = read_config(cfg.init_from)
         tokenizer = load_tokenizer(cfg.init_from, raw)
         model.config = _with_special_ids(model.config, tokenizer.special, cfg.init_from)
+        if cfg.block_size is not None:  # AR twin or full-attention diffusion model -> block diffusion
+            model.config = model.config.replace(block_size=cfg.block_size)
         if family != "dream" and not cfg.adapt_from_ar and cfg.objective == "diffusion":
             print(
                 f"note: {cfg.init_from} is a causal {family} checkpoint; --adapt-from-ar with --anneal-steps N "
@@ -289,6 +324,7 @@ def prepare(cfg: TrainConfig) -> tuple[DreamModel, Any, TrainData]:
             pad_token_id=s.pad,
             eos_token_id=s.eos,
             bos_token_id=s.bos,
+            block_size=cfg.block_size,
         )
         model = DreamModel(config)
         model.init_weights(torch.Generator().manual_seed(cfg.seed))
@@ -503,7 +539,7 @@ def evaluate(
         batches.append(batch)
         b = batch.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(b.input_ids, attention_mask=b.attention_mask)
+            logits = forward_logits(model, b)
         total += _loss_sum(logits, b, cfg).double().cpu()
         if response is not None:
             response.add(logits, b, pad_id, cfg.mask_eps)
@@ -578,7 +614,9 @@ def generate_samples(
                 ids.to(device),
                 attention.to(device),
                 config=decode,
-                decoder=DecoderConfig(),
+                # a block-diffusion model runs only its exact block decoder (one token per step, as here)
+                decoder=(DecoderConfig() if cfg.block_size is None
+                         else DecoderConfig(decoder="blocks", block_length=cfg.block_size)),
                 generator=torch.Generator(device=device).manual_seed(cfg.seed + 104729),
             )
     finally:
@@ -762,6 +800,7 @@ def _setup(cfg: TrainConfig, model: DreamModel | None, tokenizer: Any, data: Tra
         lora.check_resume(resume_from, cfg.lora_r)
     start = cfg.init_from if model is None or data is None else None  # the directory the weights come from
     model, tokenizer, data = _load(cfg, model, tokenizer, data, resume_from)
+    cfg = _resolve_block_size(cfg, model)
     # The AR baseline never masks: without a mask id in its config, -1 keeps the shared code paths uniform.
     mask_id = int(model.config.mask_token_id) if model.config.mask_token_id is not None else -1
     model_config = model.config
@@ -815,6 +854,16 @@ def _load(
     if data.train.seq_len != cfg.seq_len:
         raise ConfigError(f"data rows have length {data.train.seq_len} but seq_len is {cfg.seq_len}")
     return model, tokenizer, data
+
+
+def _resolve_block_size(cfg: TrainConfig, model: DreamModel) -> TrainConfig:
+    """One block size for the run: the config's (which the model then adopts) or else the model's own (which the
+    saved run config then records); None for full attention."""
+    if cfg.block_size is None:
+        return dataclasses.replace(cfg, block_size=model.config.block_size)
+    if model.config.block_size != cfg.block_size:
+        model.config = model.config.replace(block_size=cfg.block_size)
+    return cfg
 
 
 def _optimizer(model: DreamModel, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -885,7 +934,7 @@ def _train_step(run: _Run, batches: list[Batch]) -> dict[str, float]:
         mine = batch.rows(run.rank * local, (run.rank + 1) * local).to(run.device)
         with _gradient_sync(run, micro == len(batches) - 1):
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-                logits = run.wrapped(mine.input_ids, attention_mask=mine.attention_mask)  # (b, T, V)
+                logits = forward_logits(run.wrapped, mine)  # (b, T, V)
             loss_sum = _loss_sum(logits, mine, cfg)
             (loss_sum * (world / denominator)).backward()
         step_loss += loss_sum.detach().double()

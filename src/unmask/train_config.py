@@ -73,6 +73,9 @@ class TrainConfig(RunOptions):
         default=0.0, metadata=doc("P(a row trains one semi-AR block: clean before it, all masked after it)")
     )
     block_mask_length: int = field(default=8, metadata=doc("length of those blocks (the decoder's block_length)"))
+    block_size: int | None = field(default=None, metadata=doc(
+        "block diffusion: train block-causal attention over blocks of this size, two-stream (sets the model's "
+        "block_size; default: the model's own, None = full attention; docs/training.md)"))
     val_fraction: float = field(default=0.05, metadata=doc("documents held out for validation"))
     eval_every: int = field(default=100, metadata=doc("validation loss every N steps (0 = off)"))
     eval_batches: int = field(default=4, metadata=doc("validation micro-batches"))
@@ -94,7 +97,7 @@ class TrainConfig(RunOptions):
         check_ints(self, ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_batches", "save_every",
                           "keep_checkpoints", "log_every", "sample_tokens", "block_mask_length"))
         check_ints(self, ("warmup_steps", "anneal_steps", "eval_every", "sample_prompts"), minimum=0)
-        check_ints(self, ("stop_after_steps", "vocab_size", "data_max_bytes"), optional=True)
+        check_ints(self, ("stop_after_steps", "vocab_size", "data_max_bytes", "block_size"), optional=True)
         if self.seq_len < 3:
             raise ConfigError(f"seq_len must be at least 3, got {self.seq_len}")
         check_choices(self)
@@ -111,6 +114,11 @@ class TrainConfig(RunOptions):
         if self.block_mask_prob > 0 and self.objective != "diffusion":
             raise ConfigError("block_mask_prob shapes the masked-diffusion noise; it has no meaning for objective "
                               "autoregressive")
+        if self.block_size is not None and self.objective != "diffusion":
+            raise ConfigError("block_size trains a block-diffusion model; objective autoregressive has no blocks")
+        if self.block_size is not None and self.block_mask_prob > 0:
+            raise ConfigError("block_mask_prob imitates block decoding for full-attention models; with block_size "
+                              "every block is trained in that state already (leave block_mask_prob 0)")
         check_numbers(self, ("weight_decay", "grad_clip"), "[0, inf)")
         check_device(self.device)
         if self.init_from is not None and self.tokenizer is not None:

@@ -5,7 +5,9 @@ options. Every decoder yields the same ``DecodeStep`` events, so stats, traces, 
 early EOS are handled once, by ``steps.run_steps``:
 
 - ``reference`` → ``reference.denoise_stream`` (or ``lossless.lossless_stream`` with ``lossless``);
-- ``blocks`` / ``parallel`` → ``blocks.block_stream`` (with the optional prefix/dual KV cache).
+- ``blocks`` / ``parallel`` → ``blocks.block_stream`` (with the optional prefix/dual KV cache), or, for a
+  block-diffusion model (``model.config.block_size`` set), ``block_causal.exact_block_stream`` (the same commit
+  rules over an exact KV cache); such a model runs no other decoder (a clear ``ConfigError``).
 
 ``decode`` builds prompt + ``max_new_tokens`` masks; ``decode_canvas`` takes a canvas with masks anywhere
 (infilling, several spans) and runs the same decoders over it.
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from unmask.config import DecodeConfig, DecoderConfig, GenerationDefaults, check_pairing
+from unmask.decoding.block_causal import check_block_decoder, check_suffix, exact_block_stream
 from unmask.decoding.blocks import LogitsProbe, block_stream
 from unmask.decoding.canvas import check_canvas
 from unmask.decoding.eos import default_stop_ids
@@ -37,12 +40,18 @@ def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
     """The chosen decoder's stream of steps over a canvas whose masks start at ``region_start``; ``logprobs`` = k
     adds each commit's log-probability and k alternatives to the steps (``DecodeStep.logprobs``)."""
     check_pairing(config, decoder)
+    block_causal = getattr(model.config, "block_size", None) is not None
+    if block_causal:
+        check_block_decoder(model.config, decoder)
     common = dict(config=config, mask_token_id=mask_token_id, generator=generator, stop_ids=stop_ids,
                   logprobs=logprobs)
     if decoder.decoder == "reference":
         if decoder.lossless:
             return lossless_stream(model, canvas, attention_mask, draft=decoder.draft, **common)
         return denoise_stream(model, canvas, attention_mask, **common)
+    if block_causal:
+        return exact_block_stream(model, canvas, attention_mask, decoder=decoder, region_start=region_start,
+                                  probe=probe, **common)
     return block_stream(model, canvas, attention_mask, decoder=decoder, region_start=region_start, probe=probe,
                         **common)
 
@@ -55,9 +64,14 @@ def _settings(model, config: DecodeConfig | None, decoder: DecoderConfig | None,
     defaults = GenerationDefaults.of(model)
     base = config or defaults.decode
     config = base.replace(**params) if params else base
+    block_size = getattr(model.config, "block_size", None)
+    if decoder is None and getattr(model, "decoder_defaults", None) is None and block_size is not None:
+        decoder = DecoderConfig(decoder="blocks", block_length=block_size)  # the one kind it runs
     decoder = decoder or defaults.decoder
     if not isinstance(decoder, DecoderConfig):
         raise TypeError(f"decoder must be a DecoderConfig, got {type(decoder).__name__}")
+    if block_size is not None:
+        check_block_decoder(model.config, decoder)
     if decoder.decoder == "blocks" and config.alg == "origin":
         raise ConfigError("the blocks decoder ranks positions by confidence: use --alg maskgit_plus, topk_margin "
                           "or entropy (origin has no confidence)")
@@ -142,7 +156,10 @@ def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
     if bool(((canvas[:, 0] == mask_id) & real[:, 0]).any()):
         raise ValueError("column 0 of the canvas is a mask: position 0 must be a real token (prepend a bos)")
     full_mask = None if attention_mask is None or bool(real.all()) else real.long()
-    stream = decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=1,
+    region_start = 1
+    if getattr(model.config, "block_size", None) is not None:  # a suffix of masks only; it is the block origin
+        region_start = check_suffix(canvas, real, mask_id)
+    stream = decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=region_start,
                            mask_token_id=mask_id, generator=_generator(model, generator, seed))
     return run_steps(stream, canvas, region_start=0, trace=trace, on_step=on_step)
 

@@ -3,8 +3,9 @@
 Remote code written for unmask and copied next to the weights of every Dream directory it saves, so that
 ``AutoConfig.from_pretrained(directory, trust_remote_code=True)`` works where unmask is not installed. It
 imports transformers only. The fields are those unmask writes (``unmask.checkpoint.config_to_hf``): the Qwen2
-size fields, ``mask_token_id`` and the special ids, under the names Dream's checkpoints use, so configs of
-Dream-7B / DiffuCoder-7B read the same way. Defaults are the 7B sizes.
+size fields, ``mask_token_id`` and the special ids (and ``block_size`` for a block-diffusion model), under
+the names Dream's checkpoints use, so configs of Dream-7B / DiffuCoder-7B read the same way. Defaults are the
+7B sizes.
 
 Features the model does not implement (a RoPE scaling, sliding-window attention, another activation) are
 refused here with a ValueError rather than ignored: ignoring them would give wrong logits silently.
@@ -27,13 +28,17 @@ class DreamConfig(PretrainedConfig):
                  use_sliding_window: bool = False, sliding_window: int | None = None,
                  max_window_layers: int | None = None, attention_dropout: float = 0.0,
                  mask_token_id: int | None = 151666, pad_token_id: int | None = 151643,
-                 bos_token_id: int | None = 151643, eos_token_id: int | list[int] | None = 151643, **kwargs):
+                 bos_token_id: int | None = 151643, eos_token_id: int | list[int] | None = 151643,
+                 block_size: int | None = None, **kwargs):
         if hidden_act != "silu":
             raise ValueError(f"hidden_act {hidden_act!r} is not supported (the model uses silu)")
         if rope_scaling:
             raise ValueError(f"rope_scaling {rope_scaling!r} is not supported (plain RoPE only)")
         if use_sliding_window:
             raise ValueError("sliding-window attention is not supported")
+        if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
+                                       or block_size < 1):
+            raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
         num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
         if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
             raise ValueError(f"hidden_size {hidden_size}, num_attention_heads {num_attention_heads} and "
@@ -66,3 +71,6 @@ class DreamConfig(PretrainedConfig):
         self.pad_token_id = pad_token_id
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
+        # Block diffusion (unmask docs/model.md): attention causal across blocks of this size, counted from the
+        # forward's block_origin; None = full bidirectional attention.
+        self.block_size = block_size

@@ -319,6 +319,11 @@ class DiffusionGenerationMixin:
         Returns the ids (B, P + max_new_tokens), or with ``return_dict_in_generate`` a
         ``DiffusionGenerateOutput`` whose ``history`` holds the canvas after each step when ``output_history``.
         """
+        if getattr(self.config, "block_size", None) is not None:
+            raise NotImplementedError(
+                f"this is a block-diffusion model (block_size {self.config.block_size}); diffusion_generate is the "
+                "full-attention reference sampler. Decode it block by block with unmask's exact block decoder "
+                "(`unmask generate`, docs/sampler.md), or call the model with block_origin = the prompt length")
         unknown = sorted(set(kwargs) - set(SAMPLER_DEFAULTS))
         if unknown:
             raise TypeError(f"diffusion_generate got unknown argument(s) {', '.join(unknown)}; it takes "

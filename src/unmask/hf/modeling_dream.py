@@ -7,7 +7,8 @@ transformers only, and computes everything itself (RoPE, attention masks, GQA) r
 transformers' shared layers, whose internals changed between 4.46 and 5.x (the RoPE init table, attention
 dispatch, cache classes). Sampling, ``model.diffusion_generate``, is in generation_dream.py.
 
-The network (unmask docs/model.md): a Qwen2 decoder stack with **bidirectional** attention — per block
+The network (unmask docs/model.md): a Qwen2 decoder stack with **bidirectional** attention (or, with
+``config.block_size``, block-causal attention: causal across blocks, bidirectional inside one) — per block
 RMSNorm → attention (q/k/v with bias, o without, grouped-query, RoPE with the half-split layout computed in
 float32) → residual → RMSNorm → SwiGLU MLP → residual; a final RMSNorm and an untied ``lm_head``.
 
@@ -80,6 +81,25 @@ def padding_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor | None:
     length = real.shape[-1]
     own = torch.eye(length, dtype=torch.bool, device=real.device)  # (T, T)
     return (real[:, None, None, :] | own[None, None]).contiguous()
+
+
+def block_index(length: int, block_size: int, origin, device: torch.device) -> torch.Tensor:
+    """Block of every column (B or 1, T): 0 before the row's ``block_origin`` (one bidirectional prefix block,
+    the prompt), then 1, 2, … for each ``block_size`` columns from the origin on."""
+    origin = torch.as_tensor(origin, device=device).long().reshape(-1, 1)  # (B, 1)
+    columns = torch.arange(length, device=device)[None, :]
+    index = torch.div(columns - origin, block_size, rounding_mode="floor") + 1
+    return index.masked_fill(columns < origin, 0)
+
+
+def block_causal_mask_4d(blocks: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Bool SDPA mask (B, 1, T, T): a query sees the real keys of its own block and of every earlier block, and
+    always its own slot (a pad query then stays finite)."""
+    visible = blocks[:, None, :] <= blocks[:, :, None]  # (B, Tq, Tk)
+    if attention_mask is not None:
+        visible = visible & attention_mask.bool()[:, None, :]
+    own = torch.eye(blocks.shape[1], dtype=torch.bool, device=blocks.device)[None]
+    return (visible | own)[:, None].contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,11 +245,13 @@ class DreamModel(DreamPreTrainedModel, DiffusionGenerationMixin):
                 position_ids: torch.LongTensor | None = None, past_key_values=None,
                 inputs_embeds: torch.FloatTensor | None = None, labels=None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None) -> MaskedLMOutput | tuple:
+                return_dict: bool | None = None, block_origin=None) -> MaskedLMOutput | tuple:
         """Raw logits (B, T, V) of ``input_ids`` (B, T) (or of ``inputs_embeds`` (B, T, hidden)).
 
         attention_mask: see the module docstring. position_ids (B, T): default ``cumsum(mask) - 1`` with a
         padding mask, else ``arange(T)``. ``use_cache`` is accepted and has no effect (there is no cache).
+        block_origin: block-diffusion models only (``config.block_size``): the column (int, or one per row) where
+        the blocks start, default 0; the columns before it (the prompt) form one bidirectional block.
         """
         if past_key_values is not None:
             raise NotImplementedError("this model has no KV cache: call it on the whole canvas")
@@ -254,6 +276,12 @@ class DreamModel(DreamPreTrainedModel, DiffusionGenerationMixin):
             mask = padding_mask_4d(attention_mask)
             if position_ids is None:
                 position_ids = padding_positions(attention_mask)
+        block_size = getattr(self.config, "block_size", None)
+        if block_origin is not None and block_size is None:
+            raise ValueError("block_origin is for block-diffusion models; this config has no block_size")
+        if block_size is not None and (attention_mask is None or attention_mask.dim() == 2):
+            blocks = block_index(length, block_size, 0 if block_origin is None else block_origin, x.device)
+            mask = block_causal_mask_4d(blocks.expand(batch, length), attention_mask)
         if position_ids is None:
             position_ids = torch.arange(length, device=x.device).expand(batch, length)
 
