@@ -306,3 +306,16 @@ def save_checkpoint(
     for path in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def drive(run: Any, cfg: Any, *, desc: str, on_step: Callable[[int, dict[str, Any]], None] | None,
+          steps: Callable[[Any, StepLoop], int]) -> tuple[int, list[dict[str, Any]]]:
+    """Run ``steps(run, loop)`` inside a ``StepLoop`` that is closed however the steps end (the trackers are
+    flushed when a step fails too); (the step it stopped at, the metric records). ``run`` needs ``start``,
+    ``rank`` and ``run_dir``: what train's and rl's ``_setup`` return."""
+    loop = StepLoop(run.start, cfg, rank=run.rank, desc=desc, run_dir=run.run_dir, on_step=on_step)
+    try:
+        step = steps(run, loop)
+    finally:
+        loop.close()
+    return step, loop.history

@@ -746,12 +746,8 @@ def _train(
     on_step: Callable[[int, dict[str, Any]], None] | None,
 ) -> TrainResult:
     run = _setup(cfg, model, tokenizer, data)
-    loop = runs.StepLoop(run.start, cfg, rank=run.rank, desc="train", run_dir=run.run_dir, on_step=on_step)
-    try:
-        step = _steps(run, loop)
-    finally:
-        loop.close()  # flushes the trackers, also when a step fails
-    return TrainResult(step=step, history=loop.history, run_dir=run.run_dir)
+    step, history = runs.drive(run, cfg, desc="train", on_step=on_step, steps=_steps)
+    return TrainResult(step=step, history=history, run_dir=run.run_dir)
 
 
 def _steps(run: _Run, loop: runs.StepLoop) -> int:

@@ -365,13 +365,8 @@ class _Rollouts:
 def _rl(cfg: RLConfig, model, tokenizer, tasks: list[Task] | None,
         on_step: Callable[[int, dict[str, Any]], None] | None) -> RLResult:
     run = _setup(cfg, model, tokenizer, tasks)
-    loop = runs.StepLoop(run.start, cfg, rank=run.rank, desc=f"rl {cfg.estimator}", run_dir=run.run_dir,
-                         on_step=on_step)
-    try:
-        step = _steps(run, loop)
-    finally:
-        loop.close()  # flushes the trackers, also when a step fails
-    return RLResult(step=step, history=loop.history, run_dir=run.run_dir)
+    step, history = runs.drive(run, cfg, desc=f"rl {cfg.estimator}", on_step=on_step, steps=_steps)
+    return RLResult(step=step, history=history, run_dir=run.run_dir)
 
 
 def _steps(run: _Run, loop: runs.StepLoop) -> int:
