@@ -111,6 +111,7 @@ def test_token_probs_by_hand():
     z = 1 + torch.e + torch.e ** 2  # the mask token is out of the softmax
     assert own.item() == pytest.approx(torch.e / z, rel=1e-6)
     assert best_id.item() == 2 and best.item() == pytest.approx(torch.e ** 2 / z, rel=1e-6)
+    assert logits[0, 0, 3].item() == 5.0  # the caller's logits are left alone
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -51,10 +51,9 @@ def remask_schedule(budget: int, per_step: int) -> list[int]:
 def token_probs(logits: torch.Tensor, tokens: torch.Tensor, mask_token_id: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The model's own distribution at each position (float32, mask token excluded, no filters): (p of ``tokens``
-    (B, T), p of the likeliest *other* token (B, T), that token (B, T)). logits: (B, T, V) aligned."""
-    logp = logits.float()
-    logp[..., mask_token_id] = torch.finfo(logp.dtype).min
-    logp = logp.log_softmax(-1)  # (B, T, V)
+    (...), p of the likeliest *other* token (...), that token (...)). logits: (..., V) aligned, e.g. (B, T, V)."""
+    mask_column = torch.tensor([mask_token_id], device=logits.device)
+    logp = logits.float().index_fill(-1, mask_column, torch.finfo(torch.float32).min).log_softmax(-1)  # a copy
     own = logp.gather(-1, tokens[..., None]).squeeze(-1)
     logp.scatter_(-1, tokens[..., None], torch.finfo(logp.dtype).min)  # the best token other than the current one
     best_logp, best = logp.max(-1)
@@ -113,7 +112,7 @@ def revise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
             masked = (x == mask_token_id) & open_
             logits = forward(x)  # (B, T, V) aligned
             if step >= draft.steps - 1:  # the draft's last forward is the first whose reads a revision uses
-                p_token, p_best, best = token_probs(logits, x, mask_token_id)
+                p_token, p_best, best = _reads(logits, x, open_, mask_token_id)
                 confidence = torch.where(open_ & ~masked, p_token, confidence)
                 if quota is not None and decoder.revise == "edit":
                     revised = edit_choices(p_token, p_best, fresh & ~masked, decoder.edit_low, decoder.edit_high,
@@ -123,13 +122,23 @@ def revise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
             committed, conf = reference_step(logits, x, masked, min(step, draft.steps - 1), timesteps, draft,
                                              generator, mask_token_id, stop_ids)
             if step >= draft.steps - 1:
-                confidence = torch.where(committed, token_probs(logits, x, mask_token_id)[0], confidence)
+                confidence = torch.where(committed, _reads(logits, x, committed, mask_token_id)[0], confidence)
             if revised is not None:
                 fresh &= ~revised
             assigned = committed if revised is None else committed | (revised & (x != mask_token_id))  # + edits
             scores = None if logprobs is None else commit_logprobs(logits, assigned, x, config, mask_token_id,
                                                                    logprobs)
             yield DecodeStep(step, x, committed, conf, logprobs=scores, revised=revised, revised_from=before)
+
+
+def _reads(logits: torch.Tensor, x: torch.Tensor, where: torch.Tensor, mask_token_id: int
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``token_probs`` at the positions ``where`` (B, T) only (zeros elsewhere), so the float32 softmax copy grows
+    with the generated tokens, not with the prompt."""
+    own, best_p = (torch.zeros(x.shape, dtype=torch.float32, device=x.device) for _ in range(2))
+    best = torch.zeros_like(x)
+    own[where], best_p[where], best[where] = token_probs(logits[where], x[where], mask_token_id)
+    return own, best_p, best
 
 
 def _forward(model, real: torch.Tensor | None):
