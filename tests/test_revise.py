@@ -208,6 +208,8 @@ def test_logprobs_cover_edited_tokens():
     canvas = torch.cat([PROMPT, torch.full((1, 8), MASK_ID)], dim=1)
     stream = decode_stream(model, canvas, None, config=config, decoder=DecoderConfig(revise="edit", revise_budget=2),
                            region_start=4, mask_token_id=MASK_ID, logprobs=1)
+    next(stream)
+    assert not torch.is_inference_mode_enabled()  # the stream's inference mode stays inside it between steps
     last = list(stream)[-1]  # the one revision step: two edits, no commit
     assert int(last.revised.sum()) == 2 and not last.committed.any()
     assert last.logprobs.cols.tolist() == last.revised[0].nonzero(as_tuple=True)[0].tolist()

@@ -26,7 +26,6 @@ confident; an edit A -> B is undone at the next forward, B -> A). The selection 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import torch
@@ -37,8 +36,6 @@ from unmask.decoding.reference import dream_timesteps, reference_step
 from unmask.decoding.steps import DecodeStep, commit_logprobs
 from unmask.diffusion import shift_logits
 from unmask.model import padding_attention_mask, positions_from_mask
-
-log = logging.getLogger(__name__)
 
 
 def remask_schedule(budget: int, per_step: int) -> list[int]:
@@ -83,6 +80,7 @@ def edit_choices(p_token: torch.Tensor, p_best: torch.Tensor, candidates: torch.
     return ranked_first(-p_best, wanted, budget_left)
 
 
+@torch.inference_mode()  # on a generator: entered around each step, not left on while the caller runs
 def revise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None = None, *, config: DecodeConfig,
                   decoder: DecoderConfig, mask_token_id: int, generator: torch.Generator | None = None,
                   stop_ids: tuple[int, ...] = (), logprobs: int | None = None) -> Iterator[DecodeStep]:
@@ -100,35 +98,34 @@ def revise_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
     quotas = remask_schedule(decoder.revise_budget, decoder.revise_per_step)  # per revision step
     confidence = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # of each committed token
     fresh = open_.clone()  # positions not revised yet: each is revised at most once (no A -> B -> A)
-    with torch.inference_mode():
-        for step in range(config.steps):
-            quota = torch.full((x.shape[0],), quotas[step - draft.steps], device=x.device) \
-                if step >= draft.steps else None  # (B,)
-            before = x.clone() if quota is not None else None
-            revised = None
-            if quota is not None and decoder.revise == "remask":
-                revised = least_confident(confidence, fresh & (x != mask_token_id), quota)
-                x[revised] = mask_token_id
-            masked = (x == mask_token_id) & open_
-            logits = forward(x)  # (B, T, V) aligned
-            if step >= draft.steps - 1:  # the draft's last forward is the first whose reads a revision uses
-                p_token, p_best, best = _reads(logits, x, open_, mask_token_id)
-                confidence = torch.where(open_ & ~masked, p_token, confidence)
-                if quota is not None and decoder.revise == "edit":
-                    revised = edit_choices(p_token, p_best, fresh & ~masked, decoder.edit_low, decoder.edit_high,
-                                           quota)
-                    x[revised] = best[revised]
-                    confidence = torch.where(revised, p_best, confidence)
-            committed, conf = reference_step(logits, x, masked, min(step, draft.steps - 1), timesteps, draft,
-                                             generator, mask_token_id, stop_ids)
-            if step >= draft.steps - 1:
-                confidence = torch.where(committed, _reads(logits, x, committed, mask_token_id)[0], confidence)
-            if revised is not None:
-                fresh &= ~revised
-            assigned = committed if revised is None else committed | (revised & (x != mask_token_id))  # + edits
-            scores = None if logprobs is None else commit_logprobs(logits, assigned, x, config, mask_token_id,
-                                                                   logprobs)
-            yield DecodeStep(step, x, committed, conf, logprobs=scores, revised=revised, revised_from=before)
+    for step in range(config.steps):
+        quota = torch.full((x.shape[0],), quotas[step - draft.steps], device=x.device) \
+            if step >= draft.steps else None  # (B,)
+        before = x.clone() if quota is not None else None
+        revised = None
+        if quota is not None and decoder.revise == "remask":
+            revised = least_confident(confidence, fresh & (x != mask_token_id), quota)
+            x[revised] = mask_token_id
+        masked = (x == mask_token_id) & open_
+        logits = forward(x)  # (B, T, V) aligned
+        if step >= draft.steps - 1:  # the draft's last forward is the first whose reads a revision uses
+            p_token, p_best, best = _reads(logits, x, open_, mask_token_id)
+            confidence = torch.where(open_ & ~masked, p_token, confidence)
+            if quota is not None and decoder.revise == "edit":
+                revised = edit_choices(p_token, p_best, fresh & ~masked, decoder.edit_low, decoder.edit_high,
+                                       quota)
+                x[revised] = best[revised]
+                confidence = torch.where(revised, p_best, confidence)
+        committed, conf = reference_step(logits, x, masked, min(step, draft.steps - 1), timesteps, draft,
+                                         generator, mask_token_id, stop_ids)
+        if step >= draft.steps - 1:
+            confidence = torch.where(committed, _reads(logits, x, committed, mask_token_id)[0], confidence)
+        if revised is not None:
+            fresh &= ~revised
+        assigned = committed if revised is None else committed | (revised & (x != mask_token_id))  # + edits
+        scores = None if logprobs is None else commit_logprobs(logits, assigned, x, config, mask_token_id,
+                                                               logprobs)
+        yield DecodeStep(step, x, committed, conf, logprobs=scores, revised=revised, revised_from=before)
 
 
 def _reads(logits: torch.Tensor, x: torch.Tensor, where: torch.Tensor, mask_token_id: int
