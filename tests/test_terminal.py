@@ -103,3 +103,9 @@ def test_render_canvas_masks_get_the_dim_placeholder():
         render_canvas(["a", "b"], [True])
     with pytest.raises(ValueError, match="placeholder"):
         render_canvas(["a"], [True], placeholder="")
+    # a token a revising decoder just replaced stands out from a plain new commit
+    revised = render_canvas(["a", "b", "c"], [False, False, False], just_committed=[True, True, False],
+                            revised=[False, True, False])
+    assert _spans(revised) == [("a", Style(bold=True)), ("b", Style(bold=True, underline=True))]
+    with pytest.raises(ValueError, match="revised has 1"):
+        render_canvas(["a", "b"], [False, False], revised=[True])

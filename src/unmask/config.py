@@ -280,6 +280,7 @@ class DecodeConfig(Settings):
 
 DECODERS = ("reference", "blocks", "parallel")
 CACHES = ("none", "prefix", "dual")
+REVISIONS = ("none", "remask", "edit")
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,17 @@ class DecoderConfig(Settings):
     lossless: bool = field(default=False, metadata=doc(
         "reference only: skip forwards that cannot change the result, draft-and-verify steps (same output)"))
     draft: int = field(default=4, metadata=doc("lossless: canvases drafted and verified per batched forward"))
+    revise: str = field(default="none", metadata=doc(
+        "reference only: take back committed tokens — none | remask (re-mask the least confident, denoise them "
+        "again) | edit (replace a token the model turned against); docs/sampler.md", choices=REVISIONS))
+    revise_budget: int = field(default=16, metadata=doc(
+        "revise: at most this many tokens re-masked or edited per row over the whole decode (0 = the reference)"))
+    revise_per_step: int = field(default=2, metadata=doc(
+        "revise: tokens re-masked (at most edited) per revision step; the last ceil(budget / this) steps revise"))
+    edit_low: float = field(default=0.1, metadata=doc(
+        "edit: a committed token is replaced only if its probability fell below this"))
+    edit_high: float = field(default=0.9, metadata=doc(
+        "edit: ... and another token's probability at its position rose above this"))
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -321,6 +333,22 @@ class DecoderConfig(Settings):
                               "--decoder blocks or parallel")
         if self.lossless and (self.decoder != "reference"):
             raise ConfigError("--lossless reproduces the reference sampler; it needs --decoder reference")
+        self._check_revision()
+
+    def _check_revision(self) -> None:
+        check_ints(self, ("revise_budget",), minimum=0)
+        check_ints(self, ("revise_per_step",))
+        check_numbers(self, ("edit_low", "edit_high"), "(0, 1)")
+        if self.edit_low >= self.edit_high:
+            raise ConfigError(f"edit_low ({self.edit_low}) must be below edit_high ({self.edit_high})")
+        if self.revise == "none":
+            return
+        if self.decoder != "reference" or self.lossless:
+            raise ConfigError(f"--revise {self.revise} builds on the reference sampler: it needs --decoder reference "
+                              "without --lossless (lossless reproduces the reference, which a revision changes)")
+        if self.early_stop:
+            raise ConfigError(f"--revise {self.revise} can change a row after it looks finished, so early_stop "
+                              "could cut a text a revision would have changed: use --no-early-stop")
 
 
 
@@ -335,10 +363,25 @@ def override_decoder(base: DecoderConfig, changes: dict[str, Any]) -> DecoderCon
 def check_pairing(config: DecodeConfig, decoder: DecoderConfig) -> None:
     """A ``ConfigError`` for a sampler the chosen decoder does not run: ``dream_compat`` is Dream's own sampler,
     which only the plain reference decoder runs (lossless reasons with per-row counts; blocks and parallel are
-    not Dream's)."""
+    not Dream's; it never revises), and a revising decoder needs steps left to draft with."""
     if config.dream_compat and (decoder.decoder != "reference" or decoder.lossless):
         raise ConfigError("dream_compat reproduces Dream's own sampler: it needs --decoder reference without "
                           "--lossless")
+    if config.dream_compat and decoder.revise != "none":
+        raise ConfigError(f"dream_compat reproduces Dream's own sampler, which never revises a token: it cannot be "
+                          f"combined with --revise {decoder.revise}")
+    if decoder.revise != "none" and config.steps <= revision_steps(decoder):
+        raise ConfigError(f"--revise {decoder.revise} spends the last {revision_steps(decoder)} of the steps on "
+                          f"revision (ceil(revise_budget / revise_per_step)), which leaves no step to draft with: "
+                          f"raise --steps above {revision_steps(decoder)} or lower --revise-budget")
+
+
+def revision_steps(decoder: DecoderConfig) -> int:
+    """Forwards of the ``steps`` budget a revising decoder spends on revision, after its draft: ceil(budget / per
+    step); 0 without revision (docs/sampler.md, "Revising committed tokens")."""
+    if decoder.revise == "none":
+        return 0
+    return -(-decoder.revise_budget // decoder.revise_per_step)
 
 
 @dataclass(frozen=True)

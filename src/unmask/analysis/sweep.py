@@ -455,8 +455,8 @@ def analyse_trace(trace, row: int = 0, *, stop_ids: Sequence[int] | None = None,
     tokens: list[int | None] = [None] * length
     commit_step: list[int | None] = [None] * length
     start = trace.region_start[row]
-    for s, record in enumerate(trace.steps[row]):
-        for p, token in zip(record.positions, record.tokens):
+    for p, (s, token) in trace.final_assignments(row).items():  # a revised position: its final token and step
+        if 0 <= p - start < length:
             tokens[p - start], commit_step[p - start] = int(token), s
     # -1 (never a token id) keeps a never-committed position from ending the completion
     useful = length if stop_ids is None else useful_length([-1 if t is None else t for t in tokens], stop_ids)

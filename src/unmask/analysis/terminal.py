@@ -24,6 +24,7 @@ GRADIENT_STOPS: tuple[tuple[int, int, int], ...] = (
 )
 MASK_PLACEHOLDER = "░"
 MASK_STYLE = Style(dim=True)
+REVISED_STYLE = Style(bold=True, underline=True)  # a token a revising decoder just replaced
 UNCOMMITTED_STYLE = Style(dim=True, italic=True)
 
 
@@ -93,24 +94,27 @@ def render_canvas(
     masked: Sequence[bool],
     just_committed: Sequence[bool] | None = None,
     placeholder: str = MASK_PLACEHOLDER,
+    revised: Sequence[bool] | None = None,
 ) -> Text:
     """The canvas mid-decode: committed tokens as text, each masked position as a dim ``placeholder``.
 
     The text of a masked entry is ignored (it is usually the mask token). ``just_committed`` marks
     the tokens committed in the latest step; they are drawn bold so the live view shows where the
-    sampler is working.
+    sampler is working. ``revised`` marks tokens the latest step took back (a revising decoder): a
+    replaced or re-committed token is drawn bold and underlined, a re-masked one as the placeholder.
     """
     _check_tokens(token_texts, masked, "masked")
-    if just_committed is not None and len(just_committed) != len(token_texts):
-        raise ValueError(
-            f"token_texts has {len(token_texts)} tokens but just_committed has {len(just_committed)} entries"
-        )
+    for name, marks in (("just_committed", just_committed), ("revised", revised)):
+        if marks is not None and len(marks) != len(token_texts):
+            raise ValueError(f"token_texts has {len(token_texts)} tokens but {name} has {len(marks)} entries")
     if not isinstance(placeholder, str) or not placeholder:
         raise ValueError("placeholder must be a non-empty string")
     text = Text()
     for i, token in enumerate(token_texts):
         if bool(masked[i]):
             text.append(placeholder, style=MASK_STYLE)
+        elif revised is not None and bool(revised[i]):
+            text.append(token, style=REVISED_STYLE)
         elif just_committed is not None and bool(just_committed[i]):
             text.append(token, style=Style(bold=True))
         else:

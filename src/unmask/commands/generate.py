@@ -16,7 +16,7 @@ from unmask.commands.common import CLIError, add_model_arguments, check_context,
 
 # statistics shown under the live view, in this order
 _TABLE_KEYS = ("forward_passes", "tokens_committed", "useful_tokens", "seconds", "tokens_per_second",
-               "tokens_per_forward", "local_arness@1", "global_arness@1")
+               "tokens_per_forward", "tokens_revised", "local_arness@1", "global_arness@1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -154,9 +154,12 @@ class LiveView:
         from unmask.analysis.terminal import render_canvas
 
         ids = event.canvas[0].tolist()
+        revised = None if event.revised is None else event.revised[0].tolist()
         view = render_canvas(self.tokenizer.token_texts(ids), [i == self.mask_id for i in ids],
-                             event.committed[0].tolist())
+                             event.committed[0].tolist(), revised=revised)
         view.append(f"\n\nstep {event.step + 1}{self.total}", style="dim")
+        if revised is not None and any(revised):
+            view.append(f" · {sum(revised)} revised", style="dim")
         self.live.update(view, refresh=True)
 
     def stop(self) -> None:

@@ -4,7 +4,8 @@
 options. Every decoder yields the same ``DecodeStep`` events, so stats, traces, the live view (``on_step``) and
 early EOS are handled once, by ``steps.run_steps``:
 
-- ``reference`` → ``reference.denoise_stream`` (or ``lossless.lossless_stream`` with ``lossless``);
+- ``reference`` → ``reference.denoise_stream`` (or ``lossless.lossless_stream`` with ``lossless``, or
+  ``revise.revise_stream`` with ``revise``: remasking or token editing);
 - ``blocks`` / ``parallel`` → ``blocks.block_stream`` (with the optional prefix/dual KV cache), or, for a
   block-diffusion model (``model.config.block_size`` set), ``block_causal.exact_block_stream`` (the same commit
   rules over an exact KV cache); such a model runs no other decoder (a clear ``ConfigError``).
@@ -29,6 +30,7 @@ from unmask.decoding.canvas import check_canvas
 from unmask.decoding.eos import default_stop_ids
 from unmask.decoding.lossless import lossless_stream
 from unmask.decoding.reference import denoise_stream, require_mask_id
+from unmask.decoding.revise import revise_stream
 from unmask.decoding.steps import DecodeResult, DecodeStats, DecodeStep, run_steps
 from unmask.errors import ConfigError
 
@@ -46,6 +48,8 @@ def decode_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
     common = dict(config=config, mask_token_id=mask_token_id, generator=generator, stop_ids=stop_ids,
                   logprobs=logprobs)
     if decoder.decoder == "reference":
+        if decoder.revise != "none":
+            return revise_stream(model, canvas, attention_mask, decoder=decoder, **common)
         if decoder.lossless:
             return lossless_stream(model, canvas, attention_mask, draft=decoder.draft, **common)
         return denoise_stream(model, canvas, attention_mask, **common)
@@ -113,7 +117,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     if decoder.early_stop:  # rows finished early are padded with the model's pad (its first stop id without one)
         early = (mask_id, model.config.pad_token_id if model.config.pad_token_id is not None else stops[0])
     return run_steps(stream, canvas, region_start=prompt_len, trace=trace, on_step=on_step, stop_ids=stops,
-                     early_stop=early)
+                     early_stop=early, mask_token_id=mask_id)
 
 
 def _left_to_right(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
@@ -161,7 +165,7 @@ def decode_canvas(model, canvas: torch.Tensor, attention_mask: torch.Tensor | No
         region_start = check_suffix(canvas, real, mask_id)
     stream = decode_stream(model, canvas, full_mask, config=config, decoder=decoder, region_start=region_start,
                            mask_token_id=mask_id, generator=_generator(model, generator, seed))
-    return run_steps(stream, canvas, region_start=0, trace=trace, on_step=on_step)
+    return run_steps(stream, canvas, region_start=0, trace=trace, on_step=on_step, mask_token_id=mask_id)
 
 
 def _generator(model, generator: torch.Generator | None, seed: int | None) -> torch.Generator:

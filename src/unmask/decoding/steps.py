@@ -61,6 +61,10 @@ class DecodeStep:
     forwards: int = 1  # model calls this step made (0: a step skipped losslessly; the draft round's call is 1)
     canvases: int = 1  # canvases those calls evaluated per row (a draft-and-verify round evaluates several)
     logprobs: CommitLogprobs | None = None  # only when the stream was asked for them (``logprobs=k``)
+    # revising decoders (``revise``) only: (B, T) bool, committed tokens this step took back — re-masked or edited,
+    # before its commits — and (B, T) the tokens they held before (the canvas holds what replaced them)
+    revised: torch.Tensor | None = None
+    revised_from: torch.Tensor | None = None
 
 
 @dataclass
@@ -70,6 +74,7 @@ class DecodeStats:
     seconds: float = 0.0
     canvas_forwards: int = 0  # canvases evaluated (compute); > forward_passes when drafts are batched
     useful_tokens: int | None = None  # tokens before the first eos/pad, summed over rows (when known)
+    tokens_revised: int = 0  # committed tokens taken back (re-masked or edited) by a revising decoder
 
     @property
     def tokens_per_second(self) -> float:
@@ -84,6 +89,7 @@ class DecodeStats:
                 "seconds": round(self.seconds, 4), "tokens_per_second": round(self.tokens_per_second, 2),
                 "tokens_per_forward": round(self.tokens_per_forward, 3),
                 **({"canvas_forwards": self.canvas_forwards} if self.canvas_forwards else {}),
+                **({"tokens_revised": self.tokens_revised} if self.tokens_revised else {}),
                 **({} if self.useful_tokens is None else {
                     "useful_tokens": self.useful_tokens,
                     "useful_tokens_per_second": round(self.useful_tokens / self.seconds, 2) if self.seconds else 0.0})}
@@ -103,12 +109,14 @@ class DecodeResult:
 
 def run_steps(steps: Iterable[DecodeStep], canvas: torch.Tensor, *, region_start: int, trace: bool = False,
               on_step: Callable[[DecodeStep], None] | None = None, stop_ids: tuple[int, ...] = (),
-              early_stop: tuple[int, int] | None = None) -> DecodeResult:
+              early_stop: tuple[int, int] | None = None, mask_token_id: int | None = None) -> DecodeResult:
     """Run a decoder's stream over ``canvas`` (B, T) to its end; count, trace and call ``on_step`` (its time
     counts in the stats) after every step.
 
     ``early_stop`` = (mask id, pad id): stop once every row of the region (from ``region_start``) is finished,
     then pad each row after its first stop token. ``stop_ids`` (eos/pad) end rows and give ``useful_tokens``.
+    ``mask_token_id`` lets the trace tell a re-masked token from an edited one (revising decoders, which refuse
+    ``early_stop``: a revision can change a row that looks finished).
     """
     stats = DecodeStats()
     record = DecodeTrace.empty(canvas.shape[0], region_start) if trace else None
@@ -118,8 +126,11 @@ def run_steps(steps: Iterable[DecodeStep], canvas: torch.Tensor, *, region_start
         stats.forward_passes += event.forwards
         stats.canvas_forwards += event.canvases
         stats.tokens_committed += int(event.committed.sum())
+        if event.revised is not None:
+            stats.tokens_revised += int(event.revised.sum())
         if record is not None:
-            record.add_step(event.committed, event.canvas, event.confidence)
+            record.add_step(event.committed, event.canvas, event.confidence, event.revised, event.revised_from,
+                            mask_token_id)
         if on_step is not None:
             on_step(event)
         final = event.canvas

@@ -26,6 +26,9 @@ from unmask.serve.scheduler import DoneEvent, Event, FailedEvent, Job, Scheduler
 from unmask.serve.schemas import DiffusionParams
 from unmask.serve.text import TextStreamer
 
+# request fields that choose a revising decoder (``decoding.revise``), passed to ``DecoderConfig`` as named
+REVISION_FIELDS = ("revise", "revise_budget", "revise_per_step", "edit_low", "edit_high")
+
 
 def _config_message(err: Exception) -> str:
     """A config error's text without the offending value (our messages end in ', got VALUE')."""
@@ -209,7 +212,7 @@ class Engine:
             # The model's recommended decoder unless the request names one. It is recommended for completions:
             # masks inside the prompt default to the reference sampler (every decoder fills them if asked).
             base = dataclasses.replace(self.defaults, decoder=DecoderConfig()) if has_runs else self.defaults
-            asked = {k: getattr(req, k) for k in ("decoder", "block_length", "threshold")
+            asked = {k: getattr(req, k) for k in ("decoder", "block_length", "threshold", *REVISION_FIELDS)
                      if getattr(req, k) is not None}
             config, decoder = base.updated(changes, asked)
         except ConfigError as err:

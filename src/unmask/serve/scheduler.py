@@ -223,6 +223,11 @@ class _Row:
         if job.cancelled.is_set():
             return False
         cols = event.committed[row].nonzero(as_tuple=True)[0].tolist()
+        if event.revised is not None:  # a revised position counts at its final assignment (docs/sampler.md)
+            taken = {self.rank[c] for c in event.revised[row].nonzero(as_tuple=True)[0].tolist() if c in self.rank}
+            self.order = [[p for p in step if p not in taken] for step in self.order]
+            edited = event.revised[row] & (event.canvas[row] != job.mask_token_id)  # not re-masked: replaced
+            cols = sorted(set(cols) | set(edited.nonzero(as_tuple=True)[0].tolist()))
         committed = sorted(self.rank[c] for c in cols if c in self.rank)
         self.order.append(committed)
         if lps is not None and self.logprobs is not None:

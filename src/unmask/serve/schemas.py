@@ -11,6 +11,8 @@ Diffusion extensions (all optional, pass them with the openai client's ``extra_b
 - ``decoder``: ``reference`` (Dream sampler) | ``blocks`` (semi-AR blocks) | ``parallel`` (confidence threshold)
 - ``steps``: denoising steps (default: one per masked token); ``alg``: origin | maskgit_plus | topk_margin |
   entropy; ``alg_temp``: > 0 randomises the commit order; ``top_k``; ``block_length``; ``threshold``
+- ``revise``: ``none`` | ``remask`` | ``edit`` (with ``decoder: "reference"``: take back committed tokens within the
+  same ``steps``, docs/sampler.md), ``revise_budget``, ``revise_per_step``, ``edit_low``, ``edit_high``
 - ``stream_canvas``: with ``stream``, each chunk also carries ``unmask.canvas`` (the generated region's token
   texts, null where still masked) and ``unmask.committed`` (region indices committed at that step)
 
@@ -65,6 +67,11 @@ class DiffusionParams(BaseModel):
     top_k: int | None = Field(default=None, ge=1, le=1_000_000)
     block_length: int | None = Field(default=None, ge=1, le=1_000_000)
     threshold: Finite | None = Field(default=None, gt=0, le=1)
+    revise: Literal["none", "remask", "edit"] | None = None
+    revise_budget: int | None = Field(default=None, ge=0, le=1_000_000)
+    revise_per_step: int | None = Field(default=None, ge=1, le=1_000_000)
+    edit_low: Finite | None = Field(default=None, gt=0, lt=1)
+    edit_high: Finite | None = Field(default=None, gt=0, lt=1)
     stream_canvas: bool = False
 
 
