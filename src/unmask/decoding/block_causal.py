@@ -29,17 +29,8 @@ from collections.abc import Iterator
 import torch
 
 from unmask.config import DecodeConfig, DecoderConfig
-from unmask.decoding.blocks import (
-    LogitsProbe,
-    block_schedule,
-    block_spans,
-    select_factor,
-    select_threshold,
-    select_topk_rows,
-)
-from unmask.decoding.eos import demote_early_stops
-from unmask.decoding.sampling import sample_tokens
-from unmask.decoding.steps import DecodeStep, commit_logprobs
+from unmask.decoding.blocks import LogitsProbe, block_schedule, block_spans, commit_window, propose, select_commits
+from unmask.decoding.steps import DecodeStep
 from unmask.errors import ConfigError
 from unmask.model import KVCache
 
@@ -75,18 +66,6 @@ def check_suffix(canvas: torch.Tensor, real: torch.Tensor, mask_token_id: int) -
     return start
 
 
-def _select(ranking: torch.Tensor, candidates: torch.Tensor, decoder: DecoderConfig, schedule: list[int],
-            inner: int, alg_temp: float, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, n) bool: the step's commits by the decoder's rule (``blocks``: the schedule's count, else all left)."""
-    if decoder.decoder == "blocks":
-        left = candidates.sum(dim=1).tolist()
-        k = schedule[inner] if inner < len(schedule) else max(left)
-        return select_topk_rows(ranking, [min(k, n) for n in left], alg_temp, generator) & candidates
-    if decoder.factor is not None:
-        return select_factor(ranking, candidates, decoder.factor)
-    return select_threshold(ranking, candidates, decoder.threshold)
-
-
 def _window_logits(model, x: torch.Tensor, padding: torch.Tensor | None, cache: KVCache, feed_from: int, b0: int,
                    b1: int, origin: int) -> torch.Tensor:
     """Raw logits of canvas columns [feed_from, b1) over the cache viewed to its first b1 slots (B, b1 - feed_from,
@@ -113,7 +92,6 @@ def exact_block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor
     spans = block_spans(region_start, length - region_start, model.config.block_size)
     steps_per_block = max(1, config.steps // len(spans))
     cache = KVCache.empty(model.config, batch, length, dtype=model.dtype, device=model.device)
-    sample = dict(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k, generator=generator)
     confidence = "maskgit_plus" if decoder.decoder == "parallel" else config.alg
     step, feed_from = 0, 0  # slots [0, feed_from) hold final (clean) K/V
     for b0, b1 in spans:
@@ -129,23 +107,11 @@ def exact_block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor
             logits = torch.cat([head[:, None], body], dim=1)  # (B, n, V): aligned, logits[:, i] predicts b0 + i
             if probe is not None:
                 probe(x, b0, b1, logits)
-            masked_logits = logits[candidates].float()  # (N, V)
-            masked_logits[:, mask_token_id] = torch.finfo(masked_logits.dtype).min
-            x0, conf = sample_tokens(masked_logits, confidence=confidence, **sample)
-            scores = torch.full(candidates.shape, float("-inf"), device=x.device)  # (B, n)
-            scores[candidates] = conf
-            tokens = torch.zeros_like(candidates, dtype=torch.long)
-            tokens[candidates] = x0
-            ranking = (demote_early_stops(scores, tokens, candidates, stop_ids) if config.stop_last and stop_ids
-                       else scores)
-            pick = _select(ranking, candidates, decoder, schedule, inner, config.alg_temp, generator)
-            x[:, b0:b1][pick] = tokens[pick]
-            committed = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-            committed[:, b0:b1] = pick
-            confidences = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-            confidences[:, b0:b1] = torch.where(pick, scores, torch.zeros_like(scores))
-            scores = (None if logprobs is None
-                      else commit_logprobs(logits, pick, x, config, mask_token_id, logprobs, offset=b0))
-            yield DecodeStep(step, x, committed, confidences, logprobs=scores)
+            scores, tokens, ranking = propose(logits, candidates, config, mask_token_id=mask_token_id,
+                                              confidence=confidence, generator=generator, stop_ids=stop_ids)
+            pick = select_commits(ranking, candidates, decoder, [schedule] * batch, inner, config.alg_temp,
+                                  generator)
+            yield commit_window(x, b0, pick, tokens, scores, step=step, logits=logits, config=config,
+                                mask_token_id=mask_token_id, logprobs=logprobs)
             step += 1
             inner += 1

@@ -110,6 +110,54 @@ def select_topk_rows(conf: torch.Tensor, ks: list[int], alg_temp: float,
     return pick
 
 
+def propose(logits: torch.Tensor, candidates: torch.Tensor, config: DecodeConfig, *, mask_token_id: int,
+            confidence: str, generator: torch.Generator | None, stop_ids: tuple[int, ...]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One block step's proposal from its aligned logits (B, n, V): (scores, tokens, ranking), each (B, n).
+
+    Every candidate (a mask of the block) gets a sampled token and its confidence (-inf off the candidates); the
+    mask token is never proposed. ``ranking`` is the scores with ``stop_last``'s demotion of early stop tokens:
+    earlier blocks are fully committed, so "a mask to the left" can only be inside this window."""
+    masked_logits = logits[candidates].float()  # (N, V)
+    masked_logits[:, mask_token_id] = torch.finfo(masked_logits.dtype).min
+    x0, conf = sample_tokens(masked_logits, confidence=confidence, temperature=config.temperature,
+                             top_p=config.top_p, top_k=config.top_k, generator=generator)
+    scores = torch.full(candidates.shape, float("-inf"), device=logits.device)  # (B, n)
+    scores[candidates] = conf
+    tokens = torch.zeros_like(candidates, dtype=torch.long)
+    tokens[candidates] = x0
+    ranking = demote_early_stops(scores, tokens, candidates, stop_ids) if config.stop_last and stop_ids else scores
+    return scores, tokens, ranking
+
+
+def select_commits(ranking: torch.Tensor, candidates: torch.Tensor, decoder: DecoderConfig,
+                   schedules: list[list[int]], inner: int, alg_temp: float,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """(B, n) bool: what step ``inner`` of a block commits. ``blocks``: each row's scheduled count (all its masks
+    left once its schedule is spent); ``parallel``: the factor or the threshold rule."""
+    if decoder.decoder == "blocks":
+        left = candidates.sum(dim=1).tolist()
+        ks = [sched[inner] if inner < len(sched) else n for sched, n in zip(schedules, left)]
+        return select_topk_rows(ranking, [min(k, n) for k, n in zip(ks, left)], alg_temp, generator) & candidates
+    if decoder.factor is not None:
+        return select_factor(ranking, candidates, decoder.factor)
+    return select_threshold(ranking, candidates, decoder.threshold)
+
+
+def commit_window(x: torch.Tensor, b0: int, pick: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor, *,
+                  step: int, logits: torch.Tensor, config: DecodeConfig, mask_token_id: int,
+                  logprobs: int | None) -> DecodeStep:
+    """Write the picked tokens of the window starting at column ``b0`` into ``x`` (B, S) and describe the step:
+    committed positions, their confidences, and (with ``logprobs``) their log-probabilities."""
+    x[:, b0:b0 + pick.shape[1]][pick] = tokens[pick]
+    committed = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+    committed[:, b0:b0 + pick.shape[1]] = pick
+    confidences = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    confidences[:, b0:b0 + pick.shape[1]] = torch.where(pick, scores, torch.zeros_like(scores))
+    scored = None if logprobs is None else commit_logprobs(logits, pick, x, config, mask_token_id, logprobs, offset=b0)
+    return DecodeStep(step, x, committed, confidences, logprobs=scored)
+
+
 @torch.inference_mode()
 def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | None, *, config: DecodeConfig,
                  decoder: DecoderConfig, region_start: int, mask_token_id: int,
@@ -145,7 +193,6 @@ def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | Non
     steps_per_block = max(1, config.steps // max(1, num_blocks))
     cache = None if decoder.cache == "none" else KVCache.empty(model.config, batch, length, dtype=model.dtype,
                                                                device=model.device)
-    sample = dict(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k, generator=generator)
     confidence = "maskgit_plus" if decoder.decoder == "parallel" else config.alg
     step = 0
     for block in range(num_blocks):
@@ -169,33 +216,10 @@ def block_stream(model, canvas: torch.Tensor, attention_mask: torch.Tensor | Non
                 logits = raw[:, :b1 - b0]  # (B, n, V)
             if probe is not None:
                 probe(x, b0, b1, logits)
-            masked_logits = logits[candidates].float()  # (N, V)
-            masked_logits[:, mask_token_id] = torch.finfo(masked_logits.dtype).min
-            x0, conf = sample_tokens(masked_logits, confidence=confidence, **sample)
-            scores = torch.full(candidates.shape, float("-inf"), device=x.device)  # (B, n)
-            scores[candidates] = conf
-            tokens = torch.zeros_like(candidates, dtype=torch.long)
-            tokens[candidates] = x0
-            # Earlier blocks are fully committed, so "a mask to the left" can only be inside this window.
-            ranking = (demote_early_stops(scores, tokens, candidates, stop_ids) if config.stop_last and stop_ids
-                       else scores)
-            if decoder.decoder == "blocks":
-                left = candidates.sum(dim=1).tolist()
-                ks = [sched[inner] if inner < len(sched) else n for sched, n in zip(schedules, left)]
-                pick = select_topk_rows(ranking, [min(k, n) for k, n in zip(ks, left)], config.alg_temp,
-                                        generator) & candidates
-            elif decoder.factor is not None:
-                pick = select_factor(ranking, candidates, decoder.factor)
-            else:
-                pick = select_threshold(ranking, candidates, decoder.threshold)
-            view = x[:, b0:b1]
-            view[pick] = tokens[pick]
-            committed = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-            committed[:, b0:b1] = pick
-            confidences = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-            confidences[:, b0:b1] = torch.where(pick, scores, torch.zeros_like(scores))
-            scores = (None if logprobs is None
-                      else commit_logprobs(logits, pick, x, config, mask_token_id, logprobs, offset=b0))
-            yield DecodeStep(step, x, committed, confidences, logprobs=scores)
+            scores, tokens, ranking = propose(logits, candidates, config, mask_token_id=mask_token_id,
+                                              confidence=confidence, generator=generator, stop_ids=stop_ids)
+            pick = select_commits(ranking, candidates, decoder, schedules, inner, config.alg_temp, generator)
+            yield commit_window(x, b0, pick, tokens, scores, step=step, logits=logits, config=config,
+                                mask_token_id=mask_token_id, logprobs=logprobs)
             step += 1
             inner += 1
