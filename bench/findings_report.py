@@ -105,7 +105,8 @@ def collect(root: Path) -> dict[str, Any]:
         elif job.name.startswith("passk-"):
             summary = _json(job / "eval-heldout-t1.2" / "summary.json")
             if summary:
-                found["passk"][job.name[len("passk-"):]] = summary
+                found["passk"][job.name[len("passk-"):]] = {**summary,
+                                                            "outcomes": outcomes(job / "eval-heldout-t1.2")}
         elif (match := JOB.match(job.name)) and evals:
             run = {"evals": evals, "rl": rl_numbers(job / "rl" / "metrics.jsonl")}
             found["runs"].setdefault(match["arm"], {})[int(match["seed"])] = run
@@ -149,6 +150,36 @@ def between_arms(found: dict[str, Any]) -> list[dict[str, Any]]:
                      and "heldout" in found["runs"][b][s]["evals"]]
             if pairs:
                 rows.append({"a": a, "b": b, "seeds": seeds, "per_seed": pairs, "pooled": pooled(pairs)})
+    return rows
+
+
+def greedy_of(found: dict[str, Any], name: str) -> Outcomes | None:
+    """The greedy held-out outcomes of a model named as the jobs name it (base, coupled-s0 …)."""
+    if name == "base":
+        return found["base"].get("heldout")
+    match = JOB.match(name)
+    run = found["runs"].get(match["arm"], {}).get(int(match["seed"])) if match else None
+    return run["evals"].get("heldout") if run else None
+
+
+def passk_rows(found: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per model: pass@1 and pass@10 of 10 samples at the rollout temperature, against greedy decoding on the
+    same tasks — paired per task: solved by some sample but not greedily, or greedily but by no sample."""
+    rows = []
+    for name, summary in found["passk"].items():
+        row = {"model": name, "tasks": summary["tasks"], **summary["pass@k"]}
+        greedy = greedy_of(found, name)
+        if greedy is not None and summary.get("outcomes"):
+            sampled: dict[str, bool] = {}
+            for (task, _), ok in summary["outcomes"].items():
+                sampled[task] = sampled.get(task, False) or ok
+            same = {task: greedy[(task, 0)] for task in sampled if (task, 0) in greedy}
+            only_sampled = sum(sampled[t] and not g for t, g in same.items())
+            only_greedy = sum(g and not sampled[t] for t, g in same.items())
+            row.update({"greedy_pass@1": sum(same.values()) / max(1, len(same)), "paired_tasks": len(same),
+                        "only_sampled": only_sampled, "only_greedy": only_greedy,
+                        "mcnemar_p": mcnemar_exact(only_sampled, only_greedy)})
+        rows.append(row)
     return rows
 
 
@@ -231,6 +262,17 @@ def sweeps_table(sweeps: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def passk_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| model | tasks | greedy pass@1 (same tasks) | T 1.2 pass@1 | T 1.2 pass@10 | solved only by sampling / "
+             "only greedily, McNemar p |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        paired_text = (f"{r['only_sampled']} / {r['only_greedy']}, p = {_p(r['mcnemar_p'])}" if "only_sampled" in r
+                       else "—")
+        lines.append(f"| {r['model']} | {r['tasks']} | {_pct(r.get('greedy_pass@1'))} | {_pct(r.get('pass@1'))} "
+                     f"| {_pct(r.get('pass@10'))} | {paired_text} |")
+    return "\n".join(lines)
+
+
 def plots(found: dict[str, Any], arms: dict[str, Any], sweeps: dict[str, list[dict]], out: Path) -> list[str]:
     import matplotlib
 
@@ -301,8 +343,7 @@ def report(root: Path, out: Path) -> dict[str, Any]:
     sweeps = {name: sweep_rows(s) for name, s in found["temps"].items()}
     base = {k: rate(v) for k, v in found["base"].items()}
     results: dict[str, Any] = {"base": base, "arms": arms, "between_arms": between_arms(found), "sweeps": sweeps,
-                               "passk_t1.2": {k: {"pass@k": v["pass@k"], "tasks": v["tasks"]}
-                                              for k, v in found["passk"].items()}}
+                               "passk_t1.2": passk_rows(found)}
     if "base_nocache" in found and "heldout" in found["base"]:
         results["prefix_cache_vs_none"] = {"none": rate(found["base_nocache"]),
                                            **paired(found["base"]["heldout"], found["base_nocache"])}
@@ -310,7 +351,7 @@ def report(root: Path, out: Path) -> dict[str, Any]:
     if variance:
         results["estimator_variance"] = variance
     tables = [arms_table(base, arms), pairs_table(results["between_arms"]),
-              dynamics_table(arms), sweeps_table(sweeps)]
+              dynamics_table(arms), sweeps_table(sweeps), passk_table(results["passk_t1.2"])]
     out.mkdir(parents=True, exist_ok=True)
     results["plots"] = plots(found, arms, sweeps, out)
     (out / "tables.md").write_text("\n\n".join(t for t in tables if t.count("\n") > 1) + "\n")

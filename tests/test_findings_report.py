@@ -62,6 +62,14 @@ def root(tmp_path):
         (job / "rl").mkdir()
         (job / "rl" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (root / "decoupled-s0" / "rl").mkdir(parents=True)  # a run without evaluations: left out
+    # pass@k at T 1.2: 2 samples per task; tasks 0-4 solved greedily by the base; sampling solves 0-2 and 7, 8
+    passk = root / "passk-base" / "eval-heldout-t1.2"
+    passk.mkdir(parents=True)
+    rows = [{"task_id": f"Synthetic/heldout/0/{i}", "sample": s, "completion": "x", "duration": 0.01,
+             "verdict": "passed" if (i in {0, 1, 2} or (i in {7, 8} and s == 1)) else "failed", "error_kind": ""}
+            for i in range(N) for s in range(2)]
+    (passk / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (passk / "summary.json").write_text(json.dumps({"tasks": N, "pass@k": {"pass@1": 0.4, "pass@10": 0.5}}))
     (root / "temps-base" / "arness").mkdir(parents=True)
     (root / "temps-base" / "arness" / "arness.json").write_text(
         json.dumps(_sweep([(0.2, 0.8, 0.9, 0.6), (1.2, 0.5, 0.95, 0.4)])))
@@ -96,6 +104,10 @@ def test_report_matches_hand_computed_numbers(bench, root, tmp_path, capsys) -> 
     rows = results["sweeps"]["base"]
     assert [(r["temperature"], r["pass@10"], r["local@1"], r["global@1"]) for r in rows] == [
         (0.2, 0.9, 0.6, 0.3), (1.2, 0.95, 0.4, 0.2)]
+    (pk,) = results["passk_t1.2"]
+    # greedy solves {0..4}; some sample solves {0, 1, 2, 7, 8}: only sampling {7, 8}, only greedy {3, 4}
+    assert (pk["model"], pk["greedy_pass@1"], pk["paired_tasks"]) == ("base", 0.5, N)
+    assert (pk["only_sampled"], pk["only_greedy"], pk["mcnemar_p"]) == (2, 2, pytest.approx(1.0))
     rl = coupled["seeds"]["0"]["rl"]
     assert rl["reward_first_half"] == 1.0 and rl["reward_second_half"] == 2.25 and rl["kl_max"] == 0.2
     assert set(results["plots"]) == {"rewards.png", "arms.png", "arness_temperature.png", "passk_temperature.png"}
@@ -105,6 +117,7 @@ def test_report_matches_hand_computed_numbers(bench, root, tmp_path, capsys) -> 
     assert "| coupled | 0, 1 | 60.0 ± 14.1 (70.0, 50.0) | 3 / 1, p = 0.62 |" in tables
     assert "| coupled-t1.0 | 1.00 → 2.25 |" in tables  # the variant's reward dynamics are tabled too
     assert "| base (no RL) | — | 50.0 [" in tables
+    assert "| base | 10 | 50.0 | 40.0 | 50.0 | 2 / 2, p = 1.00 |" in tables
 
 
 def test_missing_root_is_a_clear_error(bench, tmp_path, capsys) -> None:
