@@ -280,6 +280,21 @@ def test_a_decoded_trace_with_revisions_round_trips(tiny, tmp_path):
     # the AR-ness of one saved trace reads each position's final token
     analysed = analyse_trace(again, 0)
     assert analysed["tokens"] == out.generated[0].tolist() and None not in analysed["commit_step"]
+    revised = sorted({p for _, p, _, _ in again.revisions(0)})
+    assert [i for i, r in enumerate(analysed["revised"]) if r] == revised
+
+
+def test_the_decode_order_picture_frames_revised_tokens(tmp_path):
+    pytest.importorskip("matplotlib")
+    from unmask.analysis.plots import plot_decode_order
+
+    texts = ["def", " f", "():", " return", " 1"]
+    fig = plot_decode_order(texts, [0, 1, 3, 2, 4], tmp_path / "order.png",
+                            revised=[False, True, False, False, True])
+    framed = [t.get_text() for t in fig.axes[0].texts if t.get_bbox_patch() is not None]
+    assert framed == [" f", " 1"] and (tmp_path / "order.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="revised has 2 entries for 5 tokens"):
+        plot_decode_order(texts, [0, 1, 3, 2, 4], tmp_path / "x.png", revised=[True, False])
 
 
 def test_options_round_trip_through_generation_config(tiny, tmp_path):

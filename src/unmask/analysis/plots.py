@@ -30,6 +30,7 @@ _MISSING_MATPLOTLIB = (
     "install the plot extra with: pip install 'unmask[plot]'"
 )
 
+_REVISED_FRAME = {"boxstyle": "square,pad=0.1", "fill": False, "edgecolor": "red", "linewidth": 0.8}
 _FONT_SIZE = 10.0  # points, for the token layout of plot_decode_order
 _CHAR_WIDTH_IN = 0.6 * _FONT_SIZE / 72  # a DejaVu Sans Mono glyph is 0.6 em wide
 _LINE_HEIGHT_IN = 1.5 * _FONT_SIZE / 72
@@ -334,8 +335,12 @@ def plot_decode_order(
     path: str | os.PathLike[str],
     max_columns: int = 80,
     title: str | None = None,
+    revised: Sequence[bool] | None = None,
 ) -> Figure:
     """One generation laid out as text, each token coloured by the step that committed it.
+
+    ``revised[i]`` marks a token a revising decoder took back at least once (``--revise``): it is framed, and
+    coloured by the step of its final assignment.
 
     ``commit_step[i]`` is the step that committed token ``i`` (see
     :func:`unmask.analysis.arness.commit_steps`), or ``None`` for a token never committed (drawn grey).
@@ -348,6 +353,8 @@ def plot_decode_order(
         )
     if not tokens_text:
         raise ValueError("tokens_text is empty: nothing to plot")
+    if revised is not None and len(revised) != len(tokens_text):
+        raise ValueError(f"revised has {len(revised)} entries for {len(tokens_text)} tokens")
     steps: list[int | None] = []
     for i, s in enumerate(commit_step):
         if s is None:
@@ -389,6 +396,7 @@ def plot_decode_order(
             ha="left",
             va="center",
             parse_math=False,  # code is full of '$' and '_' — never mathtext
+            bbox=_REVISED_FRAME if revised is not None and revised[index] else None,
         )
     cax = fig.add_axes(((margin + text_w + 0.25) / fig_w, margin / fig_h, 0.15 / fig_w, text_h / fig_h))
     mappable = mpl.cm.ScalarMappable(norm=norm, cmap=cmap)

@@ -441,7 +441,8 @@ def analyse_trace(trace, row: int = 0, *, stop_ids: Sequence[int] | None = None,
     The region is every position the trace committed (0 … max + 1). ``positions="content"`` needs
     ``stop_ids`` (the tokenizer's pad/EOS) to find where the completion ends. Returns ``row``, ``length``,
     ``useful``, ``positions``, ``local``/``global`` (``{"k": value}``, keys as strings), ``tokens`` (the id
-    committed at each region position) and ``commit_step`` (the forward pass that committed it).
+    committed at each region position), ``commit_step`` (the forward pass of its final assignment) and ``revised``
+    (whether a revising decoder took it back at some step).
     """
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(trace.steps):
         raise ValueError(f"row must be an int in [0, {len(trace.steps)}), got {row!r}")
@@ -467,4 +468,5 @@ def analyse_trace(trace, row: int = 0, *, stop_ids: Sequence[int] | None = None,
     return {"row": row, "length": length, "useful": useful, "positions": positions,
             "local": {str(k): v for k, v in profile["local"].items()},
             "global": {str(k): v for k, v in profile["global"].items()},
-            "tokens": tokens, "commit_step": commit_step}
+            "tokens": tokens, "commit_step": commit_step,
+            "revised": [any(p == i for _, p, _, _ in trace.revisions(row)) for i in range(length)]}

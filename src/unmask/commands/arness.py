@@ -108,8 +108,9 @@ def _picture(args: argparse.Namespace, trace, result: dict, texts) -> None:
 
     try:
         if texts is not None:
-            plots.plot_decode_order(texts, result["commit_step"], args.png,
-                                    title=f"{Path(args.trace).name}: tokens coloured by commit step")
+            plots.plot_decode_order(texts, result["commit_step"], args.png, revised=result["revised"],
+                                    title=f"{Path(args.trace).name}: tokens coloured by commit step"
+                                          + (" (framed: revised)" if any(result["revised"]) else ""))
         else:
             plots.plot_decode_heatmap(trace.order(args.row, drop_empty=False), result["length"], args.png)
     except ImportError as err:
