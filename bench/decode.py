@@ -50,12 +50,83 @@ def batches(prompts: list[list[int]], size: int, pad: int, device):
         yield start, ids, mask
 
 
-def pass_at_1(tasks, tokenizer, generated: list[list[int]]) -> float:
+def verdicts(tasks, tokenizer, generated: list[list[int]]) -> str:
+    """One character per task, in task order: "1" if its completion passes its tests in the sandbox, else "0"
+    (kept in the JSON so that two rows can be compared task by task)."""
     pending = [(t.task_id, 0, clean_completion(tokenizer.decode(g), program_mode(t, False)))
                for t, g in zip(tasks, generated)]
     results = execute({t.task_id: t for t in tasks}, pending, mode_of=lambda t: program_mode(t, False),
                       timeout=5.0, memory_mb=1024)
-    return round(sum(r.verdict == "passed" for r in results) / len(results), 4)
+    passed = {r.task_id for r in results if r.verdict == "passed"}
+    return "".join("1" if t.task_id in passed else "0" for t in tasks)
+
+
+def pass_at_1(tasks, tokenizer, generated: list[list[int]]) -> dict:
+    """The ``pass@1`` and per-task ``passes`` entries of a row."""
+    passes = verdicts(tasks, tokenizer, generated)
+    return {"pass@1": round(passes.count("1") / len(passes), 4), "passes": passes}
+
+
+def device_sync(device: str):
+    """A function that waits for the device's queued work (a no-op on CPU), so that timings are honest."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def sampler_config(model, args):
+    """The model's generation defaults with the benchmark's length, steps, confidence rule and temperature."""
+    return model.generation_defaults.replace(max_new_tokens=args.max_new_tokens,
+                                             steps=args.steps or args.max_new_tokens, alg=args.alg,
+                                             temperature=args.temperature)
+
+
+def benchmark_prompts(args, tokenizer) -> tuple[list, list[list[int]]]:
+    """(tasks, prompt ids) of ``--benchmark``: the procedural held-out split or an `unmask eval` benchmark."""
+    from unmask.data.synthetic import synthetic_tasks
+
+    if args.benchmark == "synthetic":
+        tasks = synthetic_tasks("heldout", args.tasks, args.seed)
+    else:
+        from unmask.evaluate import EvalConfig, load_tasks
+
+        tasks = load_tasks(EvalConfig(benchmark=args.benchmark, limit=args.tasks, seed=args.seed))
+    return tasks, [tokenizer.encode(prompt_text(t, tokenizer, chat=False)) for t in tasks]
+
+
+def measure(model, tokenizer, tasks, prompts, config, settings: dict[str, DecoderConfig], args
+            ) -> tuple[dict[str, dict], dict[str, list[list[int]]]]:
+    """(row, generated ids) of each named decoder over the same prompts and batches: forwards, tokens per
+    forward, useful tokens/s, seconds and (unless --no-exec) pass@1 with per-task verdicts."""
+    pad, stops = tokenizer.special.pad, tokenizer.special.stop_ids()
+    sync = device_sync(args.device)
+    decode(model, torch.tensor([prompts[0]], device=model.device), config=config.replace(max_new_tokens=8, steps=2))
+    rows: dict[str, dict] = {}
+    outputs: dict[str, list[list[int]]] = {}
+    for name, decoder in settings.items():
+        if decoder.decoder != "reference" and not args.no_early_stop:
+            decoder = decoder.replace(early_stop=True)
+        forwards = row_forwards = canvases = committed = useful = 0
+        seconds = 0.0
+        generated: list[list[int]] = []
+        for start, ids, mask in batches(prompts, args.batch, pad, model.device):
+            sync()
+            began = time.perf_counter()
+            out = decode(model, ids, mask, config=config, decoder=decoder, stop_ids=stops,
+                         generator=torch.Generator(device=model.device).manual_seed(args.seed + start))
+            sync()
+            seconds += time.perf_counter() - began
+            forwards += out.stats.forward_passes
+            row_forwards += out.stats.forward_passes * len(ids)  # per-sequence view of the batched calls
+            canvases += out.stats.canvas_forwards
+            committed += out.stats.tokens_committed
+            useful += out.stats.useful_tokens or 0
+            generated += out.generated.tolist()
+        outputs[name] = generated
+        rows[name] = {"forward_passes": forwards, "canvas_forwards": canvases,
+                      "tokens_per_forward": round(committed / row_forwards, 3), "useful_tokens": useful,
+                      "useful_tokens_per_s": round(useful / seconds, 2), "seconds": round(seconds, 3)}
+        if not args.no_exec:
+            rows[name].update(pass_at_1(tasks, tokenizer, generated))
+    return rows, outputs
 
 
 def ar_row(args, tasks, prompts, pad, stops, sync) -> dict:
@@ -82,7 +153,7 @@ def ar_row(args, tasks, prompts, pad, stops, sync) -> dict:
            "useful_tokens": useful, "useful_tokens_per_s": round(useful / seconds, 2), "seconds": round(seconds, 3),
            "model": args.ar_model}
     if not args.no_exec:
-        row["pass@1"] = pass_at_1(tasks, tokenizer, generated)
+        row.update(pass_at_1(tasks, tokenizer, generated))
     return row
 
 
@@ -114,19 +185,12 @@ def main() -> None:
                              "e.g. from recipes/ar-baseline.sh): greedy, KV cache, stops at EOS")
     args = parser.parse_args()
 
-    from unmask.data.synthetic import synthetic_tasks
-
     model, tokenizer = unmask.load(args.model, dtype=args.dtype, device=args.device)
-    config = model.generation_defaults.replace(max_new_tokens=args.max_new_tokens,
-                                               steps=args.steps or args.max_new_tokens, alg=args.alg,
-                                               temperature=args.temperature)
-    if args.benchmark == "synthetic":
-        tasks = synthetic_tasks("heldout", args.tasks, args.seed)
-    else:
-        from unmask.evaluate import EvalConfig, load_tasks
-
-        tasks = load_tasks(EvalConfig(benchmark=args.benchmark, limit=args.tasks, seed=args.seed))
-    prompts = [tokenizer.encode(prompt_text(t, tokenizer, chat=False)) for t in tasks]
+    if getattr(model.config, "block_size", None) is not None:
+        parser.error(f"{args.model} is a block-diffusion model: it runs only its exact block decoders, with no "
+                     "reference to compare against here; benchmark it with bench/hybrid.py")
+    config = sampler_config(model, args)
+    tasks, prompts = benchmark_prompts(args, tokenizer)
     pad, stops = tokenizer.special.pad, tokenizer.special.stop_ids()
     names = [n.strip() for n in args.decoders.split(",")]
     unknown = [n for n in names if n not in DECODERS]
@@ -134,46 +198,14 @@ def main() -> None:
         parser.error(f"unknown decoders {unknown}; choose from {list(DECODERS)}")
     if "reference" not in names:
         names.insert(0, "reference")
-
-    def sync() -> None:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    decode(model, torch.tensor([prompts[0]], device=model.device), config=config.replace(max_new_tokens=8, steps=2))
-    rows: dict[str, dict] = {}
-    outputs: dict[str, list[list[int]]] = {}
     settings = {name: DECODERS[name].replace(block_length=args.block_length, threshold=args.threshold,
                                              draft=args.draft) for name in names}
     for tau in (float(x) for x in args.sweep_thresholds.split(",") if x.strip()):
         settings[f"parallel+dual τ={tau:g}"] = DECODERS["parallel+dual"].replace(block_length=args.block_length,
                                                                                 threshold=tau)
-    for name, decoder in settings.items():
-        if decoder.decoder != "reference" and not args.no_early_stop:
-            decoder = decoder.replace(early_stop=True)
-        forwards = row_forwards = canvases = committed = useful = 0
-        seconds = 0.0
-        generated: list[list[int]] = []
-        for start, ids, mask in batches(prompts, args.batch, pad, model.device):
-            sync()
-            began = time.perf_counter()
-            out = decode(model, ids, mask, config=config, decoder=decoder, stop_ids=stops,
-                         generator=torch.Generator(device=model.device).manual_seed(args.seed + start))
-            sync()
-            seconds += time.perf_counter() - began
-            forwards += out.stats.forward_passes
-            row_forwards += out.stats.forward_passes * len(ids)  # per-sequence view of the batched calls
-            canvases += out.stats.canvas_forwards
-            committed += out.stats.tokens_committed
-            useful += out.stats.useful_tokens or 0
-            generated += out.generated.tolist()
-        outputs[name] = generated
-        rows[name] = {"forward_passes": forwards, "canvas_forwards": canvases,
-                      "tokens_per_forward": round(committed / row_forwards, 3), "useful_tokens": useful,
-                      "useful_tokens_per_s": round(useful / seconds, 2), "seconds": round(seconds, 3)}
-        if not args.no_exec:
-            rows[name]["pass@1"] = pass_at_1(tasks, tokenizer, generated)
+    rows, outputs = measure(model, tokenizer, tasks, prompts, config, settings, args)
     if args.ar_model:
-        rows["autoregressive"] = ar_row(args, tasks, prompts, pad, stops, sync)
+        rows["autoregressive"] = ar_row(args, tasks, prompts, pad, stops, device_sync(args.device))
     ref = rows["reference"]
     for row in rows.values():
         row["wall_ratio_vs_reference"] = round(ref["seconds"] / row["seconds"], 3)  # > 1: faster

@@ -79,6 +79,13 @@ def test_decoder_projection_by_hand():
     drafts = DecoderShape("lossless", 2.0, 14, canvases=2.0)
     expect = 8 / (4 * forward_cost(TEST, SLOW, query=14, batch=2).seconds)
     assert decoder_tokens_per_s(TEST, SLOW, drafts, prompt=6, new=8) == pytest.approx(expect)
+    # exact block cache (block-diffusion model), block 4, 2 tokens per forward: a prefill of the 6 prompt tokens,
+    # then 4 forwards of 4 + 2 query tokens (a block, plus the finished block fed on each block's first of 2
+    # steps) over the mean prefix 6 + (8 - 4) / 2 = 8
+    exact = shape_for("hybrid parallel (exact)", 2.0, prompt=6, new=8, block=4)
+    assert (exact.query, exact.cached, exact.full_forwards, exact.prefill) == (6, 8, 0, 6)
+    expect = 8 / (forward_cost(TEST, SLOW, query=6).seconds + 4 * forward_cost(TEST, SLOW, query=6, cached=8).seconds)
+    assert decoder_tokens_per_s(TEST, SLOW, exact, prompt=6, new=8) == pytest.approx(expect)
 
 
 def test_bad_input_names_the_problem():

@@ -127,7 +127,8 @@ def ar_tokens_per_s(config: ModelConfig, device: GPU, *, prompt: int, new: int, 
 class DecoderShape:
     """What a diffusion decoder's forwards look like, per batch row: tokens committed per forward, query and
     cached tokens of a typical forward, canvases evaluated per forward (> 1 when drafts are verified together),
-    and ``full_forwards`` forwards over the whole canvas without a cache (a cache refresh per block)."""
+    ``full_forwards`` forwards over the whole canvas without a cache (a cache refresh per block), and ``prefill``
+    prompt tokens run once before the first step (0: none)."""
 
     name: str
     tokens_per_forward: float
@@ -135,6 +136,7 @@ class DecoderShape:
     cached: float = 0.0
     canvases: float = 1.0
     full_forwards: int = 0
+    prefill: int = 0
 
 
 def shape_for(name: str, tokens_per_forward: float, *, prompt: int, new: int, block: int = 32,
@@ -142,10 +144,16 @@ def shape_for(name: str, tokens_per_forward: float, *, prompt: int, new: int, bl
     """The forward shape of a `bench/decode.py` decoder from its name: no cache -> every forward runs the whole
     canvas; ``+prefix`` -> a full refresh per block, then the current block and the suffix over the cached
     prefix (its average length over the blocks); ``+dual`` -> a full refresh per block, then the block alone over
-    the rest of the canvas (the README's decoder section)."""
+    the rest of the canvas (the README's decoder section); ``exact`` -> a block-diffusion model's exact cache
+    (docs/sampler.md "Block diffusion"): one prefill of the prompt, then the current block over the cached
+    prefix, the first step of each block also feeding the finished block before it (block / tokens_per_forward
+    steps per block, so block + tokens_per_forward query tokens on average)."""
     positive("tokens per forward", tokens_per_forward)
     positive("canvases per forward", canvases)
     canvas, blocks = prompt + new, math.ceil(new / block)
+    if "exact" in name:
+        return DecoderShape(name, tokens_per_forward, block + tokens_per_forward, prompt + (new - block) / 2,
+                            canvases, prefill=prompt)
     if "+dual" in name:
         return DecoderShape(name, tokens_per_forward, block, canvas - block, canvases, blocks)
     if "+prefix" in name:
@@ -158,7 +166,8 @@ def decoder_tokens_per_s(config: ModelConfig, device: GPU, shape: DecoderShape, 
                          batch: int = 1, bytes_per_value: int = 2) -> float:
     """Tokens/s over ``batch`` rows of a diffusion decoder generating ``new`` tokens: ``new / tokens_per_forward``
     sequential forwards, of which ``full_forwards`` run the whole canvas uncached and the rest the shape's query
-    over its cache; drafts verified together multiply the rows a forward evaluates."""
+    over its cache, after a prefill of ``shape.prefill`` tokens if it has one; drafts verified together multiply
+    the rows a forward evaluates."""
     positive("new tokens", new)
     forwards = new / shape.tokens_per_forward
     full = min(shape.full_forwards, forwards)
@@ -166,4 +175,6 @@ def decoder_tokens_per_s(config: ModelConfig, device: GPU, shape: DecoderShape, 
     step = forward_cost(config, device, query=shape.query, cached=shape.cached, batch=rows,
                         bytes_per_value=bytes_per_value).seconds
     whole = forward_cost(config, device, query=prompt + new, batch=rows, bytes_per_value=bytes_per_value).seconds
-    return batch * new / (full * whole + (forwards - full) * step)
+    prefill = forward_cost(config, device, query=shape.prefill, batch=rows,
+                           bytes_per_value=bytes_per_value).seconds if shape.prefill else 0.0
+    return batch * new / (prefill + full * whole + (forwards - full) * step)
