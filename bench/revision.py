@@ -12,6 +12,7 @@ failing from passing programs. Prints one JSON line, including the reproduce com
 
     python bench/revision.py --model models/unmask-small --tasks 40 --steps 32,64
     python bench/revision.py --model models/unmask-small --tasks 40 --signals --steps ""
+    python bench/revision.py --model models/unmask-small --tasks 200 --steps 64 --per-step 1 --budgets 8,16,32
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ def main() -> None:
     parser.add_argument("--steps", default="32,64", help="comma list of step budgets (forwards); empty: none")
     parser.add_argument("--budget", type=int, default=16, help="revise_budget")
     parser.add_argument("--per-step", type=int, default=2, help="revise_per_step")
+    parser.add_argument("--budgets", default="", help="comma list of remask budgets: rows reference and "
+                        "'remask B=b' only (the budget sweep), instead of reference, remask and edit at --budget")
     parser.add_argument("--edit-low", type=float, default=DecoderConfig.edit_low)
     parser.add_argument("--edit-high", type=float, default=DecoderConfig.edit_high)
     parser.add_argument("--batch", type=int, default=8)
@@ -182,6 +185,10 @@ def main() -> None:
                   edit_high=args.edit_high)
     decoders = {"reference": DecoderConfig(), "remask": DecoderConfig(revise="remask", **revise),
                 "edit": DecoderConfig(revise="edit", **revise)}
+    if args.budgets.strip():  # the budget sweep: the reference and one remask row per budget
+        decoders = {"reference": DecoderConfig()}
+        for budget in (int(b) for b in args.budgets.split(",") if b.strip()):
+            decoders[f"remask B={budget}"] = DecoderConfig(revise="remask", **{**revise, "revise_budget": budget})
     result = {"bench": "revision", "model": args.model, "tasks": len(tasks), "max_new_tokens": args.max_new_tokens,
               "alg": base.alg, "temperature": base.temperature, **revise, "cpu_threads": torch.get_num_threads()}
     for steps in (int(s) for s in args.steps.split(",") if s.strip()):
