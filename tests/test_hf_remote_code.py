@@ -5,6 +5,13 @@ Everything goes through the public loaders (``AutoConfig`` / ``AutoModel`` / ``A
 (same weights, same operations in the same order), and ``diffusion_generate`` unmask's reference sampler's
 ids, in either mode of ``dream_compat``: greedy, and sampled too when both draw from generators with the same
 seed. (That dream_compat reproduces Dream's own code is tests/test_dream_compat.py's concern.)
+
+A block-diffusion directory's ``diffusion_generate`` is unmask's ``blocks`` decoder instead, and must give the ids
+of ``decode(..., decoder=DecoderConfig(decoder="blocks", block_length=block_size))``: greedy, and sampled with
+equal seeds, since both draw in the same order at every step (the tokens of the block's masks in row-major order,
+then, with ``alg_temp``, one Gumbel draw over the block's window). unmask caches the finished blocks' K/V and the
+remote code recomputes them, so their logits agree only to float rounding: the model is sharpened (peaked
+predictions), so that no choice hangs on the last bit.
 """
 
 from __future__ import annotations
@@ -55,6 +62,21 @@ def imported_packages(path) -> set[str]:
 def load_remote(directory, **kwargs):
     return transformers.AutoModel.from_pretrained(directory, trust_remote_code=True, local_files_only=True,
                                                   **kwargs).eval()
+
+
+@pytest.fixture(scope="module")
+def block_pair(tmp_path_factory):
+    """(a block-diffusion unmask model, block_size 4, and its directory loaded by transformers), peaked."""
+    model = make_model(2, sharpen=20.0, block_size=4)
+    directory = save_model(model, tmp_path_factory.mktemp("saved") / "block")
+    return model, load_remote(directory)
+
+
+def blocks_decode(model, prompt, attention_mask=None, generator=None, **settings):
+    """unmask's own decoder of a block model (the exact cached one), at the model's block size."""
+    decoder = DecoderConfig(decoder="blocks", block_length=model.config.block_size)
+    return decode(model, prompt, attention_mask, config=DecodeConfig(**settings), decoder=decoder,
+                  generator=generator).sequences
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +153,103 @@ def test_a_block_diffusion_model_loads_back_in_unmask_and_transformers_with_equa
             assert torch.equal(remote(IDS, attention_mask=LEFT_PADDED, block_origin=origin).logits, ours)
         assert torch.equal(remote(IDS).logits, model(IDS))  # origin 0 by default, in both
         assert not torch.equal(remote(IDS).logits, make_model(2, sharpen=20.0)(IDS))  # block-causal, not full
-    with pytest.raises(NotImplementedError, match="block-diffusion model"):
-        remote.diffusion_generate(IDS[:, :4], max_new_tokens=4, steps=4)
+    # and transformers users can decode it: unmask's block decoder (the tests below)
+    out = remote.diffusion_generate(IDS[:, :4], max_new_tokens=4, steps=4, alg="maskgit_plus")
+    assert torch.equal(out, blocks_decode(model, IDS[:, :4], max_new_tokens=4, steps=4, alg="maskgit_plus"))
+
+
+@pytest.mark.parametrize("steps", [10, 7, 5])  # 3, 2 and 1 steps per block
+@pytest.mark.parametrize("alg", ["entropy", "maskgit_plus", "topk_margin"])
+def test_greedy_block_diffusion_generate_equals_unmasks_blocks_decoder_on_a_padded_batch(block_pair, alg, steps):
+    model, remote = block_pair
+    prompt, mask = IDS[:, :6], LEFT_PADDED[:, 4:]
+    settings = dict(max_new_tokens=10, steps=steps, alg=alg)  # blocks of 4, 4 and 2 after the prompt
+    ours = blocks_decode(model, prompt, mask, **settings)
+    theirs = remote.diffusion_generate(prompt, attention_mask=mask, **settings)
+    assert torch.equal(theirs, ours)
+    assert not bool((theirs == MASK_ID).any())
+    # the attention mask and the block origin count: a decode without them differs
+    assert not torch.equal(remote.diffusion_generate(prompt, **settings), theirs)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.8, top_p=0.9, top_k=20, alg="entropy", alg_temp=0.5),
+    dict(temperature=1.0, alg="maskgit_plus", steps=3),
+    dict(temperature=0.7, alg="topk_margin", alg_temp=1.0),
+])
+def test_seeded_block_diffusion_generate_equals_unmasks_blocks_decoder(block_pair, settings):
+    model, remote = block_pair
+    prompt, mask = IDS[:, :6], LEFT_PADDED[:, 4:]
+    settings = {"max_new_tokens": 10, "steps": 10, **settings}
+    ours = blocks_decode(model, prompt, mask, generator=torch.Generator().manual_seed(3), **settings)
+    theirs = remote.diffusion_generate(prompt, attention_mask=mask, generator=torch.Generator().manual_seed(3),
+                                       **settings)
+    assert torch.equal(theirs, ours)
+    other = remote.diffusion_generate(prompt, attention_mask=mask, generator=torch.Generator().manual_seed(4),
+                                      **settings)
+    assert not torch.equal(other, theirs)  # the draws come from the generator
+
+
+@pytest.mark.parametrize("settings", [dict(alg="maskgit_plus"), dict(temperature=0.7, alg="topk_margin", alg_temp=1.0)])
+def test_block_diffusion_generate_holds_back_stop_tokens_as_unmask_does(tmp_path, settings):
+    """stop_last on a block model whose eos (and pad) is a token it predicts often, so the demotion matters."""
+    model = make_model(2, sharpen=20.0, block_size=4, eos_token_id=85, pad_token_id=85)
+    remote = load_remote(save_model(model, tmp_path / "block"))
+    prompt, mask = IDS[:, :6], LEFT_PADDED[:, 4:]
+    runs = {}
+    for stop_last in (False, True):
+        run = {"max_new_tokens": 10, "steps": 10, "stop_last": stop_last, **settings}
+        runs[stop_last] = remote.diffusion_generate(prompt, attention_mask=mask,
+                                                    generator=torch.Generator().manual_seed(3), **run)
+        ours = blocks_decode(model, prompt, mask, generator=torch.Generator().manual_seed(3), **run)
+        assert torch.equal(runs[stop_last], ours)
+    assert not torch.equal(runs[True], runs[False])
+
+
+def test_block_diffusion_generate_fills_one_block_after_another(block_pair):
+    _, remote = block_pair
+    prompt = IDS[:2, :5]
+    seen, first = [], []
+
+    def record(step, x, logits):
+        seen.append((step, logits.shape[1]))
+        return logits
+
+    out = remote.diffusion_generate(prompt, max_new_tokens=10, steps=5, alg="entropy", output_history=True,
+                                    return_dict_in_generate=True, generation_logits_hook_func=record,
+                                    generation_tokens_hook_func=lambda step, x, logits: first.append(step) or x)
+    # steps 5 over 3 blocks: one step each, every forward over the canvas up to the end of its block
+    assert seen == [(0, 9), (1, 13), (2, 15)] and first == [None, 0, 1, 2]
+    assert len(out.history) == 3 and torch.equal(out.history[-1], out.sequences)
+    for canvas, end in zip(out.history, (9, 13, 15)):
+        assert not bool((canvas[:, :end] == MASK_ID).any()) and bool((canvas[:, end:] == MASK_ID).all())
+    longer = remote.diffusion_generate(prompt, max_new_tokens=10, steps=10, alg="entropy", output_history=True,
+                                       return_dict_in_generate=True)
+    remaining = [int((canvas == MASK_ID).sum(-1)[0]) for canvas in longer.history]
+    assert remaining == [8, 7, 6, 4, 3, 2, 1, 0]  # LLaDA's counts per block: 2 1 1, 2 1 1, 1 1
+
+
+def test_block_diffusion_generate_hooks_may_change_the_logits(block_pair):
+    _, remote = block_pair
+
+    def force_token_five(step, x, logits):
+        logits = logits.clone()
+        logits[..., 5] = 1e4
+        return logits
+
+    out = remote.diffusion_generate(IDS[:, :4], max_new_tokens=6, steps=6, generation_logits_hook_func=force_token_five)
+    assert bool((out[:, 4:] == 5).all())
+
+
+def test_block_diffusion_generate_refuses_what_the_block_rule_cannot_run(block_pair):
+    _, remote = block_pair
+    with pytest.raises(ValueError, match="origin has no confidence"):
+        remote.diffusion_generate(IDS[:, :4], max_new_tokens=4, steps=4, alg="origin")
+    with pytest.raises(ValueError, match="dream_compat=True"):
+        remote.diffusion_generate(IDS[:, :4], max_new_tokens=4, steps=4, dream_compat=True)
+    # False is what it runs anyway; the default (Dream's sampler for a full-attention model) does not apply
+    assert torch.equal(remote.diffusion_generate(IDS[:, :4], max_new_tokens=4, steps=4, dream_compat=False),
+                       remote.diffusion_generate(IDS[:, :4], max_new_tokens=4, steps=4))
 
 
 def test_bfloat16_and_tied_embeddings_load_exactly(tmp_path):

@@ -30,6 +30,16 @@ current and next one:
   from softmax(confidence / alg_temp).
 Token distribution: logits of the masked positions / temperature (when > 0), top-p, top-k, softmax; then a
 draw (temperature > 0) or the argmax.
+
+A block-diffusion model (``config.block_size`` set: causal across blocks, bidirectional inside one, blocks
+counted from ``block_origin`` = the prompt length) is decoded block by block instead, with unmask's ``blocks``
+rule as its exact block decoder runs it (``unmask.decoding.block_causal``): blocks of ``block_size`` from the
+prompt's end (the last may be shorter), each fully committed before the next, in ``max(1, steps // blocks)``
+steps with LLaDA's per-step counts; each step commits the most confident masks of the block by ``alg``
+(Gumbel-top-k with ``alg_temp``), always in unmask's arithmetic (``alg="origin"`` and ``dream_compat=True``
+are errors). Given the same ``torch.Generator`` its ids equal unmask's, to float rounding: each step is one
+forward over the canvas up to the end of the current block, with no KV cache (exact, since a finished block
+never changes, but slower than unmask's cached decoder).
 """
 
 from __future__ import annotations
@@ -213,6 +223,59 @@ def commit_step(logits: torch.Tensor, canvas: torch.Tensor, masked: torch.Tensor
         canvas[row_index, cols] = candidates[row_index, cols]
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Block-diffusion models: unmask's ``blocks`` rule (decoding/blocks.py, block_causal.py), with no cache
+
+
+def block_spans(start: int, length: int, size: int) -> list[tuple[int, int]]:
+    """Canvas columns [b0, b1) of the blocks of ``length`` masks from column ``start``; the last may be shorter."""
+    return [(start + b, start + min(b + size, length)) for b in range(0, length, size)]
+
+
+def block_schedule(masked: int, steps: int) -> list[int]:
+    """Commits per step of a block of ``masked`` masks in ``steps`` steps (LLaDA's rule): ``masked // steps``
+    each, one more in the first ``masked % steps``; never more steps than masks (a step must commit)."""
+    steps = max(1, min(steps, masked))
+    base, extra = divmod(masked, steps)
+    return [base + (1 if i < extra else 0) for i in range(steps)]
+
+
+def block_settings(settings: dict, overrides: dict) -> dict:
+    """The settings of a block model's decode: unmask's arithmetic always (dream_compat off); a ValueError for
+    what the block rule cannot run. A dream_compat the generation config implies is overruled, not an error."""
+    if overrides.get("dream_compat") is True:
+        raise ValueError("dream_compat=True reproduces Dream's full-attention sampler, which a block-diffusion model "
+                         "cannot run: leave it out (or pass False) to decode block by block in unmask's arithmetic")
+    if settings["alg"] == "origin":
+        raise ValueError("a block-diffusion model commits the most confident masks of each block: use alg "
+                         "maskgit_plus, topk_margin or entropy (origin has no confidence)")
+    return {**settings, "dream_compat": False}
+
+
+def block_commit_step(logits: torch.Tensor, canvas: torch.Tensor, b0: int, count: int, settings: dict,
+                      mask_token_id: int, stop_ids: tuple[int, ...], generator: torch.Generator | None) -> None:
+    """Commit up to ``count`` masks per row of the block starting at column ``b0`` into ``canvas`` (B, S) in place.
+    logits (B, n, V): the block's aligned logits. Draws from ``generator`` in unmask's order (the tokens of the
+    masks in row-major order, then with ``alg_temp`` one Gumbel draw over the window, as every row commits the
+    same count unless a hook changed the canvas), so seeded runs match it."""
+    window = canvas[:, b0:b0 + logits.shape[1]]  # a view: writes land in the canvas
+    masked = window == mask_token_id  # (B, n); the block holds no pads (those are in the prompt)
+    masked_logits = logits[masked].float()  # (N, V)
+    masked_logits[:, mask_token_id] = torch.finfo(masked_logits.dtype).min  # never propose the mask itself
+    x0, confidence = sample_with_confidence(masked_logits, settings["temperature"], settings["top_p"],
+                                            settings["top_k"], settings["alg"], generator)
+    scores = torch.full(masked.shape, float("-inf"), dtype=confidence.dtype, device=canvas.device)
+    scores[masked] = confidence
+    candidates = torch.full_like(window, mask_token_id)
+    candidates[masked] = x0
+    if settings["stop_last"] and stop_ids:  # earlier blocks are full: a mask to the left lies in this one
+        scores = hold_back_stops(scores, candidates, masked, stop_ids)
+    counts = [min(count, left) for left in masked.sum(-1).tolist()]
+    for rows, cols in own_count_picks(scores, counts, settings["alg_temp"], generator):
+        row_index = rows[:, None].expand_as(cols)
+        window[row_index, cols] = candidates[row_index, cols]
+
+
 def check_settings(settings: dict) -> None:
     """ValueError naming the first setting out of range (as unmask's DecodeConfig does)."""
     for name in ("max_new_tokens", "steps"):
@@ -316,14 +379,13 @@ class DiffusionGenerationMixin:
         ``generation_logits_hook_func(step, x, logits)`` may return changed (aligned) logits and
         ``generation_tokens_hook_func(step, x, logits)`` a changed canvas (called with step None first).
 
+        A block-diffusion model (``config.block_size``) is decoded block by block in unmask's arithmetic
+        (module docstring): ``alg="origin"`` and ``dream_compat=True`` are errors there, ``eps`` is unused, and the
+        hooks see the logits of the columns up to the end of the current block.
+
         Returns the ids (B, P + max_new_tokens), or with ``return_dict_in_generate`` a
         ``DiffusionGenerateOutput`` whose ``history`` holds the canvas after each step when ``output_history``.
         """
-        if getattr(self.config, "block_size", None) is not None:
-            raise NotImplementedError(
-                f"this is a block-diffusion model (block_size {self.config.block_size}); diffusion_generate is the "
-                "full-attention reference sampler. Decode it block by block with unmask's exact block decoder "
-                "(`unmask generate`, docs/sampler.md), or call the model with block_origin = the prompt length")
         unknown = sorted(set(kwargs) - set(SAMPLER_DEFAULTS))
         if unknown:
             raise TypeError(f"diffusion_generate got unknown argument(s) {', '.join(unknown)}; it takes "
@@ -337,6 +399,9 @@ class DiffusionGenerationMixin:
         if generation_config is None:
             generation_config = getattr(self, "generation_config", None)
         settings = self._sampler_settings(generation_config, kwargs)
+        block_model = getattr(self.config, "block_size", None) is not None
+        if block_model:
+            settings = block_settings(settings, kwargs)
         check_settings(settings)
         mask_token_id = self.config.mask_token_id
         if mask_token_id is None:
@@ -361,23 +426,67 @@ class DiffusionGenerationMixin:
                 raise ValueError("prompts must be left-padded, each with at least one real token")
             real = None if bool(real.all()) else torch.cat([real, torch.ones_like(masks, dtype=torch.bool)], 1)
 
-        timesteps = torch.linspace(1, settings["eps"], settings["steps"] + 1, device=device)
-        history = []
-        if generation_tokens_hook_func is not None:
-            x = generation_tokens_hook_func(None, x, None)
+        hooks = (generation_tokens_hook_func, generation_logits_hook_func)
+        history = [] if output_history else None
+        if hooks[0] is not None:
+            x = hooks[0](None, x, None)
+        if block_model:
+            x = self._block_decode(x, real, prompt.shape[1], settings, stop_ids, generator, hooks, history)
+        else:
+            x = self._full_decode(x, real, settings, stop_ids, generator, hooks, history)
+        if return_dict_in_generate:
+            return DiffusionGenerateOutput(sequences=x, history=tuple(history) if output_history else None)
+        return x
+
+    def _full_decode(self, x: torch.Tensor, real: torch.Tensor | None, settings: dict, stop_ids: tuple[int, ...],
+                     generator: torch.Generator | None, hooks: tuple, history: list | None) -> torch.Tensor:
+        """The full-attention sampler over the canvas ``x`` (B, T): ``steps`` forwards of the whole canvas.
+        ``real`` (B, T) marks the real columns (None: all). Returns the canvas; appends it to ``history`` (when
+        given) after each step."""
+        tokens_hook, logits_hook = hooks
+        mask_token_id = self.config.mask_token_id
+        timesteps = torch.linspace(1, settings["eps"], settings["steps"] + 1, device=x.device)
         for step in range(settings["steps"]):
             masked = x == mask_token_id
             if real is not None:
                 masked &= real  # a pad is never a position to fill
             raw = self(x, attention_mask=real).logits
             logits = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)  # aligned: position j's prediction at j
-            if generation_logits_hook_func is not None:
-                logits = generation_logits_hook_func(step, x, logits)
+            if logits_hook is not None:
+                logits = logits_hook(step, x, logits)
             commit_step(logits, x, masked, step, timesteps, settings, mask_token_id, stop_ids, generator)
-            if generation_tokens_hook_func is not None:
-                x = generation_tokens_hook_func(step, x, logits)
-            if output_history:
+            if tokens_hook is not None:
+                x = tokens_hook(step, x, logits)
+            if history is not None:
                 history.append(x.clone())
-        if return_dict_in_generate:
-            return DiffusionGenerateOutput(sequences=x, history=tuple(history) if output_history else None)
+        return x
+
+    def _block_decode(self, x: torch.Tensor, real: torch.Tensor | None, prompt_length: int, settings: dict,
+                      stop_ids: tuple[int, ...], generator: torch.Generator | None, hooks: tuple,
+                      history: list | None) -> torch.Tensor:
+        """A block-diffusion model's decode of the masks after column ``prompt_length`` of ``x`` (B, T), block by
+        block (module docstring). Each step recomputes columns [0, b1) with no cache: finished blocks never
+        change, so this is exact, just slower than unmask's cached decoder. The hooks see the aligned logits of
+        those columns (B, b1, V). Returns the canvas; appends it to ``history`` (when given) after each step."""
+        tokens_hook, logits_hook = hooks
+        spans = block_spans(prompt_length, settings["max_new_tokens"], self.config.block_size)
+        steps_per_block = max(1, settings["steps"] // len(spans))  # unmask shares the steps evenly
+        step = 0
+        for b0, b1 in spans:
+            schedule = block_schedule(b1 - b0, steps_per_block)
+            for inner, count in enumerate(schedule):
+                raw = self(x[:, :b1], attention_mask=None if real is None else real[:, :b1],
+                           block_origin=prompt_length).logits
+                logits = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)  # aligned: position j's prediction at j
+                if logits_hook is not None:
+                    logits = logits_hook(step, x, logits)
+                if inner == len(schedule) - 1:  # the block's last step fills it (what a hook left masked too)
+                    count = b1 - b0
+                block_commit_step(logits[:, b0:b1], x, b0, count, settings, self.config.mask_token_id, stop_ids,
+                                  generator)
+                if tokens_hook is not None:
+                    x = tokens_hook(step, x, logits)
+                if history is not None:
+                    history.append(x.clone())
+                step += 1
         return x
