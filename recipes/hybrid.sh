@@ -5,10 +5,11 @@
 #
 #   bash recipes/hybrid.sh                # the real run: 2000 steps, ~2x the shipped adaptation's 75 min of a core
 #   SMOKE=1 bash recipes/hybrid.sh        # a few steps and one generation, to check the wiring (minutes)
+#   CONTROL=1 bash recipes/hybrid.sh      # then the control: the AR twin trained as long with its own objective
 #
 # Needs the AR twin and the SFT data of recipes/diffucoder-mini.sh (TWIN, DATA). Training resumes from its latest
 # checkpoint, so the script can be killed and run again. One thread by default (THREADS).
-# Environment: UNMASK, PY, TWIN, DATA, RUN (run root), THREADS, SMOKE.
+# Environment: UNMASK, PY, TWIN, DATA, RUN (run root), THREADS, SMOKE, CONTROL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UNMASK=${UNMASK:-.venv/bin/unmask}
@@ -46,3 +47,18 @@ fi
 $UNMASK eval "$RUN/model" --benchmark synthetic --synthetic-tasks 200 --samples 1 --out "$RUN/eval/heldout"
 $UNMASK eval "$RUN/model" --benchmark synthetic-train --synthetic-tasks 200 --seed 7 --samples 1 \
   --out "$RUN/eval/train-dist"
+$UNMASK eval "$RUN/model" --benchmark synthetic --synthetic-tasks 200 --seed 1 --samples 1 --out "$RUN/eval/heldout-seed1"
+
+# the control (reports/hybrid.md): the twin had 1000 SFT steps and was still improving; 2000 more causal SFT steps
+# at the adaptation's schedule tell how much of the hybrid's gain is more training rather than block diffusion
+if [[ -n ${CONTROL:-} ]]; then
+  $UNMASK train --config recipes/pipeline/control-ar-more-sft.yaml --init-from "$TWIN" --data "$DATA" \
+    --run-dir "$RUN/ar-more-sft" --resume
+  $UNMASK convert "$(latest "$RUN/ar-more-sft")" "$RUN/ar-more" --dtype bfloat16 --force
+  for seed in 0 1; do
+    $UNMASK eval "$RUN/ar-more" --benchmark synthetic --synthetic-tasks 200 --seed $seed --samples 1 \
+      --out "$RUN/eval/ar-more-heldout-seed$seed"
+  done
+  $UNMASK eval "$RUN/ar-more" --benchmark synthetic-train --synthetic-tasks 200 --seed 7 --samples 1 \
+    --out "$RUN/eval/ar-more-train-dist"
+fi
