@@ -11,7 +11,8 @@ exact McNemar p):
 - ``autoregressive``: the twin, greedy with its KV cache.
 Then a roofline projection (src/unmask/analysis/roofline.py) of every row to a GPU at 7B scale from its measured
 tokens per forward: a formula from datasheet peaks, not a measurement. Prints one JSON line (with the reproduce
-command); --markdown adds the tables of reports/hybrid.md.
+command); --markdown adds the tables of reports/hybrid.md, --plot the speed/quality frontier (--replot redoes
+both from a saved output).
 
     python bench/hybrid.py --hybrid runs/hybrid/model --full models/unmask-small --ar-model runs/pipeline/ar-twin \\
         --tasks 200 --max-new-tokens 64 --block-length 8 --thresholds 0.9,0.7 --markdown
@@ -105,9 +106,32 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: str) -> None:
+    """The speed/quality frontier of the result's rows: pass@1 with its interval vs useful tokens/s, one line per
+    model (hybrid, full attention, autoregressive)."""
+    from unmask.analysis.plots import plot_speed_quality
+
+    points = []
+    for name, row in result["decoders"].items():
+        if "pass@1" not in row:
+            continue
+        if name == "autoregressive":
+            model, label = "autoregressive twin", "KV cache"
+        else:
+            model = name.split(" ")[0]
+            label = name.removeprefix(model).replace("(exact)", "").strip()
+        low, high = row["pass@1_wilson95"]
+        points.append({"model": model, "label": label, "tokens_per_s": row["useful_tokens_per_s"],
+                       "pass@1": row["pass@1"], "low": low, "high": high})
+    if not points:
+        raise SystemExit("no row has a pass@1 to plot (was the run made with --no-exec?)")
+    plot_speed_quality(points, path, title=f"{result['tasks']} tasks, {result['max_new_tokens']} new tokens, "
+                       f"{result['device']}")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hybrid", required=True, help="a block-diffusion model directory (config block_size set)")
+    parser.add_argument("--hybrid", default=None, help="a block-diffusion model directory (config block_size set)")
     parser.add_argument("--full", default=None, help="the full-attention diffusion model to compare with")
     parser.add_argument("--ar-model", default=None, help="the autoregressive twin (a causal checkpoint)")
     parser.add_argument("--tasks", type=int, default=8)
@@ -124,15 +148,32 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gpu", default="h200", help="GPU preset of the projection")
     parser.add_argument("--no-exec", action="store_true", help="skip the sandbox (timing only)")
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--plot", default=None, help="write the speed/quality frontier PNG here")
+    parser.add_argument("--replot", default=None, help="a saved output of this script: only redo its --markdown "
+                        "and --plot, measuring nothing")
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.hybrid is None and args.replot is None:
+        parser.error("--hybrid is required (or --replot a saved result)")
     args.steps, args.alg, args.temperature, args.no_early_stop = None, "entropy", 0.0, False  # decode.measure's
     return args
 
 
+def report(result: dict, args) -> None:
+    if args.markdown:
+        print(markdown(result))
+    if args.plot:
+        plot(result, args.plot)
+
+
 def main() -> None:
     args = parse_args()
+    if args.replot:
+        with open(args.replot, encoding="utf-8") as f:
+            result = json.loads(next(line for line in f if line.startswith("{")))
+        report(result, args)
+        return
     hybrid, tokenizer = unmask.load(args.hybrid, dtype=args.dtype, device=args.device)
     size = getattr(hybrid.config, "block_size", None)
     if size is None:
@@ -163,8 +204,7 @@ def main() -> None:
               "projection": project(rows, args), "torch": torch.__version__, "python": platform.python_version(),
               "command": "python bench/hybrid.py " + shlex.join(sys.argv[1:])}
     print(json.dumps(result, ensure_ascii=False))
-    if args.markdown:
-        print(markdown(result))
+    report(result, args)
 
 
 if __name__ == "__main__":

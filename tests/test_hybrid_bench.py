@@ -56,7 +56,8 @@ def test_a_run_on_tiny_models_keeps_the_decoders_promises(tmp_path, tokenizer):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, str(BENCH / "hybrid.py"), "--hybrid", str(tmp_path / "hybrid"), "--full",
                           str(tmp_path / "full"), "--tasks", "3", "--max-new-tokens", "8", "--thresholds", "0.5",
-                          "--batch", "2", "--markdown"], capture_output=True, text=True, env=env, timeout=300)
+                          "--batch", "2", "--markdown", "--plot", str(tmp_path / "f.png")],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.splitlines()[0])
     rows = result["decoders"]
@@ -73,6 +74,12 @@ def test_a_run_on_tiny_models_keeps_the_decoders_promises(tmp_path, tokenizer):
     # every row is projected to the GPU
     assert set(result["projection"]["tokens_per_s"]) == set(rows)
     assert "| hybrid blocks (exact) |" in run.stdout
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --replot redoes the tables from the saved line, measuring nothing
+    (tmp_path / "saved.json").write_text(run.stdout.splitlines()[0] + "\n")
+    again = subprocess.run([sys.executable, str(BENCH / "hybrid.py"), "--replot", str(tmp_path / "saved.json"),
+                            "--markdown"], capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0 and again.stdout.strip() == "\n".join(run.stdout.splitlines()[1:]).strip()
 
 
 def test_a_full_attention_model_is_refused_as_the_hybrid(tmp_path, tokenizer):

@@ -127,6 +127,28 @@ def test_plot_pass_vs_temperature_mapping_and_rows_agree(tmp_path, mpl):
         plot_pass_vs_temperature({0.2: {"pass@1": "high"}}, tmp_path / "c.png")
 
 
+def test_plot_speed_quality_one_line_per_model_sorted_by_speed(tmp_path, mpl):
+    from unmask.analysis.plots import plot_speed_quality
+
+    rows = [{"model": "hybrid", "label": "τ 0.9", "tokens_per_s": 700.0, "pass@1": 0.895, "low": 0.845, "high": 0.93},
+            {"model": "full", "label": "blocks", "tokens_per_s": 96.5, "pass@1": 0.81},
+            {"model": "hybrid", "label": "blocks", "tokens_per_s": 236.8, "pass@1": 0.92}]
+    fig = plot_speed_quality(rows, tmp_path / "f.png")
+    assert_valid_png(tmp_path / "f.png", mpl)
+    (ax,) = fig.axes
+    lines = [line for line in ax.get_lines() if line.get_label() in ("hybrid", "full")]
+    assert [line.get_label() for line in lines] == ["hybrid", "full"]
+    np.testing.assert_allclose(lines[0].get_xdata(), [236.8, 700.0])  # joined in order of speed
+    np.testing.assert_allclose(lines[0].get_ydata(), [0.92, 0.895])
+    assert ax.get_xscale() == "log"
+    with pytest.raises(ValueError, match="non-empty"):
+        plot_speed_quality([], tmp_path / "g.png")
+    with pytest.raises(ValueError, match=r"rows\[0\].*'model'"):
+        plot_speed_quality([{"tokens_per_s": 1.0, "pass@1": 0.5}], tmp_path / "g.png")
+    with pytest.raises(ValueError, match="> 0"):
+        plot_speed_quality([{"model": "a", "tokens_per_s": 0.0, "pass@1": 0.5}], tmp_path / "g.png")
+
+
 # ---------------------------------------------------------------------------------------------------
 # decode heat map
 # ---------------------------------------------------------------------------------------------------

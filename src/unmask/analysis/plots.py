@@ -214,6 +214,56 @@ def plot_pass_vs_temperature(
     return fig
 
 
+def plot_speed_quality(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> Figure:
+    """pass@1 (with its interval) against useful tokens/s, one line per model: the speed/quality frontier of
+    decoders (``bench/hybrid.py --plot``).
+
+    ``rows``: ``{"model": name, "label": decoder, "tokens_per_s": x, "pass@1": y, "low": l, "high": h}``, with
+    ``low``/``high`` optional (the 95% interval). Each model's points are joined in order of speed; the x axis
+    is logarithmic (decoders span orders of magnitude). Returns the Figure; one ``Line2D`` per model, labelled
+    with its name, in order of first appearance.
+    """
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or not rows:
+        raise ValueError("rows must be a non-empty list of mappings")
+    series: dict[str, list[tuple[float, float, float, float, str]]] = {}
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping) or not {"model", "tokens_per_s", "pass@1"} <= set(row):
+            raise ValueError(f"rows[{i}] must be a mapping with 'model', 'tokens_per_s' and 'pass@1'")
+        x = _as_float(row["tokens_per_s"], f"rows[{i}] tokens_per_s")
+        if x <= 0:
+            raise ValueError(f"rows[{i}] tokens_per_s must be > 0 (log axis), got {x}")
+        y = _as_float(row["pass@1"], f"rows[{i}] pass@1")
+        low = _as_float(row.get("low", y), f"rows[{i}] low")
+        high = _as_float(row.get("high", y), f"rows[{i}] high")
+        series.setdefault(str(row["model"]), []).append((x, y, low, high, str(row.get("label", ""))))
+
+    mpl = _require_matplotlib()
+    fig = _new_figure(mpl, (7.0, 4.6))
+    ax = fig.subplots()
+    for model, points in series.items():
+        points.sort()
+        xs, ys, lows, highs, labels = zip(*points)
+        (line,) = ax.plot(xs, ys, marker="o", label=model)
+        ax.errorbar(xs, ys, yerr=[[y - lo for y, lo in zip(ys, lows)], [hi - y for y, hi in zip(ys, highs)]],
+                    fmt="none", ecolor=line.get_color(), alpha=0.5, capsize=3)
+        for x, y, label in zip(xs, ys, labels):
+            if label:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("useful tokens/s (log)")
+    ax.set_ylabel("pass@1")
+    ax.set_title(title or "speed vs quality")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save_png(fig, path)
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------------
 # decode heat map: which position was committed at which step
 # ---------------------------------------------------------------------------------------------------
