@@ -5,8 +5,9 @@
 
 Reads the training stages (``--stage NAME=DIR`` in order, by default whichever of stage1-ar, ar-sft and
 diffusion-sft exist under the run root) and every evaluation under RUN_DIR/eval (a subdirectory with a
-summary.json). Writes OUT/loss.png (train and validation loss per stage against cumulative tokens; AR and
-diffusion losses are different quantities, so each stage has its own panel), OUT/results.json (every number)
+summary.json; ``--eval NAME=DIR`` adds one from elsewhere). Writes OUT/loss.png (train and validation loss per
+stage against cumulative tokens; AR and diffusion losses are different quantities, so each stage has its own
+panel), OUT/results.json (every number)
 and OUT/table.md (the tables for reports/pipeline.md). ``--pair A B`` compares two evaluations task by task:
 tasks passed by both / only A / only B / neither and the exact McNemar p-value. Evaluations named in ``--ar``
 (default: names starting with ``ar-``) are of a causal model, which decodes left to right whatever the
@@ -158,11 +159,24 @@ def plot_losses(curves: Sequence[tuple[dict[str, Any], list[dict[str, Any]]]], p
     plt.close(fig)
 
 
+def extra_evals(root: Path, items: Sequence[str]) -> dict[str, Path]:
+    """``NAME=DIR`` evaluations from elsewhere (DIR relative to the run root unless absolute), e.g. another
+    pipeline's, to compare with this one's."""
+    found = {}
+    for item in items:
+        name, sep, where = item.partition("=")
+        path = Path(where) if Path(where).is_absolute() else root / where
+        if not sep or not name or not (path / "summary.json").is_file():
+            raise SystemExit(f"--eval {item!r}: expected NAME=DIR with DIR an evaluation (it has a summary.json)")
+        found[name] = path
+    return found
+
+
 def report(root: Path, stage_items: Sequence[str], pair_items: Sequence[Sequence[str]],
-           ar_names: Sequence[str] | None) -> tuple[dict[str, Any], list]:
+           ar_names: Sequence[str] | None, eval_items: Sequence[str] = ()) -> tuple[dict[str, Any], list]:
     """Every number of the report, and the (stage, metric rows) curves for the plot."""
     stage_dirs = find_stages(root, stage_items)
-    eval_dirs = dict(find_evals(root))
+    eval_dirs = {**dict(find_evals(root)), **extra_evals(root, eval_items)}
     missing = sorted({name for pair in pair_items for name in pair} - eval_dirs.keys())
     if missing:
         raise SystemExit(f"--pair names no evaluation under {root / 'eval'}: {', '.join(missing)}")
@@ -184,13 +198,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              + ", ".join(DEFAULT_STAGES) + " where present)")
     parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
                         help="compare two evaluations (names under RUN_DIR/eval) task by task")
+    parser.add_argument("--eval", action="append", default=[], metavar="NAME=DIR",
+                        help="also an evaluation outside RUN_DIR/eval (DIR relative to the run root unless "
+                             "absolute), e.g. another run's to pair with")
     parser.add_argument("--ar", action="append", default=None, metavar="NAME",
                         help="an evaluation of a causal model (repeatable; default: names starting with ar-)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         raise SystemExit(f"{args.root} is not a directory (run recipes/diffucoder-mini.sh first)")
     try:
-        results, curves = report(args.root, args.stage, args.pair, args.ar)
+        results, curves = report(args.root, args.stage, args.pair, args.ar, args.eval)
     except ConfigError as err:  # a missing or empty run file: one line, not a traceback
         raise SystemExit(f"error: {err}") from None
     if not results["stages"] and not results["evals"]:

@@ -119,6 +119,16 @@ def test_stage_and_ar_options_override_the_defaults(bench, root, tmp_path):
     assert results["pairs"] == [] and "Paired" not in (out / "table.md").read_text()
     with pytest.raises(SystemExit, match="no-such"):
         bench.main([str(root), "--out", str(out), "--pair", "no-such", "ar-twin-heldout"])
+    # an evaluation of another run root joins by --eval NAME=DIR and pairs like the others
+    other = root.parent / "other"
+    _write_eval(other / "eval" / "x", {0, 1, 2, 3}, ["b"] * 10, None)
+    argv = [str(root), "--out", str(out), "--eval", f"ext={other / 'eval' / 'x'}", "--pair", "ext", "ar-twin-heldout"]
+    assert bench.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [e["name"] for e in results["evals"]] == ["ar-twin-heldout", "diffusion-heldout", "ext"]
+    assert results["pairs"][0]["only_a"] == 1 and results["pairs"][0]["only_b"] == 0  # t3 only
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        bench.main([str(root), "--out", str(out), "--eval", "nothing-here"])
     with pytest.raises(SystemExit, match="NAME=DIR"):
         bench.main([str(root), "--out", str(out), "--stage", "ar-sft"])
     (root / "empty").mkdir()
