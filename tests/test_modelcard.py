@@ -81,6 +81,19 @@ def test_intro_says_adapted_from_ar_only_when_an_ar_stage_precedes_an_adapting_o
         assert "adapted" not in intro and "trained on 2 CPU cores by `make x`" in intro, named
 
 
+
+def test_a_block_diffusion_card_says_so_and_takes_its_own_role(tmp_path):
+    model = _model(tmp_path / "m", block_size=8)
+    card = render_model_card(model, stages=_stages(tmp_path, ("ar", AR_PRETRAIN), ("adapt", ADAPT)), evals=[],
+                             command="make x", role="The hybrid.")
+    intro = card.split("# m\n\n")[1].split("\n")[0]
+    assert "block-diffusion language model" in intro and "blocks of 8 tokens" in intro
+    assert "causal to bidirectional inside each block" in intro and intro.endswith("The hybrid.")
+    assert "default model of `make demo`" not in intro and "(bidirectional Qwen2 stack" not in intro
+    full = render_model_card(_model(tmp_path / "f"), stages=[], evals=[], command="make x")
+    intro = full.split("# f\n\n")[1].split("\n")[0]
+    assert "(bidirectional Qwen2 stack" in intro and "default model of `make demo`" in intro
+
 def _eval(passed, tasks, per_task, decoder=None, stop_last=False, with_counts=True):
     summary = {"benchmark": "synthetic", "tasks": tasks, "samples_per_task": per_task,
                "pass@k": {"pass@1": passed / (tasks * per_task)}}

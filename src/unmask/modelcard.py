@@ -160,20 +160,24 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+DEFAULT_ROLE = ("It is the default model of `make demo`: small enough to commit and to run anywhere, a research "
+                "fixture rather than a code assistant.")
+
+
 def render_model_card(model_dir: str | Path, *, stages: Sequence[tuple[str, Mapping[str, Any]]] = (),
                       pretrain: Mapping[str, Any] | None = None, sft: Mapping[str, Any] | None = None,
-                      evals: Sequence[Mapping[str, Any]], command: str) -> str:
+                      evals: Sequence[Mapping[str, Any]], command: str, role: str = DEFAULT_ROLE) -> str:
     """The README.md text (YAML front matter + markdown) for ``model_dir``.
 
     ``stages`` are (name, ``run_summary``) pairs in training order; ``pretrain`` and ``sft`` (older callers)
-    go before and after them.
+    go before and after them. ``role``: the sentence that says what the model is for.
     """
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
     ordered = [("pretrain", pretrain)] * (pretrain is not None) + list(stages) + [("sft", sft)] * (sft is not None)
     causal = str(config.get("model_type", "")).lower() == "qwen2"
     adapted = adapted_from_ar([run["config"] for _, run in ordered])
-    lines = _header(model_dir, config, causal=causal, adapted=adapted, command=command)
+    lines = _header(model_dir, config, causal=causal, adapted=adapted, command=command, role=role)
     lines += _training(ordered, causal=causal)
     lines += _evaluation(evals, causal=causal)
     lines += _use(model_dir, causal=causal)
@@ -181,18 +185,26 @@ def render_model_card(model_dir: str | Path, *, stages: Sequence[tuple[str, Mapp
     return "\n".join(lines)
 
 
-def _header(model_dir: Path, config: Mapping[str, Any], *, causal: bool, adapted: bool, command: str) -> list[str]:
+def _header(model_dir: Path, config: Mapping[str, Any], *, causal: bool, adapted: bool, command: str,
+            role: str) -> list[str]:
     n_params = _count_parameters(config)
     size_mb = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 1e6
+    block = config.get("block_size")
     if causal:
         what = "autoregressive (causal) language model for Python in the Qwen2 architecture"
+    elif block:
+        what = (f"block-diffusion language model for Python in the Dream architecture (Qwen2 stack, shifted logits; "
+                f"attention causal across blocks of {block} tokens and bidirectional inside one, so its KV cache is "
+                "exact)")
     else:
         what = ("masked diffusion language model for Python in the Dream architecture (bidirectional Qwen2 stack, "
                 "shifted logits)")
     if adapted:
-        # the DiffuCoder recipe: a causal model first, then opened to full attention and trained on the ELBO
+        # the DiffuCoder recipe: a causal model first, then opened (inside blocks, for a block model) and trained
+        # on the ELBO
+        opened = "causal to bidirectional inside each block" if block else "causal to full"
         how = (f"adapted from an autoregressive model trained first, as {DIFFUCODER} adapts Qwen2.5-Coder "
-               f"(attention annealed from causal to full while training on the diffusion loss); all stages ran on "
+               f"(attention annealed from {opened} while training on the diffusion loss); all stages ran on "
                f"2 CPU cores by `{command}`")
     else:
         how = f"trained on 2 CPU cores by `{command}`"
@@ -206,8 +218,7 @@ def _header(model_dir: Path, config: Mapping[str, Any], *, causal: bool, adapted
         "",
         f"# {model_dir.name}",
         "",
-        f"A {n_params / 1e6:.2f}M-parameter {what}, {how}. It is the default model of `make demo`: small "
-        "enough to commit and to run anywhere, a research fixture rather than a code assistant.",
+        f"A {n_params / 1e6:.2f}M-parameter {what}, {how}. {role}",
         "",
         "## Architecture",
         "",
@@ -370,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="alias of --stage sft=RUN_DIR")
     parser.add_argument("--eval", action="append", default=[], help="evaluation run directory (repeatable)")
     parser.add_argument("--command", required=True, help="the command that reproduces the model")
+    parser.add_argument("--role", default=DEFAULT_ROLE, help="the sentence that says what the model is for "
+                        "(default: the make-demo default model's)")
     args = parser.parse_args(argv)
     try:
         text = render_model_card(
@@ -377,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stages=[(name, run_summary(run)) for name, run in args.stages],
             evals=[eval_summary(e) for e in args.eval],
             command=args.command,
+            role=args.role,
         )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
