@@ -90,6 +90,7 @@ def test_a_block_diffusion_card_says_so_and_takes_its_own_role(tmp_path):
     assert "block-diffusion language model" in intro and "blocks of 8 tokens" in intro
     assert "causal to bidirectional inside each block" in intro and intro.endswith("The hybrid.")
     assert "default model of `make demo`" not in intro and "(bidirectional Qwen2 stack" not in intro
+    assert "--decoder parallel --block-length 8" in card and "--decoder reference" not in card
     full = render_model_card(_model(tmp_path / "f"), stages=[], evals=[], command="make x")
     intro = full.split("# f\n\n")[1].split("\n")[0]
     assert "(bidirectional Qwen2 stack" in intro and "default model of `make demo`" in intro

@@ -180,7 +180,7 @@ def render_model_card(model_dir: str | Path, *, stages: Sequence[tuple[str, Mapp
     lines = _header(model_dir, config, causal=causal, adapted=adapted, command=command, role=role)
     lines += _training(ordered, causal=causal)
     lines += _evaluation(evals, causal=causal)
-    lines += _use(model_dir, causal=causal)
+    lines += _use(model_dir, causal=causal, block=config.get("block_size"))
     lines += ["", "## Reproduce", "", f"`{command}` (each stage resumes from its last checkpoint if interrupted).", ""]
     return "\n".join(lines)
 
@@ -212,7 +212,8 @@ def _header(model_dir: Path, config: Mapping[str, Any], *, causal: bool, adapted
         "---",
         "library_name: unmask",
         "pipeline_tag: text-generation",
-        "tags: [autoregressive, qwen2, code]" if causal else "tags: [masked-diffusion, dream, code]",
+        "tags: [autoregressive, qwen2, code]" if causal else
+        "tags: [masked-diffusion, block-diffusion, dream, code]" if block else "tags: [masked-diffusion, dream, code]",
         "license: mit",
         "---",
         "",
@@ -333,7 +334,7 @@ def recommended_decoding(generation: Mapping[str, Any], *, causal: bool) -> str:
     return text + "."
 
 
-def _use(model_dir: Path, *, causal: bool) -> list[str]:
+def _use(model_dir: Path, *, causal: bool, block: int | None = None) -> list[str]:
     path = model_dir / "generation_config.json"
     generation = _read_json(path) if path.is_file() else {}
     sentence = recommended_decoding(generation, causal=causal)
@@ -345,7 +346,10 @@ def _use(model_dir: Path, *, causal: bool) -> list[str]:
     ]
     if not causal and generation.get("stop_last"):
         lines.append(f"unmask generate {model_dir} --prompt-file PROMPT.py --no-stop-last   # Dream's sampler exactly")
-    if not causal and generation.get("decoder") not in (None, "reference"):
+    if block:  # a block-diffusion model runs only the block decoders (the reference sampler is full-attention)
+        lines.append(f"unmask generate {model_dir} --prompt-file PROMPT.py --decoder parallel --block-length {block} "
+                     "--threshold 0.9   # several tokens per forward")
+    elif not causal and generation.get("decoder") not in (None, "reference"):
         lines.append(f"unmask generate {model_dir} --prompt-file PROMPT.py --decoder reference   # the plain "
                      "Dream sampler")
     return lines + ["```"]
