@@ -73,4 +73,9 @@ if [[ -n ${FROM_DIFFUSION:-} ]]; then
     --run-dir "$RUN/from-diffusion-sft" --resume
   $UNMASK convert "$(latest "$RUN/from-diffusion-sft")" "$RUN/from-diffusion" --dtype bfloat16 --force "${GEN[@]}"
   evals "$RUN/from-diffusion" from-diffusion
+  # its control: the same 500 steps with full attention kept (more steps alone)
+  $UNMASK train --config recipes/pipeline/control-full-more-sft.yaml --init-from "$DIFFUSION" --data "$DATA" \
+    --run-dir "$RUN/full-more-sft" --resume
+  $UNMASK convert "$(latest "$RUN/full-more-sft")" "$RUN/full-more" --dtype bfloat16 --force "${GEN[@]}"
+  evals "$RUN/full-more" full-more
 fi
