@@ -25,6 +25,7 @@ import sys
 import time
 
 import torch
+from decode import verdicts
 
 import unmask
 from unmask.config import DecoderConfig, revision_steps
@@ -35,17 +36,13 @@ from unmask.decoding.eos import first_stop
 from unmask.decoding.revise import token_probs
 from unmask.decoding.steps import run_steps
 from unmask.diffusion import shift_logits
-from unmask.evaluate import clean_completion, execute, program_mode, prompt_text
+from unmask.evaluate import prompt_text
 from unmask.model import padding_attention_mask, positions_from_mask
 
 
 def passed(tasks, tokenizer, generated: list[list[int]]) -> list[bool]:
     """Sandbox verdict of each task's completion (one per task, in order)."""
-    pending = [(t.task_id, 0, clean_completion(tokenizer.decode(g), program_mode(t, False)))
-               for t, g in zip(tasks, generated)]
-    results = execute({t.task_id: t for t in tasks}, pending, mode_of=lambda t: program_mode(t, False),
-                      timeout=5.0, memory_mb=1024)
-    return [r.verdict == "passed" for r in results]
+    return [v == "1" for v in verdicts(tasks, tokenizer, generated)]
 
 
 def run(model, batches, config, decoder: DecoderConfig) -> tuple[list[list[int]], list[list[int]], int, int]:

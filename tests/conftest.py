@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from pathlib import Path
 
 # The suite's models are tiny and several tests start subprocesses (torchrun, the CLI, the server): one
 # OpenMP thread per process avoids oversubscribing a 2-core machine, which made the suite ~10x slower.
@@ -18,6 +20,22 @@ from unmask.config import ModelConfig  # noqa: E402
 from unmask.model import DreamModel  # noqa: E402
 
 MASK_ID = 127
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load_bench(name: str):
+    """bench/NAME.py as a module (the bench scripts are not a package). Their folder is on sys.path while it
+    loads, as when it runs as a script, so it may import its siblings; it is registered in sys.modules because
+    dataclasses look their module up while the file executes."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    return module
 
 
 def make_model(seed: int = 0, *, sharpen: float = 1.0, **overrides) -> DreamModel:

@@ -3,29 +3,16 @@ each remask round fills its masks with the model's greedy choice (checked agains
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import make_model
+from conftest import load_bench, make_model
 
 from unmask.diffusion import shift_logits
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling edit_report
-    try:
-        spec = importlib.util.spec_from_file_location("blind_repair", BENCH / "blind_repair.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench("blind_repair")
 
 
 def test_remask_revises_only_the_body_within_budget(bench):

@@ -4,14 +4,13 @@ hand-computed numbers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "findings_report.py"
 N = 10
 BASE = {0, 1, 2, 3, 4}  # tasks the base model passes
 RUNS = {("coupled", 0): {0, 1, 2, 3, 4, 5, 6}, ("coupled", 1): {0, 1, 2, 3, 5},
@@ -22,10 +21,7 @@ HALF = {"base": {0, 1}, ("coupled", 0): {0, 1, 2, 3}, ("coupled", 1): {0, 1, 2},
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("findings_report", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("findings_report")
 
 
 def _write_eval(path: Path, passing: set[int]) -> None:

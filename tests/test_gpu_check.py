@@ -5,7 +5,6 @@ roofline bounds are a GPU's and the times a CPU's, so the dry run does not compa
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 from unmask.analysis.roofline import forward_cost, gpu
 from unmask.config import ModelConfig
@@ -23,15 +23,7 @@ from unmask.config import ModelConfig
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-check = load("gpu_check")
+check = load_bench("gpu_check")
 
 
 def only_report(directory: Path) -> dict:
@@ -136,7 +128,7 @@ def test_a_section_cut_by_the_budget_keeps_what_it_finished(monkeypatch):
 
 
 def test_model_flops_are_bench_trains():
-    bench_train = load("train")
+    bench_train = load_bench("train")
     peak = gpu("h100")
     for config in (ModelConfig.from_name("dream-7b", num_hidden_layers=8), ModelConfig.from_name("test")):
         batch, seq = 4, 1024

@@ -3,7 +3,6 @@ model and its full-attention parent) whose rows obey what the decoders guarantee
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_model
+from conftest import load_bench, make_model
 
 from unmask.stats import wilson_interval
 
@@ -21,14 +20,7 @@ BENCH = ROOT / "bench"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling decode
-    try:
-        spec = importlib.util.spec_from_file_location("hybrid", BENCH / "hybrid.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return load_bench("hybrid")
 
 
 def test_compare_pairs_each_row_with_the_baseline_task_by_task(bench):

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "lossless_acceptance.py"
+from conftest import load_bench
 
 
 def test_rounds_count_acceptance_lengths_and_classify_misses():
-    spec = importlib.util.spec_from_file_location("lossless_acceptance", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("lossless_acceptance")
     canvas = torch.tensor([[7, 8, 9, 0, 0]])  # 0 is the end token
 
     def step(position: int | None, forwards: int):

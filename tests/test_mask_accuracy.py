@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import load_bench
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "mask_accuracy.py"
-spec = importlib.util.spec_from_file_location("bench_mask_accuracy", BENCH)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_bench("mask_accuracy")
 
 MASK, PAD, V = 3, 4, 16
 

@@ -3,13 +3,11 @@ McNemar comparison and the loss plot, against hand-computed numbers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "pipeline_report.py"
+from conftest import load_bench
 
 STAGES = {
     "stage1-ar": ({"data": "stdlib", "stage": "pretrain", "objective": "autoregressive"},
@@ -30,10 +28,7 @@ AR_PASS, DIFF_PASS = {0, 1, 2}, {0, 3, 4, 5, 6, 7, 8}
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("pipeline_report", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("pipeline_report")
 
 
 def _write_eval(path: Path, passing: set[int], completions: list[str], decoder: dict | None, torn: bool = False):

@@ -670,11 +670,9 @@ def test_adapt_from_a_qwen2_checkpoint_end_to_end(tmp_path, tokenizer, block_siz
 
 
 def test_bench_model_flops_per_token_hand_value():
-    import importlib.util
+    from conftest import load_bench
 
-    spec = importlib.util.spec_from_file_location("bench_train", SRC.parent / "bench" / "train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("train")
     # test preset: h 32, ffn 64, 2 layers, 4 heads of 8, 2 kv heads (kv width 16), vocab 128
     attn = (32 * 32 + 32) + 2 * (32 * 16 + 16) + 32 * 32  # q (+bias), k/v (+bias), o
     block = attn + 3 * 32 * 64 + 2 * 32  # + SwiGLU + two norms

@@ -73,6 +73,18 @@ def _save_png(fig: Figure, path: str | os.PathLike[str]) -> None:
         raise
 
 
+def _finish_lines(fig: Figure, ax: Any, path: str | os.PathLike[str], *, xlabel: str, ylabel: str, title: str
+                  ) -> None:
+    """Label, grid and legend a line plot, then write it to ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save_png(fig, path)
+
+
 def _as_float(value: Any, where: str) -> float:
     if isinstance(value, bool):
         raise TypeError(f"{where}: expected a number, got a bool")
@@ -204,13 +216,8 @@ def plot_pass_vs_temperature(
     for metric in sorted(points, key=_metric_sort_key):
         xs, ys = zip(*sorted(points[metric]))
         ax.plot(xs, ys, marker="o", label=metric)
-    ax.set_xlabel("sampling temperature")
-    ax.set_ylabel("pass rate")
-    ax.set_title(title or "pass@k vs temperature")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    _save_png(fig, path)
+    _finish_lines(fig, ax, path, xlabel="sampling temperature", ylabel="pass rate",
+                  title=title or "pass@k vs temperature")
     return fig
 
 
@@ -254,13 +261,7 @@ def plot_speed_quality(
             if label:
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("useful tokens/s (log)")
-    ax.set_ylabel("pass@1")
-    ax.set_title(title or "speed vs quality")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    _save_png(fig, path)
+    _finish_lines(fig, ax, path, xlabel="useful tokens/s (log)", ylabel="pass@1", title=title or "speed vs quality")
     return fig
 
 
